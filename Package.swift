@@ -1,0 +1,44 @@
+// swift-tools-version:6.3
+import PackageDescription
+
+let package = Package(
+  name: "Flare",
+  products: [
+    .executable(name: "flare-inspect", targets: ["flare-inspect"]),
+    .library(name: "FlareCore", targets: ["FlareCore"]),
+    .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
+    .library(name: "FlareTensor", targets: ["FlareTensor"]),
+  ],
+  targets: [
+    // MARK: - C system libraries
+    .systemLibrary(
+      name: "CFlareOpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+    .systemLibrary(name: "CFlareZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+
+    // MARK: - Libraries
+    .target(name: "FlareCore", dependencies: ["CFlareZlib"]),
+    .target(name: "FlareSafetensors", dependencies: ["FlareCore"]),
+    .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS"]),
+    .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors"]),
+    .target(name: "FlareCLI", dependencies: ["FlareCore"]),
+    .target(
+      name: "FlareInspect",
+      dependencies: ["FlareCore", "FlareSafetensors", "FlareAdapters", "FlareCLI"]),
+
+    // MARK: - Executables
+    .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
+
+    // MARK: - Tests
+    .target(
+      name: "_FlareTestSupport", dependencies: ["FlareCore", "FlareSafetensors"],
+      path: "Tests/_FlareTestSupport"),
+    .testTarget(name: "FlareCoreTests", dependencies: ["FlareCore", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareSafetensorsTests", dependencies: ["FlareSafetensors", "_FlareTestSupport"]),
+    .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareCLITests",
+      dependencies: ["FlareCLI", "FlareInspect", "_FlareTestSupport", "flare-inspect"]),
+  ],
+  swiftLanguageModes: [.v6]
+)
