@@ -21,14 +21,16 @@ public enum HalfPrecision {
   }
 
   /// Narrows a `Float` to IEEE binary16 bits, rounding to nearest, ties to even.
-  /// Values of magnitude 65520 or more become infinity; NaNs become quiet NaNs.
+  /// Values of magnitude 65520 or more become infinity. A NaN keeps its sign and the top ten
+  /// bits of its payload (a payload that would vanish becomes 1), as numpy does.
   @inlinable
   public static func floatToF16(_ value: Float) -> UInt16 {
     let bits = value.bitPattern
     let sign = UInt16(truncatingIfNeeded: (bits >> 16) & 0x8000)
     let magnitude = bits & 0x7FFF_FFFF
     if magnitude > 0x7F80_0000 {
-      return sign | 0x7E00 | UInt16(truncatingIfNeeded: (magnitude >> 13) & 0x1FF)
+      let payload = UInt16(truncatingIfNeeded: (magnitude >> 13) & 0x3FF)
+      return sign | 0x7C00 | (payload == 0 ? 1 : payload)
     }
     if magnitude >= 0x477F_F000 { return sign | 0x7C00 }  // ≥ 65520 rounds to infinity
     if magnitude >= 0x3880_0000 {
@@ -55,13 +57,13 @@ public enum HalfPrecision {
     Float(bitPattern: UInt32(h) << 16)
   }
 
-  /// Narrows a `Float` to bfloat16 bits, rounding to nearest, ties to even; a NaN becomes a
-  /// quiet NaN with the same sign and upper payload bits.
+  /// Narrows a `Float` to bfloat16 bits, rounding to nearest, ties to even; a NaN becomes the
+  /// canonical quiet NaN `0x7FC0` with its sign (as ml_dtypes and PyTorch do).
   @inlinable
   public static func floatToBF16(_ value: Float) -> UInt16 {
     let bits = value.bitPattern
     if bits & 0x7FFF_FFFF > 0x7F80_0000 {
-      return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040
+      return UInt16(truncatingIfNeeded: (bits >> 16) & 0x8000) | 0x7FC0
     }
     let rounding = 0x7FFF &+ ((bits >> 16) & 1)
     return UInt16(truncatingIfNeeded: (bits &+ rounding) >> 16)

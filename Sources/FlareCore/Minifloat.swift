@@ -13,7 +13,7 @@
 /// | `e2m3fn` (`F6_E2M3`) | 2 | 3 | 1 | no | no | yes |
 /// | `e3m2fn` (`F6_E3M2`) | 3 | 2 | 3 | no | no | yes |
 ///
-/// Encoding rounds to nearest, ties to even, as ml_dtypes does; see ``encode(_:)`` for overflow.
+/// Encoding follows ml_dtypes exactly (the oracle of Flare's tests); see ``encode(_:)``.
 public struct Minifloat: Sendable, Hashable {
   public enum Specials: Sendable, Hashable {
     /// IEEE-style: the all-ones exponent holds infinities and NaNs.
@@ -59,7 +59,7 @@ public struct Minifloat: Sendable, Hashable {
       return (negative ? signMask : 0) | (signMask - 1)
     case .fnuz: return signMask
     case .e8m0: return 0xFF
-    case .finiteOnly: return (negative ? signMask : 0) | (signMask - 1)  // saturates to ±max
+    case .finiteOnly: return negative ? 0 : signMask  // ml_dtypes: a zero of the opposite sign
     }
   }
 
@@ -79,7 +79,7 @@ public struct Minifloat: Sendable, Hashable {
     case .finiteWithNaN where exponent == maxExponentField && mantissa == mantissaMask:
       return negative ? -.nan : .nan
     case .fnuz where code == signMask:
-      return .nan
+      return -.nan  // ml_dtypes decodes the FNUZ NaN with the sign bit set
     default: break
     }
     let magnitude: Float
@@ -109,12 +109,18 @@ public struct Minifloat: Sendable, Hashable {
     }
   }
 
-  /// Encodes `value`, rounding to nearest, ties to even.
+  /// Encodes `value`, rounding to nearest, ties to even, with ml_dtypes' conventions:
   ///
-  /// Out of range: formats with infinity give ±infinity; formats with NaN but no infinity give
-  /// NaN; finite-only formats (`F4`, `F6_*`) saturate to ±max. NaN input gives the format's
-  /// NaN (±max for finite-only formats). `F8_E8M0` rounds in the exponent domain and maps zero,
-  /// negatives and underflow to its smallest value 2^-127.
+  /// - Out of range (after rounding): formats with infinity give ±infinity; `e4m3fn` gives
+  ///   NaN with the sign; FNUZ formats give their NaN `0x80`; finite-only formats (`F4`, `F6_*`)
+  ///   saturate to ±max. Infinities map the same way.
+  /// - NaN gives the format's NaN; finite-only formats, which have none, give a zero of the
+  ///   opposite sign (what ml_dtypes produces).
+  /// - FNUZ formats have no negative zero: −0 and negative underflow give `0x00`.
+  /// - `F8_E8M0` (unsigned powers of two) takes the binary32 exponent field and adds one when
+  ///   the mantissa is at least half (ties up); a subnormal input becomes 2^-126 when its
+  ///   mantissa exceeds half, else 2^-127; zero, negatives, infinities, NaN and overflow give
+  ///   NaN `0xFF`.
   public func encode(_ value: Float) -> UInt32 {
     if specials == .e8m0 { return encodeE8M0(value) }
     let negative = value.sign == .minus
@@ -151,16 +157,23 @@ public struct Minifloat: Sendable, Hashable {
     let sign = negative ? signMask : 0
     switch specials {
     case .ieee:
-      if magnitude.isInfinite || magnitude >= maxFinite + halfUlpAtMax {
+      if magnitude.isInfinite || roundsPastMax(magnitude) {
         return sign | (UInt32(maxExponentField) << UInt32(mantissaBits))
       }
       return sign | maxFiniteCode
     case .finiteWithNaN, .fnuz:
-      if magnitude.isInfinite || magnitude >= maxFinite + halfUlpAtMax { return nanCode(negative: negative) }
+      if magnitude.isInfinite || roundsPastMax(magnitude) { return nanCode(negative: negative) }
       return sign | maxFiniteCode
     case .finiteOnly, .e8m0:
       return sign | maxFiniteCode
     }
+  }
+
+  /// Whether `magnitude` (above the largest finite value) rounds beyond it: at the midpoint to
+  /// the next step, ties go to the even mantissa, so up when the largest mantissa is odd.
+  private func roundsPastMax(_ magnitude: Double) -> Bool {
+    let midpoint = maxFinite + halfUlpAtMax
+    return magnitude > midpoint || (magnitude == midpoint && maxFiniteCode & 1 == 1)
   }
 
   private var maxFiniteCode: UInt32 {
@@ -182,16 +195,15 @@ public struct Minifloat: Sendable, Hashable {
   }
 
   private func encodeE8M0(_ value: Float) -> UInt32 {
-    if value.isNaN || value.isInfinite { return 0xFF }
-    guard value > 0 else { return 0 }
-    let magnitude = Double(value)
-    var exponent = Int(magnitude.exponent)
-    let significand = magnitude.significand  // [1, 2)
-    // Round in the exponent domain at the arithmetic midpoint 1.5, ties to even exponent.
-    if significand > 1.5 || (significand == 1.5 && (exponent + bias) & 1 == 1) { exponent += 1 }
-    let field = exponent + bias
-    if field < 0 { return 0 }
-    if field > 254 { return 0xFF }
-    return UInt32(field)
+    guard value.isFinite, value > 0 else { return 0xFF }
+    // ml_dtypes works on the binary32 fields: the exponent field, plus one when the mantissa
+    // is at least half (ties up). A subnormal input (exponent field 0) rounds up only when
+    // its mantissa exceeds half.
+    let bits = value.bitPattern
+    let exponent = bits >> 23
+    let mantissa = bits & 0x7F_FFFF
+    if exponent == 0 { return mantissa > 0x40_0000 ? 1 : 0 }
+    let field = exponent + (mantissa >= 0x40_0000 ? 1 : 0)
+    return field > 254 ? 0xFF : field
   }
 }

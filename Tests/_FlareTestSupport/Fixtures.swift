@@ -1,0 +1,109 @@
+import FlareCore
+import Foundation
+
+/// The package root, found by walking up from this source file.
+public let packageRoot: String = {
+  var url = URL(fileURLWithPath: #filePath)
+  while url.path != "/" {
+    url.deleteLastPathComponent()
+    if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) {
+      return url.path
+    }
+  }
+  return FileManager.default.currentDirectoryPath
+}()
+
+/// Absolute path of `Fixtures/<relative>`.
+public func fixturePath(_ relative: String) -> String { "\(packageRoot)/Fixtures/\(relative)" }
+
+/// Parses the JSON file `Fixtures/<relative>` with Flare's strict parser.
+public func loadFixtureJSON(_ relative: String) throws -> JSONValue {
+  try JSONParser.parse(try readSmallFile(fixturePath(relative)))
+}
+
+/// The cache of fetched real models (`$FLARE_CACHE`, default `~/.cache/flare`).
+public var modelCache: String {
+  if let cache = ProcessInfo.processInfo.environment["FLARE_CACHE"], !cache.isEmpty { return cache }
+  return NSHomeDirectory() + "/.cache/flare"
+}
+
+/// The real all-MiniLM-L6-v2 model folder fetched by `scripts/fetch-models.sh`.
+public var miniLMFolder: String { "\(modelCache)/models/all-MiniLM-L6-v2" }
+
+/// Whether tests that need fetched models may be skipped (`FLARE_OFFLINE=1` set on purpose).
+public var offline: Bool { ProcessInfo.processInfo.environment["FLARE_OFFLINE"] == "1" }
+
+/// A fresh temporary folder, removed by the caller with ``removeTree(_:)``.
+public func makeTemporaryFolder() -> String {
+  let path = NSTemporaryDirectory() + "flare-test-" + UUID().uuidString
+  try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+  return path
+}
+
+/// Removes a folder and its contents.
+public func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+/// Names of the files in a folder, sorted.
+public func folderContents(_ path: String) -> [String] {
+  ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+}
+
+/// Reads a whole file.
+public func fileBytes(_ path: String) -> [UInt8] {
+  guard let data = FileManager.default.contents(atPath: path) else { return [] }
+  return [UInt8](data)
+}
+
+/// Writes bytes to a file (not atomically; for building test inputs).
+public func writeBytes(_ bytes: [UInt8], to path: String) {
+  _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
+}
+
+/// The result of running a built tool.
+public struct ToolResult: Sendable {
+  public var status: Int32
+  public var stdout: String
+  public var stderr: String
+}
+
+/// Runs the built executable `name` (from the same products folder as the tests) with
+/// `arguments`, capturing its output.
+public func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ToolResult {
+  let products = productsFolder()
+  let process = Process()
+  process.executableURL = URL(fileURLWithPath: "\(products)/\(name)")
+  process.arguments = arguments
+  if let environment { process.environment = environment }
+  let out = Pipe()
+  let err = Pipe()
+  process.standardOutput = out
+  process.standardError = err
+  try process.run()
+  // Drain both pipes concurrently so a large output cannot block the child.
+  nonisolated(unsafe) var errData = Data()
+  let group = DispatchGroup()
+  group.enter()
+  DispatchQueue.global().async {
+    errData = err.fileHandleForReading.readDataToEndOfFile()
+    group.leave()
+  }
+  let outData = out.fileHandleForReading.readDataToEndOfFile()
+  group.wait()
+  process.waitUntilExit()
+  return ToolResult(
+    status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+    stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// The folder holding the built products (`.build/<triple>/debug`).
+public func productsFolder() -> String {
+  let bundle = Bundle.main.bundleURL
+  if FileManager.default.fileExists(atPath: bundle.appendingPathComponent("flare-inspect").path) {
+    return bundle.path
+  }
+  for candidate in ["\(packageRoot)/.build/debug", "\(packageRoot)/.build/release"]
+  where FileManager.default.fileExists(atPath: "\(candidate)/flare-inspect") {
+    return candidate
+  }
+  return bundle.path
+}
