@@ -50,7 +50,9 @@ public struct PEFTConfig: Sendable {
     do {
       json = try JSONParser.parse(bytes)
     } catch {
-      throw FlareError("adapter", .invalidAdapterConfig, "not valid JSON: \(error.message)", path: path, offset: error.offset)
+      throw FlareError(
+        "adapter", .invalidAdapterConfig, "not valid JSON: \(error.message)", path: path,
+        offset: error.offset)
     }
     guard let members = json.objectMembers else { throw bad("not a JSON object") }
     var seen = Set<String>()
@@ -88,11 +90,14 @@ public struct PEFTConfig: Sendable {
     if let value = json["target_modules"] {
       switch value {
       case .null: targetModules = .none
-      case .string(let text): targetModules = text == "all-linear" ? .list(["all-linear"]) : .regex(text)
+      case .string(let text):
+        targetModules = text == "all-linear" ? .list(["all-linear"]) : .regex(text)
       case .array(let items):
         var names: [String] = []
         for item in items {
-          guard let name = item.stringValue else { throw bad("'target_modules' holds a non-string") }
+          guard let name = item.stringValue else {
+            throw bad("'target_modules' holds a non-string")
+          }
           names.append(name)
         }
         targetModules = .list(names)

@@ -52,7 +52,9 @@ public struct ParsedArguments: Sendable {
 public enum ArgumentParser {
   /// Parses `arguments` (without the program name) against `spec`.
   /// - Throws: ``UsageError`` for unknown options, missing values or missing positionals.
-  public static func parse(_ arguments: [String], spec: CommandSpec) throws(UsageError) -> ParsedArguments {
+  public static func parse(_ arguments: [String], spec: CommandSpec) throws(UsageError)
+    -> ParsedArguments
+  {
     var result = ParsedArguments()
     var index = 0
     var optionsEnded = false
@@ -104,7 +106,9 @@ public enum ArgumentParser {
       let missing = required[result.positionals.count]
       throw UsageError("missing expected argument '<\(missing.name)>'")
     }
-    if !spec.positionals.contains(where: \.variadic), result.positionals.count > spec.positionals.count {
+    if !spec.positionals.contains(where: \.variadic),
+      result.positionals.count > spec.positionals.count
+    {
       throw UsageError("unexpected argument '\(result.positionals[spec.positionals.count])'")
     }
     return result
@@ -113,7 +117,9 @@ public enum ArgumentParser {
   static func unknownOptionMessage(_ name: String, spec: CommandSpec) -> String {
     var message = "unknown option '\(name)'"
     let candidates = spec.allOptions.map(\.name)
-    let scored = candidates.map { ($0, editDistance(name, $0)) }.filter { $0.1 <= max(2, name.count / 3) }
+    let scored = candidates.map { ($0, editDistance(name, $0)) }.filter {
+      $0.1 <= max(2, name.count / 3)
+    }
     if let best = scored.min(by: { $0.1 < $1.1 }) {
       message += ". Did you mean '\(best.0)'?"
     }

@@ -42,7 +42,8 @@ public final class AtomicFileWriter {
       return mkstemp(start)
     }
     guard descriptor >= 0 else {
-      throw FlareError.io("cannot create a temporary file in '\(folder)'", path: destination, errno: errno)
+      throw FlareError.io(
+        "cannot create a temporary file in '\(folder)'", path: destination, errno: errno)
     }
     fd = descriptor
     temporaryPath = String(
@@ -85,8 +86,12 @@ public final class AtomicFileWriter {
   public func finish() throws {
     guard fd >= 0 else { return }
     try flush()
-    guard fsync(fd) == 0 else { throw FlareError.io("cannot sync", path: temporaryPath, errno: errno) }
-    guard close(fd) == 0 else { throw FlareError.io("cannot close", path: temporaryPath, errno: errno) }
+    guard fsync(fd) == 0 else {
+      throw FlareError.io("cannot sync", path: temporaryPath, errno: errno)
+    }
+    guard close(fd) == 0 else {
+      throw FlareError.io("cannot close", path: temporaryPath, errno: errno)
+    }
     fd = -1
   }
 

@@ -31,11 +31,17 @@ extension DType {
     case .f32:
       for i in 0..<count { output[i] = Float(bitPattern: raw.loadLE(UInt32.self, at: i * 4)) }
     case .f16:
-      for i in 0..<count { output[i] = HalfPrecision.f16ToFloat(raw.loadLE(UInt16.self, at: i * 2)) }
+      for i in 0..<count {
+        output[i] = HalfPrecision.f16ToFloat(raw.loadLE(UInt16.self, at: i * 2))
+      }
     case .bf16:
-      for i in 0..<count { output[i] = HalfPrecision.bf16ToFloat(raw.loadLE(UInt16.self, at: i * 2)) }
+      for i in 0..<count {
+        output[i] = HalfPrecision.bf16ToFloat(raw.loadLE(UInt16.self, at: i * 2))
+      }
     case .f64:
-      for i in 0..<count { output[i] = Float(Double(bitPattern: raw.loadLE(UInt64.self, at: i * 8))) }
+      for i in 0..<count {
+        output[i] = Float(Double(bitPattern: raw.loadLE(UInt64.self, at: i * 8)))
+      }
     case .c64:
       for i in 0..<(2 * count) { output[i] = Float(bitPattern: raw.loadLE(UInt32.self, at: i * 4)) }
     case .bool, .u8:
@@ -45,15 +51,21 @@ extension DType {
     case .u16:
       for i in 0..<count { output[i] = Float(raw.loadLE(UInt16.self, at: i * 2)) }
     case .i16:
-      for i in 0..<count { output[i] = Float(Int16(bitPattern: raw.loadLE(UInt16.self, at: i * 2))) }
+      for i in 0..<count {
+        output[i] = Float(Int16(bitPattern: raw.loadLE(UInt16.self, at: i * 2)))
+      }
     case .u32:
       for i in 0..<count { output[i] = Float(raw.loadLE(UInt32.self, at: i * 4)) }
     case .i32:
-      for i in 0..<count { output[i] = Float(Int32(bitPattern: raw.loadLE(UInt32.self, at: i * 4))) }
+      for i in 0..<count {
+        output[i] = Float(Int32(bitPattern: raw.loadLE(UInt32.self, at: i * 4)))
+      }
     case .u64:
       for i in 0..<count { output[i] = Float(raw.loadLE(UInt64.self, at: i * 8)) }
     case .i64:
-      for i in 0..<count { output[i] = Float(Int64(bitPattern: raw.loadLE(UInt64.self, at: i * 8))) }
+      for i in 0..<count {
+        output[i] = Float(Int64(bitPattern: raw.loadLE(UInt64.self, at: i * 8)))
+      }
     case .f8E4M3, .f8E5M2, .f8E8M0, .f8E4M3FNUZ, .f8E5M2FNUZ:
       guard let format = minifloat, let table = MinifloatTables.tables[format] else { return }
       table.withUnsafeBufferPointer { lookup in
@@ -62,7 +74,9 @@ extension DType {
     case .f4, .f6E2M3, .f6E3M2:
       guard let format = minifloat, let table = MinifloatTables.tables[format] else { return }
       table.withUnsafeBufferPointer { lookup in
-        for i in 0..<count { output[i] = lookup[Int(raw.loadPackedCode(index: i, width: bitWidth))] }
+        for i in 0..<count {
+          output[i] = lookup[Int(raw.loadPackedCode(index: i, width: bitWidth))]
+        }
       }
     }
   }
@@ -72,7 +86,9 @@ extension DType {
   ///
   /// - Throws: ``FlareError`` `.unsupported` for integer, boolean and complex types.
   /// - Precondition: `output.count >= byteCount(elements: values.count)` (rounded up).
-  public func encode(_ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer) throws {
+  public func encode(
+    _ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer
+  ) throws {
     let count = values.count
     precondition(output.count * 8 >= count * bitWidth, "encode: output too small")
     switch self {
@@ -91,7 +107,9 @@ extension DType {
       guard let format = minifloat else { return }
       let bytes = (count * bitWidth + 7) / 8
       for i in 0..<bytes { output[i] = 0 }
-      for i in 0..<count { output.storePackedCode(format.encode(values[i]), index: i, width: bitWidth) }
+      for i in 0..<count {
+        output.storePackedCode(format.encode(values[i]), index: i, width: bitWidth)
+      }
     default:
       throw FlareError("dtype", .unsupported, "cannot encode floats as \(rawValue)")
     }

@@ -153,7 +153,8 @@ public struct JSONParser {
       try expectLiteral("null")
       return .null
     case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return try parseNumber()
-    default: throw fail("unexpected character '\(Character(Unicode.Scalar(current)).escapedDescription)'")
+    default:
+      throw fail("unexpected character '\(Character(Unicode.Scalar(current)).escapedDescription)'")
     }
   }
 
@@ -239,7 +240,8 @@ public struct JSONParser {
       guard !atEnd, isDigit(current) else { throw fail("invalid number") }
       while !atEnd, isDigit(current) { position += 1 }
     }
-    let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
+    let text = String(
+      decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
     return .number(text)
   }
 
@@ -300,7 +302,8 @@ public struct JSONParser {
           guard let scalar = Unicode.Scalar(first) else { throw fail("unpaired surrogate escape") }
           scalars.append(scalar)
         }
-      default: throw fail("invalid escape '\\\(Character(Unicode.Scalar(escape)).escapedDescription)'")
+      default:
+        throw fail("invalid escape '\\\(Character(Unicode.Scalar(escape)).escapedDescription)'")
       }
       runStart = position
     }

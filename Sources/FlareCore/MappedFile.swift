@@ -25,7 +25,9 @@ public final class MappedFile: @unchecked Sendable {
     guard fd >= 0 else { throw FlareError.io("cannot open", path: path, errno: errno) }
     defer { close(fd) }
     var info = stat()
-    guard fstat(fd, &info) == 0 else { throw FlareError.io("cannot stat", path: path, errno: errno) }
+    guard fstat(fd, &info) == 0 else {
+      throw FlareError.io("cannot stat", path: path, errno: errno)
+    }
     guard (info.st_mode & S_IFMT) == S_IFREG else {
       throw FlareError("io", .ioError, "not a regular file", path: path)
     }

@@ -33,14 +33,20 @@ public struct Minifloat: Sendable, Hashable {
   public let bias: Int
   public let specials: Specials
 
-  public static let e4m3fn = Minifloat(exponentBits: 4, mantissaBits: 3, bias: 7, specials: .finiteWithNaN)
+  public static let e4m3fn = Minifloat(
+    exponentBits: 4, mantissaBits: 3, bias: 7, specials: .finiteWithNaN)
   public static let e5m2 = Minifloat(exponentBits: 5, mantissaBits: 2, bias: 15, specials: .ieee)
   public static let e4m3fnuz = Minifloat(exponentBits: 4, mantissaBits: 3, bias: 8, specials: .fnuz)
-  public static let e5m2fnuz = Minifloat(exponentBits: 5, mantissaBits: 2, bias: 16, specials: .fnuz)
-  public static let e8m0fnu = Minifloat(exponentBits: 8, mantissaBits: 0, bias: 127, specials: .e8m0)
-  public static let e2m1fn = Minifloat(exponentBits: 2, mantissaBits: 1, bias: 1, specials: .finiteOnly)
-  public static let e2m3fn = Minifloat(exponentBits: 2, mantissaBits: 3, bias: 1, specials: .finiteOnly)
-  public static let e3m2fn = Minifloat(exponentBits: 3, mantissaBits: 2, bias: 3, specials: .finiteOnly)
+  public static let e5m2fnuz = Minifloat(
+    exponentBits: 5, mantissaBits: 2, bias: 16, specials: .fnuz)
+  public static let e8m0fnu = Minifloat(
+    exponentBits: 8, mantissaBits: 0, bias: 127, specials: .e8m0)
+  public static let e2m1fn = Minifloat(
+    exponentBits: 2, mantissaBits: 1, bias: 1, specials: .finiteOnly)
+  public static let e2m3fn = Minifloat(
+    exponentBits: 2, mantissaBits: 3, bias: 1, specials: .finiteOnly)
+  public static let e3m2fn = Minifloat(
+    exponentBits: 3, mantissaBits: 2, bias: 3, specials: .finiteOnly)
 
   /// Total bits of a code, sign included (no sign bit for `e8m0`).
   public var bitWidth: Int { exponentBits + mantissaBits + (specials == .e8m0 ? 0 : 1) }
@@ -84,10 +90,12 @@ public struct Minifloat: Sendable, Hashable {
     }
     let magnitude: Float
     if exponent == 0 {
-      magnitude = Float(mantissa) * Float(sign: .plus, exponent: 1 - bias - mantissaBits, significand: 1)
+      magnitude =
+        Float(mantissa) * Float(sign: .plus, exponent: 1 - bias - mantissaBits, significand: 1)
     } else {
       let significand = Float((1 << UInt32(mantissaBits)) | mantissa)
-      magnitude = significand * Float(sign: .plus, exponent: exponent - bias - mantissaBits, significand: 1)
+      magnitude =
+        significand * Float(sign: .plus, exponent: exponent - bias - mantissaBits, significand: 1)
     }
     return negative ? -magnitude : magnitude
   }
@@ -96,14 +104,18 @@ public struct Minifloat: Sendable, Hashable {
   public var maxFinite: Double {
     switch specials {
     case .ieee:
-      return Double(sign: .plus, exponent: maxExponentField - 1 - bias, significand: 2 - 0x1p0 / Double(1 << mantissaBits))
+      return Double(
+        sign: .plus, exponent: maxExponentField - 1 - bias,
+        significand: 2 - 0x1p0 / Double(1 << mantissaBits))
     case .finiteWithNaN:
       // The all-ones exponent is usable except its all-ones mantissa (NaN).
       let top = Double((1 << mantissaBits) + Int(mantissaMask) - 1)
-      return top * Double(sign: .plus, exponent: maxExponentField - bias - mantissaBits, significand: 1)
+      return top
+        * Double(sign: .plus, exponent: maxExponentField - bias - mantissaBits, significand: 1)
     case .fnuz, .finiteOnly:
       let top = Double((1 << mantissaBits) + Int(mantissaMask))
-      return top * Double(sign: .plus, exponent: maxExponentField - bias - mantissaBits, significand: 1)
+      return top
+        * Double(sign: .plus, exponent: maxExponentField - bias - mantissaBits, significand: 1)
     case .e8m0:
       return Double(sign: .plus, exponent: 254 - bias, significand: 1)
     }

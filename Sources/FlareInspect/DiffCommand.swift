@@ -30,8 +30,10 @@ extension InspectCommand {
     let extra = b.model.tensors.map(\.name).filter { !namesA.contains($0) }
     _ = namesB
     let total = pairs.reduce(0) { $0 + $1.0.info.elementCount }
-    let bar = ProgressBar(label: "diff", total: total, enabled: !options.quiet && total > 50_000_000)
-    let differences = TensorDifference.compute(pairs: pairs.map { ($0.0.decodable, $0.1.decodable) }, progress: bar)
+    let bar = ProgressBar(
+      label: "diff", total: total, enabled: !options.quiet && total > 50_000_000)
+    let differences = TensorDifference.compute(
+      pairs: pairs.map { ($0.0.decodable, $0.1.decodable) }, progress: bar)
     bar.finish()
     let beyond = zip(pairs, differences).filter { $0.1.maxAbs > options.tolerance }
     let identical = beyond.isEmpty && missing.isEmpty && extra.isEmpty && mismatched.isEmpty
@@ -50,8 +52,18 @@ extension InspectCommand {
       let mismatchJSON = mismatched.map { x, y -> JSONValue in
         .object([
           ("name", .string(x.name)),
-          ("a", .object([("dtype", .string(x.dtype.rawValue)), ("shape", .array(x.shape.map { .integer($0) }))])),
-          ("b", .object([("dtype", .string(y.dtype.rawValue)), ("shape", .array(y.shape.map { .integer($0) }))])),
+          (
+            "a",
+            .object([
+              ("dtype", .string(x.dtype.rawValue)), ("shape", .array(x.shape.map { .integer($0) })),
+            ])
+          ),
+          (
+            "b",
+            .object([
+              ("dtype", .string(y.dtype.rawValue)), ("shape", .array(y.shape.map { .integer($0) })),
+            ])
+          ),
         ])
       }
       let document = JSONValue.object([
@@ -66,11 +78,18 @@ extension InspectCommand {
 
     var lines: [String] = []
     if !options.quiet {
-      lines.append("diff \(pathA) (reference, \(a.model.tensors.count) tensors) vs \(pathB) (\(b.model.tensors.count) tensors), tolerance \(Format.number(options.tolerance))")
+      lines.append(
+        "diff \(pathA) (reference, \(a.model.tensors.count) tensors) vs \(pathB) (\(b.model.tensors.count) tensors), tolerance \(Format.number(options.tolerance))"
+      )
       var rows: [[String]] = [["name", "max_abs", "rel_frobenius", "status"]]
       for ((x, _), difference) in zip(pairs, differences) {
-        let status = difference.maxAbs == 0 ? "equal" : (difference.maxAbs <= options.tolerance ? "within tolerance" : "DIFFERS")
-        rows.append([x.name.escapedForMessage, Format.number(difference.maxAbs), Format.number(difference.relativeFrobenius), status])
+        let status =
+          difference.maxAbs == 0
+          ? "equal" : (difference.maxAbs <= options.tolerance ? "within tolerance" : "DIFFERS")
+        rows.append([
+          x.name.escapedForMessage, Format.number(difference.maxAbs),
+          Format.number(difference.relativeFrobenius), status,
+        ])
       }
       if pairs.count > 0 { lines += Format.table(rows, rightAligned: [1, 2]) }
     }
@@ -78,7 +97,8 @@ extension InspectCommand {
     for name in extra { lines.append("only in \(pathB): \(name.escapedForMessage)") }
     for (x, y) in mismatched {
       lines.append(
-        "mismatch: \(x.name.escapedForMessage): \(x.dtype.rawValue) \(Format.shape(x.shape)) vs \(y.dtype.rawValue) \(Format.shape(y.shape))")
+        "mismatch: \(x.name.escapedForMessage): \(x.dtype.rawValue) \(Format.shape(x.shape)) vs \(y.dtype.rawValue) \(Format.shape(y.shape))"
+      )
     }
     let verdict =
       identical

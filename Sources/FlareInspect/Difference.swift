@@ -31,19 +31,27 @@ struct DifferencePartial: Sendable {
 
 extension TensorDifference {
   /// Differences of tensor pairs `(a, b)` with equal value counts, in parallel over chunks.
-  public static func compute(pairs: [(DecodableTensor, DecodableTensor)], progress: ProgressReporter? = nil)
+  public static func compute(
+    pairs: [(DecodableTensor, DecodableTensor)], progress: ProgressReporter? = nil
+  )
     -> [TensorDifference]
   {
     let references = pairs.map(\.0)
     let others = pairs.map(\.1)
     // Each chunk of `a` decodes the same range of its partner `b`.
     let tagged = references.enumerated().map { index, tensor in
-      DecodableTensor(name: String(index), valueCount: tensor.valueCount, granularity: Swift.max(tensor.granularity, others[index].granularity)) { range, buffer in
+      DecodableTensor(
+        name: String(index), valueCount: tensor.valueCount,
+        granularity: Swift.max(tensor.granularity, others[index].granularity)
+      ) { range, buffer in
         tensor.decode(range, buffer)
       }
     }
-    let partials = forEachChunk(of: tagged, empty: DifferencePartial(), progress: progress) { tensor, range, a in
-      guard let index = Int(tensor.name), others.indices.contains(index) else { return DifferencePartial() }
+    let partials = forEachChunk(of: tagged, empty: DifferencePartial(), progress: progress) {
+      tensor, range, a in
+      guard let index = Int(tensor.name), others.indices.contains(index) else {
+        return DifferencePartial()
+      }
       let partner = others[index]
       var b = [Float](repeating: 0, count: range.count)
       b.withUnsafeMutableBufferPointer { partner.decode(range, $0) }

@@ -24,7 +24,9 @@ enum Format {
   }
 
   /// `[30522, 384]`.
-  static func shape(_ shape: [Int]) -> String { "[" + shape.map(String.init).joined(separator: ", ") + "]" }
+  static func shape(_ shape: [Int]) -> String {
+    "[" + shape.map(String.init).joined(separator: ", ") + "]"
+  }
 
   /// Lays out rows in columns separated by two spaces; `rightAligned` columns are padded on
   /// the left. The last column is never padded on the right.

@@ -11,7 +11,8 @@ public enum InspectCommand {
     positionals: [
       PositionalSpec(
         "path",
-        help: "A .safetensors file, a shard index (*.index.json), an HF model folder, or a PEFT adapter folder.",
+        help:
+          "A .safetensors file, a shard index (*.index.json), an HF model folder, or a PEFT adapter folder.",
         variadic: true, optional: true)
     ],
     options: [
@@ -58,15 +59,20 @@ public enum InspectCommand {
     if diffPaths.count == 2 { options.diff = (diffPaths[0], diffPaths[1]) }
     if let tolerance = try arguments.double("--tolerance", spec: spec) {
       guard options.diff != nil else { throw UsageError("'--tolerance' needs '--diff'") }
-      guard tolerance >= 0 else { throw UsageError("the value '\(tolerance)' is invalid for '--tolerance <tolerance>'") }
+      guard tolerance >= 0 else {
+        throw UsageError("the value '\(tolerance)' is invalid for '--tolerance <tolerance>'")
+      }
       options.tolerance = tolerance
     }
     if options.data && !options.check { throw UsageError("'--data' needs '--check'") }
     if let diff = options.diff {
       guard options.paths.isEmpty else {
-        throw UsageError("'--diff' takes exactly two paths; unexpected argument '\(options.paths[0])'")
+        throw UsageError(
+          "'--diff' takes exactly two paths; unexpected argument '\(options.paths[0])'")
       }
-      guard !options.check, !options.stats else { throw UsageError("'--diff' cannot be combined with '--check' or '--stats'") }
+      guard !options.check, !options.stats else {
+        throw UsageError("'--diff' cannot be combined with '--check' or '--stats'")
+      }
       return try runDiff(diff.0, diff.1, options: options)
     }
     guard !options.paths.isEmpty else { throw UsageError("missing expected argument '<path>'") }
@@ -139,7 +145,8 @@ public enum InspectCommand {
     var lines: [String] = []
     let scale = Format.number(adapter.scaling)
     lines.append(
-      "adapter: PEFT \(adapter.peftType), r=\(adapter.r), lora_alpha=\(Format.number(adapter.loraAlpha)), scaling \(adapter.scalingRule) = \(scale)")
+      "adapter: PEFT \(adapter.peftType), r=\(adapter.r), lora_alpha=\(Format.number(adapter.loraAlpha)), scaling \(adapter.scalingRule) = \(scale)"
+    )
     switch adapter.targetModules {
     case .list(let names): lines.append("  target modules: \(names.joined(separator: ", "))")
     case .regex(let pattern): lines.append("  target modules (regex, full match): \(pattern)")
@@ -150,9 +157,12 @@ public enum InspectCommand {
       let s = PEFTConfig.scaling(alpha: alpha, r: rank, rslora: adapter.useRslora)
       lines.append("  rank_pattern: \(pattern) -> r=\(rank), scaling \(Format.number(s))")
     }
-    for (pattern, alpha) in adapter.alphaPattern where !adapter.rankPattern.contains(where: { $0.pattern == pattern }) {
+    for (pattern, alpha) in adapter.alphaPattern
+    where !adapter.rankPattern.contains(where: { $0.pattern == pattern }) {
       let s = PEFTConfig.scaling(alpha: alpha, r: adapter.r, rslora: adapter.useRslora)
-      lines.append("  alpha_pattern: \(pattern) -> lora_alpha=\(Format.number(alpha)), scaling \(Format.number(s))")
+      lines.append(
+        "  alpha_pattern: \(pattern) -> lora_alpha=\(Format.number(alpha)), scaling \(Format.number(s))"
+      )
     }
     var flags: [String] = []
     if adapter.useDora { flags.append("DoRA") }
@@ -178,19 +188,24 @@ public enum InspectCommand {
       lines.append("\(input.path): safetensors, \(model.files.count) shards, \(fileSize) bytes")
     } else if let file = model.files.first {
       lines.append(
-        "\(input.path): safetensors, \(file.fileSize) bytes, header 8 + \(file.header.headerLength) bytes, data at \(file.header.dataStart)")
+        "\(input.path): safetensors, \(file.fileSize) bytes, header 8 + \(file.header.headerLength) bytes, data at \(file.header.dataStart)"
+      )
     }
     if let adapter = input.adapter { lines += adapterLines(adapter) }
     let metadata = model.files.first?.metadata
     if let metadata {
       lines.append("metadata:")
-      for (key, value) in metadata { lines.append("  \(key.escapedForMessage) = \(value.escapedForMessage)") }
+      for (key, value) in metadata {
+        lines.append("  \(key.escapedForMessage) = \(value.escapedForMessage)")
+      }
     } else {
       lines.append("metadata: none")
     }
     if let indexMetadata = model.indexMetadata {
       lines.append("index metadata:")
-      for (key, value) in indexMetadata { lines.append("  \(key.escapedForMessage) = \(JSONWriter.compact(value))") }
+      for (key, value) in indexMetadata {
+        lines.append("  \(key.escapedForMessage) = \(JSONWriter.compact(value))")
+      }
     }
     var rows: [[String]] = [["#", "name", "dtype", "shape", "data offsets", "bytes"]]
     var lastFile: String?
@@ -222,9 +237,12 @@ public enum InspectCommand {
     lines += tableLines
     let bytes = model.totalBytes
     lines.append(
-      "total: \(model.tensors.count) tensors, \(parameters) parameters, \(bytes) bytes (\(Format.bytes(bytes)))")
+      "total: \(model.tensors.count) tensors, \(parameters) parameters, \(bytes) bytes (\(Format.bytes(bytes)))"
+    )
     if unaligned > 0 {
-      lines.append("note: \(unaligned) tensors (marked *) are not aligned for their dtype and are read by copying")
+      lines.append(
+        "note: \(unaligned) tensors (marked *) are not aligned for their dtype and are read by copying"
+      )
     }
     for warning in model.warnings { lines.append("warning: \(warning)") }
     return lines
@@ -233,14 +251,17 @@ public enum InspectCommand {
   static func listingJSON(_ input: InspectInput) -> [(String, JSONValue)] {
     let model = input.model
     var document: [(String, JSONValue)] = [
-      ("format", .string("safetensors")), ("path", .string(input.path)), ("kind", .string(input.kind.rawValue)),
+      ("format", .string("safetensors")), ("path", .string(input.path)),
+      ("kind", .string(input.kind.rawValue)),
     ]
     if let metadata = model.files.first?.metadata {
       document.append(("metadata", .object(metadata.map { ($0.key, .string($0.value)) })))
     } else {
       document.append(("metadata", .null))
     }
-    if let indexMetadata = model.indexMetadata { document.append(("index_metadata", .object(indexMetadata))) }
+    if let indexMetadata = model.indexMetadata {
+      document.append(("index_metadata", .object(indexMetadata)))
+    }
     if let adapter = input.adapter { document.append(("adapter", adapterJSON(adapter))) }
     if let file = model.files.first, !model.isSharded {
       document.append(("header_length", .integer(file.header.headerLength)))
@@ -251,22 +272,32 @@ public enum InspectCommand {
       var entry: [(String, JSONValue)] = [
         ("name", .string(view.name)), ("dtype", .string(view.dtype.rawValue)),
         ("shape", .array(view.shape.map { .integer($0) })),
-        ("data_offsets", .array([.integer(view.info.dataOffsets.lowerBound), .integer(view.info.dataOffsets.upperBound)])),
+        (
+          "data_offsets",
+          .array([
+            .integer(view.info.dataOffsets.lowerBound), .integer(view.info.dataOffsets.upperBound),
+          ])
+        ),
       ]
-      if model.isSharded { entry.append(("file", .string(AtomicFileWriter.baseName(of: view.file.path)))) }
+      if model.isSharded {
+        entry.append(("file", .string(AtomicFileWriter.baseName(of: view.file.path))))
+      }
       if !view.isAligned { entry.append(("aligned", .bool(false))) }
       tensors.append(.object(entry))
     }
     document.append(("tensors", .array(tensors)))
     let parameters = model.tensors.reduce(0) { $0 + $1.info.elementCount }
-    document.append((
-      "totals",
-      .object([
-        ("tensors", .integer(model.tensors.count)), ("parameters", .integer(parameters)),
-        ("bytes", .integer(model.totalBytes)),
-      ])
-    ))
-    if !model.warnings.isEmpty { document.append(("warnings", .array(model.warnings.map { .string($0) }))) }
+    document.append(
+      (
+        "totals",
+        .object([
+          ("tensors", .integer(model.tensors.count)), ("parameters", .integer(parameters)),
+          ("bytes", .integer(model.totalBytes)),
+        ])
+      ))
+    if !model.warnings.isEmpty {
+      document.append(("warnings", .array(model.warnings.map { .string($0) })))
+    }
     return document
   }
 
@@ -285,7 +316,8 @@ public enum InspectCommand {
       ("rank_pattern", .object(adapter.rankPattern.map { ($0.pattern, .integer($0.rank)) })),
       ("alpha_pattern", .object(adapter.alphaPattern.map { ($0.pattern, .exact($0.alpha)) })),
       ("use_dora", .bool(adapter.useDora)), ("fan_in_fan_out", .bool(adapter.fanInFanOut)),
-      ("bias", .string(adapter.bias)), ("modules_to_save", .array(adapter.modulesToSave.map { .string($0) })),
+      ("bias", .string(adapter.bias)),
+      ("modules_to_save", .array(adapter.modulesToSave.map { .string($0) })),
       ("base_model_name_or_path", adapter.baseModel.map { .string($0) } ?? .null),
       ("task_type", adapter.taskType.map { .string($0) } ?? .null),
     ])
@@ -293,7 +325,9 @@ public enum InspectCommand {
 
   // MARK: - Check
 
-  static func check(_ input: InspectInput, options: Options) -> (lines: [String], json: JSONValue, ok: Bool) {
+  static func check(_ input: InspectInput, options: Options) -> (
+    lines: [String], json: JSONValue, ok: Bool
+  ) {
     let model = input.model
     var lines: [String] = []
     var ok = true
@@ -307,10 +341,18 @@ public enum InspectCommand {
       let stats = computeStats(tensors.map(\.decodable), label: "scanning", options: options)
       var bad: [JSONValue] = []
       for (view, stat) in zip(tensors, stats) where stat.nanCount > 0 || stat.infCount > 0 {
-        problems.append("tensor '\(view.name.escapedForMessage)' has \(stat.nanCount) NaN and \(stat.infCount) Inf values")
-        bad.append(.object([("name", .string(view.name)), ("nan", .integer(stat.nanCount)), ("inf", .integer(stat.infCount))]))
+        problems.append(
+          "tensor '\(view.name.escapedForMessage)' has \(stat.nanCount) NaN and \(stat.infCount) Inf values"
+        )
+        bad.append(
+          .object([
+            ("name", .string(view.name)), ("nan", .integer(stat.nanCount)),
+            ("inf", .integer(stat.infCount)),
+          ]))
       }
-      dataJSON = .object([("scanned_tensors", .integer(tensors.count)), ("non_finite", .array(bad))])
+      dataJSON = .object([
+        ("scanned_tensors", .integer(tensors.count)), ("non_finite", .array(bad)),
+      ])
       if bad.isEmpty {
         summary += "; no NaN or Inf in \(tensors.count) float tensors"
       } else {
@@ -324,7 +366,8 @@ public enum InspectCommand {
       lines += problems.map { "  \($0)" }
     }
     if !unaligned.isEmpty {
-      lines.append("  note: \(unaligned.count) tensors are not aligned for their dtype (read by copying)")
+      lines.append(
+        "  note: \(unaligned.count) tensors are not aligned for their dtype (read by copying)")
     }
     for warning in model.warnings { lines.append("  warning: \(warning)") }
     let json = JSONValue.object([
@@ -340,7 +383,9 @@ public enum InspectCommand {
     computeStats(input.decodables, label: "stats", options: options)
   }
 
-  static func computeStats(_ tensors: [DecodableTensor], label: String, options: Options) -> [TensorStatistics] {
+  static func computeStats(_ tensors: [DecodableTensor], label: String, options: Options)
+    -> [TensorStatistics]
+  {
     let total = tensors.reduce(0) { $0 + $1.valueCount }
     let bar = ProgressBar(label: label, total: total, enabled: !options.quiet && total > 50_000_000)
     defer { bar.finish() }
@@ -349,13 +394,16 @@ public enum InspectCommand {
 
   static func statsJSON(_ stats: TensorStatistics) -> JSONValue {
     .object([
-      ("count", .integer(stats.count)), ("finite", .integer(stats.finite)), ("min", .float(stats.min)),
+      ("count", .integer(stats.count)), ("finite", .integer(stats.finite)),
+      ("min", .float(stats.min)),
       ("max", .float(stats.max)), ("mean", .exact(stats.mean)), ("std", .exact(stats.std)),
       ("nan", .integer(stats.nanCount)), ("inf", .integer(stats.infCount)),
     ])
   }
 
-  static func attachStats(_ document: [(String, JSONValue)], stats: [TensorStatistics]) -> [(String, JSONValue)] {
+  static func attachStats(_ document: [(String, JSONValue)], stats: [TensorStatistics]) -> [(
+    String, JSONValue
+  )] {
     document.map { key, value in
       guard key == "tensors", let tensors = value.arrayValue else { return (key, value) }
       let merged = zip(tensors, stats).map { tensor, stat -> JSONValue in
@@ -369,7 +417,8 @@ public enum InspectCommand {
     var rows: [[String]] = [["#", "name", "dtype", "min", "max", "mean", "std", "nan", "inf"]]
     for (i, (view, stat)) in zip(input.model.tensors, stats).enumerated() {
       rows.append([
-        String(i), view.name.escapedForMessage, view.dtype.rawValue, Format.number(stat.min.map(Double.init)),
+        String(i), view.name.escapedForMessage, view.dtype.rawValue,
+        Format.number(stat.min.map(Double.init)),
         Format.number(stat.max.map(Double.init)), Format.number(stat.mean), Format.number(stat.std),
         String(stat.nanCount), String(stat.infCount),
       ])

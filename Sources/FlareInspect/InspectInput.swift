@@ -32,18 +32,25 @@ public struct InspectInput: Sendable {
               "only adapter_model.bin (a pickle) is present; Flare reads adapter_model.safetensors only",
               path: path)
           }
-          throw FlareError("adapter", .fileNotFound, "adapter_config.json has no adapter_model.safetensors beside it", path: path)
+          throw FlareError(
+            "adapter", .fileNotFound,
+            "adapter_config.json has no adapter_model.safetensors beside it", path: path)
         }
-        return InspectInput(path: path, kind: .adapterFolder, model: try SafetensorsModel(file: weights), adapter: adapter)
+        return InspectInput(
+          path: path, kind: .adapterFolder, model: try SafetensorsModel(file: weights),
+          adapter: adapter)
       }
       let model = try SafetensorsModel.open(path)
-      return InspectInput(path: path, kind: model.isSharded ? .shardedIndex : .modelFolder, model: model, adapter: nil)
+      return InspectInput(
+        path: path, kind: model.isSharded ? .shardedIndex : .modelFolder, model: model, adapter: nil
+      )
     }
     if !fileExists(path) {
       throw FlareError("io", .fileNotFound, "no such file or directory", path: path)
     }
     let model = try SafetensorsModel.open(path)
-    return InspectInput(path: path, kind: model.isSharded ? .shardedIndex : .file, model: model, adapter: nil)
+    return InspectInput(
+      path: path, kind: model.isSharded ? .shardedIndex : .file, model: model, adapter: nil)
   }
 
   /// The tensors as decodable sources, in listing order.
@@ -60,7 +67,8 @@ extension TensorView {
     return DecodableTensor(
       name: name, valueCount: info.elementCount * perElement, granularity: 8 * perElement
     ) { range, buffer in
-      view.decode(elements: (range.lowerBound / perElement)..<(range.upperBound / perElement), into: buffer)
+      view.decode(
+        elements: (range.lowerBound / perElement)..<(range.upperBound / perElement), into: buffer)
     }
   }
 }

@@ -159,7 +159,8 @@ extension TensorStatistics {
   public static func compute(_ tensors: [DecodableTensor], progress: ProgressReporter? = nil)
     -> [TensorStatistics]
   {
-    let partials = forEachChunk(of: tensors, empty: MomentPartial(), progress: progress) { _, _, values in
+    let partials = forEachChunk(of: tensors, empty: MomentPartial(), progress: progress) {
+      _, _, values in
       MomentPartial.of(values)
     }
     return partials.map { chunks in

@@ -93,7 +93,8 @@ public struct TensorView: @unchecked Sendable {
   public func withFloat32Elements<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R {
     guard info.dtype == .f32 else {
       throw FlareError(
-        "safetensors", .unsupported, "is \(info.dtype.rawValue), not F32", path: file.path, tensor: name)
+        "safetensors", .unsupported, "is \(info.dtype.rawValue), not F32", path: file.path,
+        tensor: name)
     }
     let raw = rawBytes
     if isAligned, let base = raw.baseAddress {
@@ -108,7 +109,8 @@ public struct TensorView: @unchecked Sendable {
   /// interleaved real and imaginary parts).
   public func floats() -> [Float] {
     let count = info.elementCount
-    return [Float](unsafeUninitializedCapacity: count * info.dtype.floatsPerElement) { buffer, initialized in
+    return [Float](unsafeUninitializedCapacity: count * info.dtype.floatsPerElement) {
+      buffer, initialized in
       info.dtype.decode(rawBytes, count: count, into: buffer)
       initialized = count * info.dtype.floatsPerElement
     }

@@ -53,11 +53,14 @@ public struct SafetensorsHeader: Sendable {
   public static func parse(file: UnsafeRawBufferPointer) throws(FlareError) -> SafetensorsHeader {
     var reader = ByteReader(file)
     guard let wide = reader.read(UInt64.self) else {
-      throw .safetensors(.headerTooSmall, "file is \(file.count) bytes, shorter than the 8-byte header length", offset: 0)
+      throw .safetensors(
+        .headerTooSmall, "file is \(file.count) bytes, shorter than the 8-byte header length",
+        offset: 0)
     }
     guard wide <= UInt64(maxHeaderLength) else {
       throw .safetensors(
-        .headerTooLarge, "header length \(wide) exceeds the limit of \(maxHeaderLength) bytes", offset: 0)
+        .headerTooLarge, "header length \(wide) exceeds the limit of \(maxHeaderLength) bytes",
+        offset: 0)
     }
     let length = Int(wide)  // ≤ 100,000,000, so it fits
     guard let headerBytes = reader.readBytes(length) else {
@@ -73,13 +76,15 @@ public struct SafetensorsHeader: Sendable {
     throws(FlareError) -> SafetensorsHeader
   {
     guard String(validating: headerJSON, as: UTF8.self) != nil else {
-      throw .safetensors(.invalidUTF8, "header is not valid UTF-8", offset: 8 + firstInvalidUTF8(headerJSON))
+      throw .safetensors(
+        .invalidUTF8, "header is not valid UTF-8", offset: 8 + firstInvalidUTF8(headerJSON))
     }
     let json: JSONValue
     do {
       json = try JSONParser.parse(headerJSON)
     } catch {
-      throw .safetensors(.invalidJSON, "header is not valid JSON: \(error.message)", offset: 8 + error.offset)
+      throw .safetensors(
+        .invalidJSON, "header is not valid JSON: \(error.message)", offset: 8 + error.offset)
     }
     guard let members = json.objectMembers else {
       throw .safetensors(.invalidHeader, "header is not a JSON object", offset: 8)
@@ -90,13 +95,16 @@ public struct SafetensorsHeader: Sendable {
     var sawMetadata = false
     for (key, value) in members {
       if key == "__metadata__" {
-        if sawMetadata { throw .safetensors(.duplicateKey, "key '__metadata__' appears twice", offset: 8) }
+        if sawMetadata {
+          throw .safetensors(.duplicateKey, "key '__metadata__' appears twice", offset: 8)
+        }
         sawMetadata = true
         metadata = try parseMetadata(value)
         continue
       }
       guard seen.insert(key).inserted else {
-        throw .safetensors(.duplicateKey, "name appears more than once in the header", tensor: key, offset: 8)
+        throw .safetensors(
+          .duplicateKey, "name appears more than once in the header", tensor: key, offset: 8)
       }
       try validateName(key)
       entries.append(try parseEntry(name: key, value))
@@ -150,7 +158,8 @@ public struct SafetensorsHeader: Sendable {
         expectedBegin < dataSize
         ? "data section has \(dataSize) bytes but the tensors cover only \(expectedBegin) (\(dataSize - expectedBegin) trailing bytes)"
         : "tensors need \(expectedBegin) bytes of data but the data section has only \(dataSize) (file truncated?)"
-      throw .safetensors(.incompleteBuffer, message, offset: dataStart + min(expectedBegin, dataSize))
+      throw .safetensors(
+        .incompleteBuffer, message, offset: dataStart + min(expectedBegin, dataSize))
     }
     return SafetensorsHeader(
       headerLength: headerLength, metadata: metadata, tensors: sorted, headerOrder: headerOrder)
@@ -180,7 +189,9 @@ public struct SafetensorsHeader: Sendable {
     }
   }
 
-  private static func parseMetadata(_ value: JSONValue) throws(FlareError) -> [(key: String, value: String)]? {
+  private static func parseMetadata(_ value: JSONValue) throws(FlareError) -> [(
+    key: String, value: String
+  )]? {
     if value == .null { return nil }
     guard let members = value.objectMembers else {
       throw .safetensors(.invalidHeader, "'__metadata__' is not an object", offset: 8)
@@ -189,18 +200,21 @@ public struct SafetensorsHeader: Sendable {
     var seen = Set<String>()
     for (key, member) in members {
       guard seen.insert(key).inserted else {
-        throw .safetensors(.duplicateKey, "metadata key '\(key.escapedForMessage)' appears twice", offset: 8)
+        throw .safetensors(
+          .duplicateKey, "metadata key '\(key.escapedForMessage)' appears twice", offset: 8)
       }
       guard let text = member.stringValue else {
         throw .safetensors(
-          .invalidMetadata, "metadata value of '\(key.escapedForMessage)' is not a string", offset: 8)
+          .invalidMetadata, "metadata value of '\(key.escapedForMessage)' is not a string",
+          offset: 8)
       }
       result.append((key, text))
     }
     return result
   }
 
-  private static func parseEntry(name: String, _ value: JSONValue) throws(FlareError) -> TensorInfo {
+  private static func parseEntry(name: String, _ value: JSONValue) throws(FlareError) -> TensorInfo
+  {
     guard let members = value.objectMembers else {
       throw .safetensors(.invalidHeader, "entry is not an object", tensor: name, offset: 8)
     }
@@ -215,7 +229,8 @@ public struct SafetensorsHeader: Sendable {
       case "dtype", "shape", "data_offsets":
         throw .safetensors(.duplicateKey, "field '\(key)' appears twice", tensor: name, offset: 8)
       default:
-        throw .safetensors(.invalidHeader, "unknown field '\(key.escapedForMessage)'", tensor: name, offset: 8)
+        throw .safetensors(
+          .invalidHeader, "unknown field '\(key.escapedForMessage)'", tensor: name, offset: 8)
       }
     }
     guard let dtypeValue, let shapeValue, let offsetsValue else {
@@ -227,7 +242,8 @@ public struct SafetensorsHeader: Sendable {
       throw .safetensors(.invalidHeader, "dtype is not a string", tensor: name, offset: 8)
     }
     guard let dtype = DType(rawValue: dtypeName) else {
-      throw .safetensors(.unknownDType, "unknown dtype '\(dtypeName.escapedForMessage)'", tensor: name, offset: 8)
+      throw .safetensors(
+        .unknownDType, "unknown dtype '\(dtypeName.escapedForMessage)'", tensor: name, offset: 8)
     }
     guard let dims = shapeValue.arrayValue else {
       throw .safetensors(.invalidHeader, "shape is not an array", tensor: name, offset: 8)
@@ -236,11 +252,14 @@ public struct SafetensorsHeader: Sendable {
     for dim in dims {
       guard let wide = dim.uint64Value else {
         throw .safetensors(
-          .invalidHeader, "shape \(JSONWriter.compact(shapeValue)) is not a list of non-negative integers",
+          .invalidHeader,
+          "shape \(JSONWriter.compact(shapeValue)) is not a list of non-negative integers",
           tensor: name, offset: 8)
       }
       guard let size = Int(exactly: wide) else {
-        throw .safetensors(.shapeOverflow, "dimension \(wide) does not fit in a 64-bit signed integer", tensor: name, offset: 8)
+        throw .safetensors(
+          .shapeOverflow, "dimension \(wide) does not fit in a 64-bit signed integer", tensor: name,
+          offset: 8)
       }
       shape.append(size)
     }
@@ -248,12 +267,14 @@ public struct SafetensorsHeader: Sendable {
       let end64 = pair[1].uint64Value
     else {
       throw .safetensors(
-        .invalidHeader, "data_offsets \(JSONWriter.compact(offsetsValue)) is not a pair of non-negative integers",
+        .invalidHeader,
+        "data_offsets \(JSONWriter.compact(offsetsValue)) is not a pair of non-negative integers",
         tensor: name, offset: 8)
     }
     guard let begin = Int(exactly: begin64), let end = Int(exactly: end64), begin <= end else {
       throw .safetensors(
-        .invalidOffset, "data offsets [\(begin64), \(end64)) are out of order or out of range", tensor: name, offset: 8)
+        .invalidOffset, "data offsets [\(begin64), \(end64)) are out of order or out of range",
+        tensor: name, offset: 8)
     }
     return TensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end)
   }

@@ -73,7 +73,8 @@ public final class TensorSink {
   public func write(floats: UnsafeBufferPointer<Float>) throws {
     guard let size = spec.dtype.byteCount(elements: floats.count) else {
       throw FlareError(
-        "safetensors", .misalignedSlice, "\(floats.count) values do not fill whole bytes", tensor: spec.name)
+        "safetensors", .misalignedSlice, "\(floats.count) values do not fill whole bytes",
+        tensor: spec.name)
     }
     var scratch = [UInt8](repeating: 0, count: size)
     try scratch.withUnsafeMutableBytes { try spec.dtype.encode(floats, into: $0) }
@@ -99,7 +100,8 @@ public enum SafetensorsWriter {
     if let metadata {
       var seen = Set<String>()
       for (key, _) in metadata where !seen.insert(key).inserted {
-        throw FlareError.safetensors(.duplicateKey, "metadata key '\(key.escapedForMessage)' appears twice")
+        throw FlareError.safetensors(
+          .duplicateKey, "metadata key '\(key.escapedForMessage)' appears twice")
       }
       members.append(("__metadata__", .object(metadata.map { ($0.key, .string($0.value)) })))
     }
@@ -109,17 +111,22 @@ public enum SafetensorsWriter {
     for spec in specs {
       try SafetensorsHeader.validateName(spec.name)
       guard spec.name != "__metadata__" else {
-        throw FlareError.safetensors(.invalidName, "a tensor cannot be called '__metadata__'", tensor: spec.name)
+        throw FlareError.safetensors(
+          .invalidName, "a tensor cannot be called '__metadata__'", tensor: spec.name)
       }
       guard seen.insert(spec.name).inserted else {
-        throw FlareError.safetensors(.duplicateKey, "name appears more than once", tensor: spec.name)
+        throw FlareError.safetensors(
+          .duplicateKey, "name appears more than once", tensor: spec.name)
       }
       guard let size = spec.byteCount else {
         throw FlareError.safetensors(
-          .shapeOverflow, "shape \(spec.shape) of \(spec.dtype.rawValue) has no whole byte size", tensor: spec.name)
+          .shapeOverflow, "shape \(spec.shape) of \(spec.dtype.rawValue) has no whole byte size",
+          tensor: spec.name)
       }
       let (end, overflow) = offset.addingReportingOverflow(size)
-      guard !overflow else { throw FlareError.safetensors(.shapeOverflow, "total size overflows", tensor: spec.name) }
+      guard !overflow else {
+        throw FlareError.safetensors(.shapeOverflow, "total size overflows", tensor: spec.name)
+      }
       ranges.append(offset..<end)
       members.append(
         (
@@ -138,7 +145,9 @@ public enum SafetensorsWriter {
     bytes.append(contentsOf: repeatElement(UInt8(ascii: " "), count: padding))
     guard bytes.count <= SafetensorsHeader.maxHeaderLength else {
       throw FlareError.safetensors(
-        .headerTooLarge, "header would be \(bytes.count) bytes, over the \(SafetensorsHeader.maxHeaderLength)-byte limit")
+        .headerTooLarge,
+        "header would be \(bytes.count) bytes, over the \(SafetensorsHeader.maxHeaderLength)-byte limit"
+      )
     }
     var file = withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { Array($0) }
     file.append(contentsOf: bytes)
@@ -167,7 +176,8 @@ public enum SafetensorsWriter {
     body: (TensorSink) throws -> Void
   ) throws -> [TensorSpec] {
     let order = layoutOrder(specs, alignment: options.alignment).map { specs[$0] }
-    let (header, ranges) = try header(for: order, metadata: options.metadata, alignment: options.alignment ?? 8)
+    let (header, ranges) = try header(
+      for: order, metadata: options.metadata, alignment: options.alignment ?? 8)
     let writer: AtomicFileWriter
     do {
       writer = try AtomicFileWriter(destination: path, overwrite: options.overwrite)
@@ -179,7 +189,8 @@ public enum SafetensorsWriter {
         try body(sink)
         guard sink.written == range.count else {
           throw FlareError.safetensors(
-            .tensorInvalidInfo, "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
+            .tensorInvalidInfo,
+            "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
             tensor: spec.name)
         }
       }
@@ -196,7 +207,8 @@ public enum SafetensorsWriter {
 
   /// Writes in-memory tensors (name, dtype, shape, raw bytes) to `path`.
   public static func write(
-    to path: String, tensors: [(spec: TensorSpec, bytes: [UInt8])], options: SafetensorsWriteOptions = .init()
+    to path: String, tensors: [(spec: TensorSpec, bytes: [UInt8])],
+    options: SafetensorsWriteOptions = .init()
   ) throws {
     var byName: [String: [UInt8]] = [:]
     for tensor in tensors { byName[tensor.spec.name] = tensor.bytes }

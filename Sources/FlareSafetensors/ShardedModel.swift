@@ -69,11 +69,15 @@ public final class SafetensorsModel: @unchecked Sendable {
         for (tensor, file) in members {
           guard seen.insert(tensor).inserted else {
             throw FlareError(
-              "safetensors", .duplicateKey, "appears twice in 'weight_map'", path: indexPath, tensor: tensor)
+              "safetensors", .duplicateKey, "appears twice in 'weight_map'", path: indexPath,
+              tensor: tensor)
           }
-          guard let name = file.stringValue else { throw bad("shard name is not a string", tensor: tensor) }
+          guard let name = file.stringValue else {
+            throw bad("shard name is not a string", tensor: tensor)
+          }
           guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
-            throw bad("shard name '\(name.escapedForMessage)' is not a plain file name", tensor: tensor)
+            throw bad(
+              "shard name '\(name.escapedForMessage)' is not a plain file name", tensor: tensor)
           }
           weightMap.append((tensor, name))
         }
@@ -83,7 +87,9 @@ public final class SafetensorsModel: @unchecked Sendable {
       default: break  // other keys are informational
       }
     }
-    guard top.contains(where: { $0.0 == "weight_map" }) else { throw bad("index has no 'weight_map'") }
+    guard top.contains(where: { $0.0 == "weight_map" }) else {
+      throw bad("index has no 'weight_map'")
+    }
     let folder = AtomicFileWriter.parentFolder(of: indexPath)
     var shardNames: [String] = []
     for (_, name) in weightMap where !shardNames.contains(name) { shardNames.append(name) }
@@ -98,7 +104,8 @@ public final class SafetensorsModel: @unchecked Sendable {
       for view in file.views {
         if let other = owner[view.name] {
           throw FlareError(
-            "safetensors", .duplicateKey, "is stored in both '\(other)' and '\(name)'", path: indexPath,
+            "safetensors", .duplicateKey, "is stored in both '\(other)' and '\(name)'",
+            path: indexPath,
             tensor: view.name)
         }
         owner[view.name] = name
@@ -119,7 +126,8 @@ public final class SafetensorsModel: @unchecked Sendable {
     if let declared = metadata.last(where: { $0.0 == "total_size" })?.1 {
       if let value = declared.uint64Value ?? declared.doubleValue.flatMap({ UInt64(exactly: $0) }) {
         if value != UInt64(totalBytes) {
-          warnings.append("index metadata total_size is \(value) but the tensors hold \(totalBytes) bytes")
+          warnings.append(
+            "index metadata total_size is \(value) but the tensors hold \(totalBytes) bytes")
         }
       } else {
         warnings.append("index metadata total_size is not a non-negative integer")
@@ -141,7 +149,8 @@ public final class SafetensorsModel: @unchecked Sendable {
       let single = "\(path)/model.safetensors"
       if fileExists(single) { return try SafetensorsModel(file: single) }
       throw FlareError(
-        "safetensors", .fileNotFound, "folder has neither model.safetensors.index.json nor model.safetensors",
+        "safetensors", .fileNotFound,
+        "folder has neither model.safetensors.index.json nor model.safetensors",
         path: path)
     }
     if path.hasSuffix(".json") { return try SafetensorsModel(index: path) }
@@ -204,13 +213,16 @@ extension SafetensorsWriter {
     }
     let plan = planShards(specs, maxShardBytes: maxShardBytes)
     let single = plan.count == 1
-    let names = single ? ["\(base).safetensors"] : plan.indices.map { shardName($0 + 1, of: plan.count, base: base) }
+    let names =
+      single
+      ? ["\(base).safetensors"] : plan.indices.map { shardName($0 + 1, of: plan.count, base: base) }
     let indexPath = "\(folder)/\(base).safetensors.index.json"
     var destinations = names.map { "\(folder)/\($0)" }
     if !single { destinations.append(indexPath) }
     if !options.overwrite {
       for path in destinations where fileExists(path) {
-        throw FlareError("io", .outputExists, "output already exists (use --force to overwrite)", path: path)
+        throw FlareError(
+          "io", .outputExists, "output already exists (use --force to overwrite)", path: path)
       }
     }
     var staged: [AtomicFileWriter] = []
@@ -220,7 +232,8 @@ extension SafetensorsWriter {
       for (shard, name) in zip(plan, names) {
         let shardSpecs = shard.map { specs[$0] }
         let order = layoutOrder(shardSpecs, alignment: options.alignment).map { shardSpecs[$0] }
-        let (header, ranges) = try header(for: order, metadata: options.metadata, alignment: options.alignment ?? 8)
+        let (header, ranges) = try header(
+          for: order, metadata: options.metadata, alignment: options.alignment ?? 8)
         let path = "\(folder)/\(name)"
         let writer = try AtomicFileWriter(destination: path, overwrite: true)
         staged.append(writer)
@@ -231,7 +244,8 @@ extension SafetensorsWriter {
           guard sink.written == range.count else {
             throw FlareError(
               "safetensors", .tensorInvalidInfo,
-              "received \(sink.written) bytes, but its shape and dtype need \(range.count)", path: path,
+              "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
+              path: path,
               tensor: spec.name)
           }
           weightMap.append((spec.name, .string(name)))

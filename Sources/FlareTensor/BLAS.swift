@@ -10,7 +10,8 @@ public enum BLAS {
     m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafeBufferPointer<Float>,
     b: UnsafeBufferPointer<Float>, beta: Float = 0, c: UnsafeMutableBufferPointer<Float>
   ) {
-    precondition(a.count >= m * k && b.count >= k * n && c.count >= m * n, "sgemm: buffers too small")
+    precondition(
+      a.count >= m * k && b.count >= k * n && c.count >= m * n, "sgemm: buffers too small")
     precondition(m <= Int32.max && n <= Int32.max && k <= Int32.max, "sgemm: sizes exceed Int32")
     cblas_sgemm(
       CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha, a.baseAddress,
@@ -18,14 +19,18 @@ public enum BLAS {
   }
 
   /// The dot product of `x` and `y` (equal lengths).
-  public static func sdot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>) -> Float {
+  public static func sdot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>) -> Float
+  {
     precondition(x.count == y.count && x.count <= Int32.max, "sdot: lengths differ or exceed Int32")
     return cblas_sdot(Int32(x.count), x.baseAddress, 1, y.baseAddress, 1)
   }
 
   /// `y += alpha · x`.
-  public static func saxpy(_ alpha: Float, _ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>) {
-    precondition(x.count == y.count && x.count <= Int32.max, "saxpy: lengths differ or exceed Int32")
+  public static func saxpy(
+    _ alpha: Float, _ x: UnsafeBufferPointer<Float>, _ y: UnsafeMutableBufferPointer<Float>
+  ) {
+    precondition(
+      x.count == y.count && x.count <= Int32.max, "saxpy: lengths differ or exceed Int32")
     cblas_saxpy(Int32(x.count), alpha, x.baseAddress, 1, y.baseAddress, 1)
   }
 }

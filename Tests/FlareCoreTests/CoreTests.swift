@@ -65,7 +65,8 @@ struct JSONTests {
 
   @Test("integers stay exact up to UInt64.max; escapes and surrogate pairs decode")
   func exactness() throws {
-    let value = try JSONParser.parse(Array(" [18446744073709551615, -1, 1.5e3, \"\\u00e9\\ud83d\\ude00\\n\"] ".utf8))
+    let value = try JSONParser.parse(
+      Array(" [18446744073709551615, -1, 1.5e3, \"\\u00e9\\ud83d\\ude00\\n\"] ".utf8))
     let items = try #require(value.arrayValue)
     #expect(items[0].uint64Value == UInt64.max)
     #expect(items[1].uint64Value == nil)
@@ -82,11 +83,14 @@ struct JSONTests {
 
   @Test("the compact writer escapes like serde_json and round-trips")
   func writer() throws {
-    let value = JSONValue.object([("k\"\\", .string("a\u{01}\n\té/")), ("n", .array([.integer(3), .null, .bool(true)]))])
+    let value = JSONValue.object([
+      ("k\"\\", .string("a\u{01}\n\té/")), ("n", .array([.integer(3), .null, .bool(true)])),
+    ])
     let text = JSONWriter.compact(value)
     #expect(text == "{\"k\\\"\\\\\":\"a\\u0001\\n\\té/\",\"n\":[3,null,true]}")
     #expect(try JSONParser.parse(Array(text.utf8)) == value)
-    #expect(JSONWriter.pretty(.object([("a", .array([.integer(1)]))])) == "{\n  \"a\": [\n    1\n  ]\n}")
+    #expect(
+      JSONWriter.pretty(.object([("a", .array([.integer(1)]))])) == "{\n  \"a\": [\n    1\n  ]\n}")
   }
 }
 
@@ -94,7 +98,9 @@ struct JSONTests {
 struct FileTests {
   @Test("a missing file is reported with its path")
   func missing() {
-    #expect(throws: FlareError("io", .fileNotFound, "")) { try MappedFile(path: "/nonexistent/flare/file") }
+    #expect(throws: FlareError("io", .fileNotFound, "")) {
+      try MappedFile(path: "/nonexistent/flare/file")
+    }
     do {
       _ = try MappedFile(path: "/nonexistent/flare/file")
     } catch let error as FlareError {

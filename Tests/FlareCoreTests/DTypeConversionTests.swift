@@ -8,7 +8,10 @@ import _FlareTestSupport
 @Suite("dtype conversions against numpy and ml_dtypes")
 struct DTypeConversionTests {
   static let golden: JSONValue = (try? loadFixtureJSON("golden/dtype-conversions.json")) ?? .null
-  static let targets = ["F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"]
+  static let targets = [
+    "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3",
+    "F6_E3M2",
+  ]
 
   static func inputs() throws -> [Float] {
     let list = try #require(golden["inputs_f32_bits"]?.arrayValue)
@@ -34,13 +37,17 @@ struct DTypeConversionTests {
       let want = UInt32(try #require(code.uint64Value))
       let got = try Self.encodeOne(dtype, value)
       if got != want && mismatches.count < 10 {
-        mismatches.append("0x\(String(value.bitPattern, radix: 16)) (\(value)): got 0x\(String(got, radix: 16)), want 0x\(String(want, radix: 16))")
+        mismatches.append(
+          "0x\(String(value.bitPattern, radix: 16)) (\(value)): got 0x\(String(got, radix: 16)), want 0x\(String(want, radix: 16))"
+        )
       }
     }
     #expect(mismatches.isEmpty, "\(target): \(mismatches.joined(separator: "; "))")
   }
 
-  @Test("bulk encode packs the same codes as the scalar path", arguments: ["F4", "F6_E2M3", "F6_E3M2", "F8_E4M3", "F16", "BF16"])
+  @Test(
+    "bulk encode packs the same codes as the scalar path",
+    arguments: ["F4", "F6_E2M3", "F6_E3M2", "F8_E4M3", "F16", "BF16"])
   func bulkEncode(target: String) throws {
     let dtype = try #require(DType(rawValue: target))
     let inputs = Array(try Self.inputs().prefix(400))
@@ -49,7 +56,9 @@ struct DTypeConversionTests {
       try bytes.withUnsafeMutableBytes { try dtype.encode(values, into: $0) }
     }
     var decoded = [Float](repeating: 0, count: inputs.count)
-    bytes.withUnsafeBytes { raw in decoded.withUnsafeMutableBufferPointer { dtype.decode(raw, count: inputs.count, into: $0) } }
+    bytes.withUnsafeBytes { raw in
+      decoded.withUnsafeMutableBufferPointer { dtype.decode(raw, count: inputs.count, into: $0) }
+    }
     for (i, value) in inputs.enumerated() {
       let code = try Self.encodeOne(dtype, value)
       let expected: Float =
@@ -62,7 +71,11 @@ struct DTypeConversionTests {
     }
   }
 
-  @Test("every code of the small formats decodes to the oracle's value", arguments: ["F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"])
+  @Test(
+    "every code of the small formats decodes to the oracle's value",
+    arguments: [
+      "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2",
+    ])
   func decodeSmall(target: String) throws {
     let dtype = try #require(DType(rawValue: target))
     let format = try #require(dtype.minifloat)
@@ -71,18 +84,25 @@ struct DTypeConversionTests {
     for (code, bits) in table.enumerated() {
       let want = UInt32(try #require(bits.uint64Value))
       let got = format.decode(UInt32(code)).bitPattern
-      #expect(got == want, "\(target) code \(code): got 0x\(String(got, radix: 16)), want 0x\(String(want, radix: 16))")
+      #expect(
+        got == want,
+        "\(target) code \(code): got 0x\(String(got, radix: 16)), want 0x\(String(want, radix: 16))"
+      )
     }
   }
 
-  @Test("all 65536 F16 and BF16 codes decode to the oracle's bits (CRC-32 of the table)", arguments: ["F16", "BF16"])
+  @Test(
+    "all 65536 F16 and BF16 codes decode to the oracle's bits (CRC-32 of the table)",
+    arguments: ["F16", "BF16"])
   func decodeHalf(target: String) throws {
     let entry = try #require(Self.golden["decode"]?[target])
     let want = UInt32(try #require(entry["decode_crc32"]?.uint64Value))
     var table = [UInt8]()
     table.reserveCapacity(65536 * 4)
     for code in 0..<65536 {
-      let value = target == "F16" ? HalfPrecision.f16ToFloat(UInt16(code)) : HalfPrecision.bf16ToFloat(UInt16(code))
+      let value =
+        target == "F16"
+        ? HalfPrecision.f16ToFloat(UInt16(code)) : HalfPrecision.bf16ToFloat(UInt16(code))
       withUnsafeBytes(of: value.bitPattern.littleEndian) { table.append(contentsOf: $0) }
     }
     #expect(CRC32.checksum(table) == want)

@@ -16,8 +16,11 @@ struct GoldenReadTests {
     let entry = try #require(Self.golden[file])
     let reader = try SafetensorsFile(path: fixturePath("safetensors/\(file)"))
     #expect(UInt64(reader.header.headerLength) == entry["header_length"]?.uint64Value)
-    #expect(UInt64(CRC32.checksum(reader.file_bytesForTest)) == entry["file_sha_crc32"]?.uint64Value)
-    let expectedMetadata = entry["metadata"]?.objectMembers?.map { "\($0.0)=\($0.1.stringValue ?? "?")" }
+    #expect(
+      UInt64(CRC32.checksum(reader.file_bytesForTest)) == entry["file_sha_crc32"]?.uint64Value)
+    let expectedMetadata = entry["metadata"]?.objectMembers?.map {
+      "\($0.0)=\($0.1.stringValue ?? "?")"
+    }
     #expect(reader.metadata?.map { "\($0.key)=\($0.value)" } == expectedMetadata)
     let tensors = try #require(entry["tensors"]?.arrayValue)
     #expect(reader.tensors.count == tensors.count)
@@ -25,12 +28,15 @@ struct GoldenReadTests {
       #expect(info.name == want["name"]?.stringValue)
       #expect(info.dtype.rawValue == want["dtype"]?.stringValue)
       #expect(info.shape.map { JSONValue.integer($0) } == want["shape"]?.arrayValue)
-      #expect([info.dataOffsets.lowerBound, info.dataOffsets.upperBound].map { JSONValue.integer($0) } == want["data_offsets"]?.arrayValue)
+      #expect(
+        [info.dataOffsets.lowerBound, info.dataOffsets.upperBound].map { JSONValue.integer($0) }
+          == want["data_offsets"]?.arrayValue)
       let bits = try #require(want["f32_bits"]?.arrayValue).map { UInt32($0.uint64Value ?? 0) }
       let values = reader.view(info).floats()
       #expect(values.map(\.bitPattern) == bits, "tensor \(info.name)")
       if let exact = want["exact"]?.arrayValue {
-        #expect(integers(reader.view(info)) == exact.compactMap(\.stringValue), "tensor \(info.name)")
+        #expect(
+          integers(reader.view(info)) == exact.compactMap(\.stringValue), "tensor \(info.name)")
       }
     }
   }
@@ -82,9 +88,12 @@ struct MalformedTests {
   }
 
   static let cases: [Case] = {
-    guard let list = (try? loadFixtureJSON("safetensors/malformed/manifest.json"))?.arrayValue else { return [] }
+    guard let list = (try? loadFixtureJSON("safetensors/malformed/manifest.json"))?.arrayValue
+    else { return [] }
     return list.compactMap { entry in
-      guard let file = entry["file"]?.stringValue, let expect = entry["expect"]?.stringValue else { return nil }
+      guard let file = entry["file"]?.stringValue, let expect = entry["expect"]?.stringValue else {
+        return nil
+      }
       return Case(file: file, expect: expect, tensor: entry["tensor"]?.stringValue)
     }
   }()
@@ -93,8 +102,10 @@ struct MalformedTests {
   func coverage() {
     let codes = Set(Self.cases.map(\.expect))
     for code in [
-      "headerTooSmall", "headerTooLarge", "invalidHeaderLength", "invalidUTF8", "invalidJSON", "invalidHeader",
-      "invalidMetadata", "duplicateKey", "invalidName", "unknownDType", "invalidOffset", "shapeOverflow",
+      "headerTooSmall", "headerTooLarge", "invalidHeaderLength", "invalidUTF8", "invalidJSON",
+      "invalidHeader",
+      "invalidMetadata", "duplicateKey", "invalidName", "unknownDType", "invalidOffset",
+      "shapeOverflow",
       "misalignedSlice", "tensorInvalidInfo", "incompleteBuffer", "ok",
     ] {
       #expect(codes.contains(code), "no case for \(code)")
@@ -132,7 +143,8 @@ struct MalformedTests {
         #expect(throws: FlareError.self) { try SafetensorsHeader.parse(file: raw) }
       }
     }
-    #expect(try SafetensorsFile(path: fixturePath("safetensors/small.safetensors")).tensors.count == 3)
+    #expect(
+      try SafetensorsFile(path: fixturePath("safetensors/small.safetensors")).tensors.count == 3)
   }
 
   @Test("a header that claims 100 GB is refused before anything is allocated")
@@ -140,7 +152,9 @@ struct MalformedTests {
     var bytes = withUnsafeBytes(of: UInt64(100_000_000_000).littleEndian) { Array($0) }
     bytes += Array("{}".utf8)
     bytes.withUnsafeBytes { raw in
-      #expect(throws: FlareError("safetensors", .headerTooLarge, "")) { try SafetensorsHeader.parse(file: raw) }
+      #expect(throws: FlareError("safetensors", .headerTooLarge, "")) {
+        try SafetensorsHeader.parse(file: raw)
+      }
     }
   }
 
@@ -160,7 +174,9 @@ struct MalformedTests {
       }
       bytes.withUnsafeBytes { raw in
         if let header = try? SafetensorsHeader.parse(file: raw) {
-          #expect(header.dataStart + header.dataLength == raw.count, "round \(round) seed 0x5EEDF1A2E0000001")
+          #expect(
+            header.dataStart + header.dataLength == raw.count,
+            "round \(round) seed 0x5EEDF1A2E0000001")
         }
       }
     }

@@ -20,7 +20,8 @@ struct WriterTests {
     defer { removeTree(folder) }
     let out = "\(folder)/copy.safetensors"
     let specs = source.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
-    try SafetensorsWriter.write(to: out, tensors: specs, options: .init(metadata: source.metadata)) { sink in
+    try SafetensorsWriter.write(to: out, tensors: specs, options: .init(metadata: source.metadata))
+    { sink in
       try sink.write(try source.view(sink.spec.name).rawBytes)
     }
     #expect(fileBytes(out) == fileBytes(path))
@@ -35,7 +36,10 @@ struct WriterTests {
     let dtypes: [DType] = [.f32, .f64, .f16, .bf16, .f8E4M3, .f8E5M2, .f4, .f6E2M3, .f6E3M2]
     var specs: [TensorSpec] = []
     for dtype in dtypes {
-      specs.append(TensorSpec(name: "t_\(dtype.rawValue)", dtype: dtype, shape: dtype.isSubByte ? [12] : [values.count]))
+      specs.append(
+        TensorSpec(
+          name: "t_\(dtype.rawValue)", dtype: dtype, shape: dtype.isSubByte ? [12] : [values.count])
+      )
     }
     let path = "\(folder)/values.safetensors"
     try SafetensorsWriter.write(to: path, tensors: specs) { sink in
@@ -63,7 +67,9 @@ struct WriterTests {
     }
   }
 
-  @Test("the header is padded to 8 bytes, and with alignment 64 every 64-multiple tensor starts on a boundary")
+  @Test(
+    "the header is padded to 8 bytes, and with alignment 64 every 64-multiple tensor starts on a boundary"
+  )
   func alignment() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
@@ -75,7 +81,8 @@ struct WriterTests {
     ]
     for alignment in [nil, 64] as [Int?] {
       let path = "\(folder)/aligned-\(alignment ?? 0).safetensors"
-      try SafetensorsWriter.write(to: path, tensors: specs, options: .init(alignment: alignment)) { sink in
+      try SafetensorsWriter.write(to: path, tensors: specs, options: .init(alignment: alignment)) {
+        sink in
         try sink.write([UInt8](repeating: 7, count: sink.expectedBytes))
       }
       let file = try SafetensorsFile(path: path)
@@ -83,7 +90,9 @@ struct WriterTests {
       if alignment == 64 {
         #expect(file.header.dataStart % 64 == 0)
         #expect(file.tensors.map(\.name) == ["a", "b", "odd", "odd2"])
-        for view in file.views where view.info.byteCount % 64 == 0 { #expect(view.fileOffset % 64 == 0) }
+        for view in file.views where view.info.byteCount % 64 == 0 {
+          #expect(view.fileOffset % 64 == 0)
+        }
       } else {
         #expect(file.tensors.map(\.name) == ["odd", "a", "b", "odd2"])
       }
@@ -100,21 +109,33 @@ struct WriterTests {
       try SafetensorsWriter.write(to: path, tensors: [spec]) { try $0.write([1, 2, 3]) }
     }
     #expect(throws: FlareError("safetensors", .tensorInvalidInfo, "")) {
-      try SafetensorsWriter.write(to: path, tensors: [spec]) { try $0.write([UInt8](repeating: 0, count: 20)) }
+      try SafetensorsWriter.write(to: path, tensors: [spec]) {
+        try $0.write([UInt8](repeating: 0, count: 20))
+      }
     }
     #expect(throws: FlareError("safetensors", .duplicateKey, "")) {
-      try SafetensorsWriter.write(to: path, tensors: [spec, spec]) { try $0.write([UInt8](repeating: 0, count: 16)) }
+      try SafetensorsWriter.write(to: path, tensors: [spec, spec]) {
+        try $0.write([UInt8](repeating: 0, count: 16))
+      }
     }
     #expect(throws: FlareError("safetensors", .invalidName, "")) {
-      try SafetensorsWriter.write(to: path, tensors: [TensorSpec(name: "a\u{0}b", dtype: .u8, shape: [1])]) { try $0.write([0]) }
+      try SafetensorsWriter.write(
+        to: path, tensors: [TensorSpec(name: "a\u{0}b", dtype: .u8, shape: [1])]
+      ) { try $0.write([0]) }
     }
     #expect(throws: FlareError("safetensors", .shapeOverflow, "")) {
-      try SafetensorsWriter.write(to: path, tensors: [TensorSpec(name: "f4", dtype: .f4, shape: [3])]) { _ in }
+      try SafetensorsWriter.write(
+        to: path, tensors: [TensorSpec(name: "f4", dtype: .f4, shape: [3])]
+      ) { _ in }
     }
     #expect(folderContents(folder).isEmpty)
-    try SafetensorsWriter.write(to: path, tensors: [spec]) { try $0.write([UInt8](repeating: 0, count: 16)) }
+    try SafetensorsWriter.write(to: path, tensors: [spec]) {
+      try $0.write([UInt8](repeating: 0, count: 16))
+    }
     #expect(throws: FlareError("io", .outputExists, "")) {
-      try SafetensorsWriter.write(to: path, tensors: [spec]) { try $0.write([UInt8](repeating: 1, count: 16)) }
+      try SafetensorsWriter.write(to: path, tensors: [spec]) {
+        try $0.write([UInt8](repeating: 1, count: 16))
+      }
     }
     #expect(fileBytes(path).suffix(16) == ArraySlice([UInt8](repeating: 0, count: 16)))
     #expect(folderContents(folder) == ["out.safetensors"])
@@ -130,7 +151,8 @@ struct ShardTests {
     #expect(model.files.count == 2)
     #expect(model.warnings.isEmpty)
     #expect(model.tensors.count == 5)
-    #expect(model.view("lm_head.weight")?.file.path.hasSuffix("model-00002-of-00002.safetensors") == true)
+    #expect(
+      model.view("lm_head.weight")?.file.path.hasSuffix("model-00002-of-00002.safetensors") == true)
     #expect(model.totalBytes == 336)
   }
 
@@ -143,14 +165,20 @@ struct ShardTests {
     defer { removeTree(folder) }
     let specs = source.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
     let firstShardBytes = source.files[0].tensors.reduce(0) { $0 + $1.byteCount }
-    let written = try SafetensorsWriter.writeSharded(folder: folder, tensors: specs, maxShardBytes: firstShardBytes) { sink in
+    let written = try SafetensorsWriter.writeSharded(
+      folder: folder, tensors: specs, maxShardBytes: firstShardBytes
+    ) { sink in
       try sink.write(source.view(sink.spec.name)!.rawBytes)
     }
-    #expect(written.map { AtomicFileWriter.baseName(of: $0) } == [
-      "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-    ])
+    #expect(
+      written.map { AtomicFileWriter.baseName(of: $0) } == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+      ])
     for name in folderContents(fixturePath("safetensors/sharded")) {
-      #expect(fileBytes("\(folder)/\(name)") == fileBytes(fixturePath("safetensors/sharded/\(name)")), "\(name)")
+      #expect(
+        fileBytes("\(folder)/\(name)") == fileBytes(fixturePath("safetensors/sharded/\(name)")),
+        "\(name)")
     }
     let reread = try SafetensorsModel.open(folder)
     #expect(reread.tensors.map(\.name) == source.tensors.map(\.name))
@@ -160,13 +188,20 @@ struct ShardTests {
   func singleAndExisting() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    let specs = [TensorSpec(name: "a", dtype: .f32, shape: [2]), TensorSpec(name: "b", dtype: .f32, shape: [2])]
+    let specs = [
+      TensorSpec(name: "a", dtype: .f32, shape: [2]),
+      TensorSpec(name: "b", dtype: .f32, shape: [2]),
+    ]
     let fill: (TensorSink) throws -> Void = { try $0.write([UInt8](repeating: 1, count: 8)) }
-    #expect(try SafetensorsWriter.writeSharded(folder: folder, tensors: specs, maxShardBytes: 1 << 20, body: fill).count == 1)
+    #expect(
+      try SafetensorsWriter.writeSharded(
+        folder: folder, tensors: specs, maxShardBytes: 1 << 20, body: fill
+      ).count == 1)
     #expect(folderContents(folder) == ["model.safetensors"])
     writeBytes([0], to: "\(folder)/model-00002-of-00002.safetensors")
     #expect(throws: FlareError("io", .outputExists, "")) {
-      try SafetensorsWriter.writeSharded(folder: folder, tensors: specs, maxShardBytes: 8, body: fill)
+      try SafetensorsWriter.writeSharded(
+        folder: folder, tensors: specs, maxShardBytes: 8, body: fill)
     }
     #expect(folderContents(folder) == ["model-00002-of-00002.safetensors", "model.safetensors"])
     // A failure in the middle (second shard's tensor gets too few bytes) publishes nothing.
@@ -184,11 +219,15 @@ struct ShardTests {
   func badIndexes() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    for name in folderContents(fixturePath("safetensors/sharded")) where name.hasSuffix(".safetensors") {
+    for name in folderContents(fixturePath("safetensors/sharded"))
+    where name.hasSuffix(".safetensors") {
       writeBytes(fileBytes(fixturePath("safetensors/sharded/\(name)")), to: "\(folder)/\(name)")
     }
     let cases: [(String, FlareError.Code)] = [
-      ("{\"weight_map\":{\"model.embed_tokens.weight\":\"model-00001-of-00002.safetensors\"}}", .invalidIndex),
+      (
+        "{\"weight_map\":{\"model.embed_tokens.weight\":\"model-00001-of-00002.safetensors\"}}",
+        .invalidIndex
+      ),
       ("{\"weight_map\":{\"x\":\"../model-00001-of-00002.safetensors\"}}", .invalidIndex),
       ("{\"weight_map\":{\"a\":\"m.safetensors\",\"a\":\"m.safetensors\"}}", .duplicateKey),
       ("{\"metadata\":{}}", .invalidIndex),

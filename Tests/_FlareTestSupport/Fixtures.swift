@@ -68,7 +68,9 @@ public struct ToolResult: Sendable {
 
 /// Runs the built executable `name` (from the same products folder as the tests) with
 /// `arguments`, capturing its output.
-public func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil) throws -> ToolResult {
+public func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil)
+  throws -> ToolResult
+{
   let products = productsFolder()
   let process = Process()
   process.executableURL = URL(fileURLWithPath: "\(products)/\(name)")

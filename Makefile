@@ -1,0 +1,62 @@
+# Flare: build, test, lint and demo targets. `make demo` and `make test` set up a fresh Debian
+# machine themselves (system packages, the real model in a cache outside git).
+
+SWIFT ?= swift
+FLARE_CACHE ?= $(HOME)/.cache/flare
+export FLARE_CACHE
+MINILM := $(FLARE_CACHE)/models/all-MiniLM-L6-v2
+SWIFT_FORMAT_CONFIG := .ci/swift-format.json
+
+.PHONY: all deps build build-debug models demo test unit lint format man-check bench clean
+
+all: build
+
+## Install the system packages Flare links against (Debian), only when missing.
+deps:
+	@missing=""; \
+	pkg-config --exists openblas 2>/dev/null || missing="$$missing libopenblas-dev"; \
+	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	command -v groff >/dev/null || missing="$$missing groff-base"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c release
+
+build-debug: deps
+	$(SWIFT) build
+
+## Fetch the real models into $(FLARE_CACHE) (outside git).
+models:
+	@scripts/fetch-models.sh
+
+## The main job on the default real model: inspect all-MiniLM-L6-v2, check it, summarise it.
+demo: build models
+	.build/release/flare-inspect $(MINILM)
+	.build/release/flare-inspect --check --data $(MINILM)/model.safetensors
+	.build/release/flare-inspect --stats $(MINILM)/model.safetensors | head -n 12
+
+lint:
+	$(SWIFT) format lint --strict --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift
+
+format:
+	$(SWIFT) format format -i --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift
+
+man-check: deps
+	@scripts/check-man.sh
+
+unit: deps
+	OPENBLAS_NUM_THREADS=1 $(SWIFT) test
+
+test: deps models lint man-check unit
+
+## Benchmarks (not part of the tests): flare-inspect against the Python safetensors package.
+bench: build models
+	python3 scripts/bench-inspect.py
+
+clean:
+	rm -rf .build
