@@ -56,6 +56,18 @@ public final class MappedFile: @unchecked Sendable {
     if let base { _ = madvise(base, length, MADV_SEQUENTIAL) }
   }
 
+  /// Tells the kernel the bytes in `range` are no longer needed (`madvise(MADV_DONTNEED)` on
+  /// the whole pages inside it), so a pass over a large file does not keep it all resident.
+  /// The mapping is read-only and private: a later read simply faults the pages back in.
+  public func release(_ range: Range<Int>) {
+    guard let base, range.lowerBound >= 0, range.upperBound <= length else { return }
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    guard page > 0 else { return }
+    let start = (range.lowerBound + page - 1) / page * page
+    let end = range.upperBound / page * page
+    if end > start { _ = madvise(base + start, end - start, MADV_DONTNEED) }
+  }
+
   deinit {
     if let base { munmap(base, length) }
   }

@@ -67,8 +67,10 @@ extension TensorView {
     return DecodableTensor(
       name: name, valueCount: info.elementCount * perElement, granularity: 8 * perElement
     ) { range, buffer in
-      view.decode(
-        elements: (range.lowerBound / perElement)..<(range.upperBound / perElement), into: buffer)
+      let elements = (range.lowerBound / perElement)..<(range.upperBound / perElement)
+      view.decode(elements: elements, into: buffer)
+      // One pass over the data: drop the mapped pages so a large file is not kept resident.
+      view.releasePages(elements: elements)
     }
   }
 }

@@ -116,6 +116,14 @@ public struct TensorView: @unchecked Sendable {
     }
   }
 
+  /// Drops the mapped pages of elements `range` from memory after a streaming pass over them.
+  public func releasePages(elements range: Range<Int>) {
+    let bits = info.dtype.bitWidth
+    let start = fileOffset + range.lowerBound * bits / 8
+    let end = fileOffset + min(info.byteCount, (range.upperBound * bits + 7) / 8)
+    file.file.release(start..<end)
+  }
+
   /// Decodes elements `range` (element indices) into `output`.
   /// - Precondition: `range` lies in `0..<elementCount`, and for sub-byte types starts at an
   ///   element whose first bit is byte-aligned.
