@@ -250,6 +250,13 @@ struct InspectEndToEndTests {
       missing.stderr
         == "flare-inspect: error: /nonexistent/model.safetensors: io error: no such file or directory\n"
     )
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    writeBytes(
+      Array("GGUF".utf8) + [3, 0, 0, 0] + [UInt8](repeating: 0, count: 16), to: "\(folder)/m.gguf")
+    let gguf = try inspect("\(folder)/m.gguf")
+    #expect(gguf.status == 1)
+    #expect(gguf.stderr.contains("m.gguf: gguf error: this is a GGUF file"))
     let bad = fixturePath("safetensors/malformed/bad-shape-overflow.safetensors")
     let result = try inspect(bad)
     #expect(result.status == 1)
