@@ -35,6 +35,7 @@ let package = Package(
     .testTarget(name: "FlareCoreTests", dependencies: ["FlareCore", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareSafetensorsTests", dependencies: ["FlareSafetensors", "_FlareTestSupport"]),
+    .testTarget(name: "FlareAdaptersTests", dependencies: ["FlareAdapters"]),
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareCLITests",

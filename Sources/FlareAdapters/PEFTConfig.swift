@@ -59,6 +59,11 @@ public struct PEFTConfig: Sendable {
     for (key, _) in members where !seen.insert(key).inserted {
       throw bad("key '\(key.escapedForMessage)' appears twice")
     }
+    func boolField(_ key: String) throws(FlareError) -> Bool? {
+      guard let value = json[key], value != .null else { return nil }
+      guard let flag = value.boolValue else { throw bad("'\(key)' is not a boolean") }
+      return flag
+    }
     if let value = json["peft_type"], value != .null {
       guard let text = value.stringValue else { throw bad("'peft_type' is not a string") }
       peftType = text
@@ -71,18 +76,9 @@ public struct PEFTConfig: Sendable {
       guard let alpha = value.doubleValue else { throw bad("'lora_alpha' is not a number") }
       loraAlpha = alpha
     }
-    if let value = json["use_rslora"], value != .null {
-      guard let flag = value.boolValue else { throw bad("'use_rslora' is not a boolean") }
-      useRslora = flag
-    }
-    if let value = json["use_dora"], value != .null {
-      guard let flag = value.boolValue else { throw bad("'use_dora' is not a boolean") }
-      useDora = flag
-    }
-    if let value = json["fan_in_fan_out"], value != .null {
-      guard let flag = value.boolValue else { throw bad("'fan_in_fan_out' is not a boolean") }
-      fanInFanOut = flag
-    }
+    if let flag = try boolField("use_rslora") { useRslora = flag }
+    if let flag = try boolField("use_dora") { useDora = flag }
+    if let flag = try boolField("fan_in_fan_out") { fanInFanOut = flag }
     if let value = json["bias"], value != .null {
       guard let text = value.stringValue else { throw bad("'bias' is not a string") }
       bias = text

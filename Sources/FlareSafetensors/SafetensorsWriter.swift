@@ -184,16 +184,7 @@ public enum SafetensorsWriter {
     } catch let error as FlareError { throw error.inFile(path) }
     do {
       try writer.write(header)
-      for (spec, range) in zip(order, ranges) {
-        let sink = TensorSink(writer: writer, spec: spec, expectedBytes: range.count)
-        try body(sink)
-        guard sink.written == range.count else {
-          throw FlareError.safetensors(
-            .tensorInvalidInfo,
-            "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
-            tensor: spec.name)
-        }
-      }
+      try streamTensors(order, ranges: ranges, into: writer, body: body)
       try writer.commit()
     } catch let error as FlareError {
       writer.abandon()
@@ -203,6 +194,24 @@ public enum SafetensorsWriter {
       throw error
     }
     return order
+  }
+
+  /// Streams each tensor's bytes from `body` into `writer`, checking that every tensor gets
+  /// exactly its byte size.
+  static func streamTensors(
+    _ order: [TensorSpec], ranges: [Range<Int>], into writer: AtomicFileWriter,
+    body: (TensorSink) throws -> Void
+  ) throws {
+    for (spec, range) in zip(order, ranges) {
+      let sink = TensorSink(writer: writer, spec: spec, expectedBytes: range.count)
+      try body(sink)
+      guard sink.written == range.count else {
+        throw FlareError(
+          "safetensors", .tensorInvalidInfo,
+          "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
+          path: writer.destination, tensor: spec.name)
+      }
+    }
   }
 
   /// Writes in-memory tensors (name, dtype, shape, raw bytes) to `path`.

@@ -238,16 +238,8 @@ extension SafetensorsWriter {
         let writer = try AtomicFileWriter(destination: path, overwrite: true)
         staged.append(writer)
         try writer.write(header)
+        try streamTensors(order, ranges: ranges, into: writer, body: body)
         for (spec, range) in zip(order, ranges) {
-          let sink = TensorSink(writer: writer, spec: spec, expectedBytes: range.count)
-          try body(sink)
-          guard sink.written == range.count else {
-            throw FlareError(
-              "safetensors", .tensorInvalidInfo,
-              "received \(sink.written) bytes, but its shape and dtype need \(range.count)",
-              path: path,
-              tensor: spec.name)
-          }
           weightMap.append((spec.name, .string(name)))
           total += range.count
         }
