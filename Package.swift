@@ -7,6 +7,7 @@ let package = Package(
     .executable(name: "flare-inspect", targets: ["flare-inspect"]),
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
+    .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
     .library(name: "FlareTensor", targets: ["FlareTensor"]),
   ],
   targets: [
@@ -18,12 +19,13 @@ let package = Package(
     // MARK: - Libraries
     .target(name: "FlareCore", dependencies: ["CFlareZlib"]),
     .target(name: "FlareSafetensors", dependencies: ["FlareCore"]),
+    .target(name: "FlareGGUF", dependencies: ["FlareCore"]),
     .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS"]),
     .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
       name: "FlareInspect",
-      dependencies: ["FlareCore", "FlareSafetensors", "FlareAdapters", "FlareCLI"]),
+      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareCLI"]),
 
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
@@ -35,6 +37,7 @@ let package = Package(
     .testTarget(name: "FlareCoreTests", dependencies: ["FlareCore", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareSafetensorsTests", dependencies: ["FlareSafetensors", "_FlareTestSupport"]),
+    .testTarget(name: "FlareGGUFTests", dependencies: ["FlareGGUF", "_FlareTestSupport"]),
     .testTarget(name: "FlareAdaptersTests", dependencies: ["FlareAdapters"]),
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
     .testTarget(

@@ -62,6 +62,8 @@ extension FlareError.Code {
   public static let outputExists: Self = "outputExists"
   public static let unsupported: Self = "unsupported"
   public static let invalidArgument: Self = "invalidArgument"
+  /// A name or key appears twice where it must be unique.
+  public static let duplicateKey: Self = "duplicateKey"
 }
 
 extension FlareError {

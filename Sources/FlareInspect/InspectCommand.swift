@@ -7,7 +7,7 @@ import FlareSafetensors
 public enum InspectCommand {
   public static let spec = CommandSpec(
     name: "flare-inspect",
-    overview: "List, check, summarise and compare safetensors models and PEFT adapters.",
+    overview: "List, check, summarise and compare safetensors and GGUF models and PEFT adapters.",
     positionals: [
       PositionalSpec(
         "path",
@@ -26,6 +26,9 @@ public enum InspectCommand {
       OptionSpec(
         "--tolerance", value: "tolerance", default: "0",
         help: "With --diff: the largest absolute difference that still counts as equal."),
+      OptionSpec("--no-tensors", help: "GGUF: list only the metadata, as gguf-dump --no-tensors."),
+      OptionSpec(
+        "--json-array", help: "GGUF with --json: include array values, as gguf-dump --json-array."),
       OptionSpec("--quiet", short: "-q", help: "Print only verdicts and errors; no progress bar."),
     ],
     discussion: """
@@ -40,6 +43,8 @@ public enum InspectCommand {
     var data = false
     var stats = false
     var quiet = false
+    var noTensors = false
+    var jsonArray = false
     var diff: (String, String)?
     var tolerance = 0.0
     var paths: [String] = []
@@ -53,6 +58,9 @@ public enum InspectCommand {
     options.data = arguments.flag("--data")
     options.stats = arguments.flag("--stats")
     options.quiet = arguments.flag("--quiet")
+    options.noTensors = arguments.flag("--no-tensors")
+    options.jsonArray = arguments.flag("--json-array")
+    if options.jsonArray && !options.json { throw UsageError("'--json-array' needs '--json'") }
     options.paths = arguments.positionals
     let diffPaths = arguments.allValues("--diff")
     if diffPaths.count > 2 { throw UsageError("'--diff <path> <path>' can be given only once") }
@@ -86,6 +94,7 @@ public enum InspectCommand {
   // MARK: - One input
 
   static func inspect(_ path: String, options: Options) -> ExitStatus {
+    if InspectInput.isGGUF(path) { return inspectGGUF(path, options: options) }
     let input: InspectInput
     do {
       input = try InspectInput.open(path)

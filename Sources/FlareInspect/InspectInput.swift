@@ -48,17 +48,17 @@ public struct InspectInput: Sendable {
     if !fileExists(path) {
       throw FlareError("io", .fileNotFound, "no such file or directory", path: path)
     }
-    if let head = try? MappedFile(path: path), head.count >= 4,
-      Array(head.bytes.prefix(4)) == Array("GGUF".utf8)
-    {
-      throw FlareError(
-        "gguf", .unsupported,
-        "this is a GGUF file; this build of flare-inspect reads safetensors only", path: path,
-        offset: 0)
-    }
     let model = try SafetensorsModel.open(path)
     return InspectInput(
       path: path, kind: model.isSharded ? .shardedIndex : .file, model: model, adapter: nil)
+  }
+
+  /// Whether `path` is a file starting with the GGUF magic.
+  public static func isGGUF(_ path: String) -> Bool {
+    guard !isDirectory(path), let head = try? MappedFile(path: path), head.count >= 4 else {
+      return false
+    }
+    return Array(head.bytes.prefix(4)) == Array("GGUF".utf8)
   }
 
   /// The tensors as decodable sources, in listing order.

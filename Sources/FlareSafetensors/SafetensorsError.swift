@@ -15,8 +15,6 @@ extension FlareError.Code {
   public static let invalidHeader: Self = "invalidHeader"
   /// `__metadata__` holds a value that is not a string.
   public static let invalidMetadata: Self = "invalidMetadata"
-  /// A tensor name or metadata key appears twice.
-  public static let duplicateKey: Self = "duplicateKey"
   /// A tensor name is empty or holds a control character.
   public static let invalidName: Self = "invalidName"
   /// A dtype name is not one of the format's.

@@ -1,0 +1,51 @@
+import FlareCore
+import FlareGGUF
+import Testing
+import _FlareTestSupport
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (written by llama.cpp's converter), fetched by
+/// `scripts/fetch-models.sh`.
+@Suite("the real SmolLM2 GGUF")
+struct RealGGUFTests {
+  static var path: String {
+    "\(modelCache)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+  }
+
+  static func open() throws -> GGUFFile? {
+    if offline && !fileExists(path) { return nil }
+    #expect(fileExists(path), "run scripts/fetch-models.sh (or make test) to fetch the real model")
+    return try GGUFFile(path: path)
+  }
+
+  @Test("header facts: v3, 33 keys, 272 tensors, alignment 32, data at 1,785,664")
+  func header() throws {
+    guard let file = try Self.open() else { return }
+    #expect(file.version == 3)
+    #expect(file.metadata.count == 33)
+    #expect(file.tensors.count == 272)
+    #expect(file.alignment == 32)
+    #expect(file.dataStart == 1_785_664)
+    #expect(file.value("general.architecture") == .string("llama"))
+    #expect(file.value("general.file_type") == .uint32(3))
+  }
+
+  /// Oracle: the file itself. Writing its parsed metadata and tensors back must reproduce
+  /// every byte (same key order, offsets, padding and data).
+  @Test("re-writing the parsed file reproduces it byte for byte")
+  func rewrite() throws {
+    guard let file = try Self.open() else { return }
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    let out = "\(folder)/copy.gguf"
+    let specs = file.tensors.map { GGUFTensorSpec(name: $0.name, dims: $0.dims, type: $0.type) }
+    try GGUFWriter.write(
+      to: out, metadata: file.metadata, tensors: specs, alignment: file.alignment
+    ) { sink in
+      try sink.write(file.bytes(of: try #require(file.tensor(sink.spec.name))))
+    }
+    let copy = try MappedFile(path: out)
+    let original = try MappedFile(path: Self.path)
+    #expect(copy.count == original.count)
+    #expect(copy.bytes.elementsEqual(original.bytes))
+  }
+}
