@@ -252,11 +252,12 @@ struct InspectEndToEndTests {
     )
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    writeBytes(
-      Array("GGUF".utf8) + [3, 0, 0, 0] + [UInt8](repeating: 0, count: 16), to: "\(folder)/m.gguf")
+    // A GGUF cut short after its version: a GGUF error naming the field and the offset.
+    writeBytes(Array("GGUF".utf8) + [3, 0, 0, 0, 1, 0], to: "\(folder)/m.gguf")
     let gguf = try inspect("\(folder)/m.gguf")
     #expect(gguf.status == 1)
-    #expect(gguf.stderr.contains("m.gguf: gguf error: this is a GGUF file"))
+    #expect(
+      gguf.stderr.contains("m.gguf: gguf error: file ends inside the tensor count (at byte 8)"))
     let bad = fixturePath("safetensors/malformed/bad-shape-overflow.safetensors")
     let result = try inspect(bad)
     #expect(result.status == 1)
