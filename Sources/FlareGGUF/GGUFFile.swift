@@ -114,7 +114,11 @@ public final class GGUFFile: @unchecked Sendable {
       }
       return value
     }
-    guard bytes.count >= 4, let magic = reader.read(UInt32.self), magic == 0x4655_4747 else {
+    guard bytes.count >= 4 else {
+      throw .gguf(
+        .truncated, "file is \(bytes.count) bytes, shorter than the 4-byte magic", offset: 0)
+    }
+    guard let magic = reader.read(UInt32.self), magic == 0x4655_4747 else {
       throw .gguf(.badMagic, "not a GGUF file (the first 4 bytes are not 'GGUF')", offset: 0)
     }
     let version = try need(UInt32.self, "the version")

@@ -19,7 +19,10 @@ enum GGUFListing {
   }
 
   static func typeName(_ value: GGUFValue) -> String {
-    if case .array(let element, _) = value { return "[\(element.name)]" }
+    if case .array(let element, let elements) = value {
+      // gguf-py records no element type for an empty array and prints plain ARRAY.
+      return elements.isEmpty ? "ARRAY" : "[\(element.name)]"
+    }
     return value.type.name
   }
 
@@ -122,8 +125,8 @@ enum GGUFListing {
         ("index", .integer(index)), ("type", .string(field.value.type.name)),
         ("offset", .integer(field.offset)),
       ]
-      if case .array(let element, _) = field.value {
-        entry.append(("array_types", .array([.string(element.name)])))
+      if case .array(let element, let elements) = field.value {
+        entry.append(("array_types", .array(elements.isEmpty ? [] : [.string(element.name)])))
         if arrays { entry.append(("value", json(field.value))) }
       } else {
         entry.append(("value", json(field.value)))

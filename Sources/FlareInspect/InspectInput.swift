@@ -53,8 +53,10 @@ public struct InspectInput: Sendable {
       path: path, kind: model.isSharded ? .shardedIndex : .file, model: model, adapter: nil)
   }
 
-  /// Whether `path` is a file starting with the GGUF magic.
+  /// Whether `path` is to be read as GGUF: its name ends in `.gguf`, or it starts with the
+  /// GGUF magic.
   public static func isGGUF(_ path: String) -> Bool {
+    if path.lowercased().hasSuffix(".gguf") && !isDirectory(path) { return true }
     guard !isDirectory(path), let head = try? MappedFile(path: path), head.count >= 4 else {
       return false
     }
