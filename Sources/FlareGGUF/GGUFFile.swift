@@ -108,9 +108,11 @@ public final class GGUFFile: @unchecked Sendable {
   /// Parses and validates a whole GGUF file held in memory.
   static func parse(_ bytes: UnsafeRawBufferPointer) throws(FlareError) -> Parsed {
     var reader = ByteReader(bytes)
-    func need<T: FixedWidthInteger>(_: T.Type, _ what: String) throws(FlareError) -> T {
+    func need<T: FixedWidthInteger>(_: T.Type, _ what: String, tensor: String? = nil)
+      throws(FlareError) -> T
+    {
       guard let value = reader.read(T.self) else {
-        throw .gguf(.truncated, "file ends inside \(what)", offset: reader.offset)
+        throw .gguf(.truncated, "file ends inside \(what)", tensor: tensor, offset: reader.offset)
       }
       return value
     }
@@ -195,7 +197,8 @@ public final class GGUFFile: @unchecked Sendable {
         throw .gguf(.duplicateTensor, "tensor name appears twice", tensor: name, offset: start)
       }
       let dimsOffset = reader.offset
-      let nDims = try need(UInt32.self, "the dimension count of '\(name.escapedForMessage)'")
+      let nDims = try need(
+        UInt32.self, "the dimension count of '\(name.escapedForMessage)'", tensor: name)
       guard nDims <= 4 else {
         throw .gguf(
           .tooManyDims, "has \(nDims) dimensions; at most 4 are allowed", tensor: name,
@@ -205,7 +208,8 @@ public final class GGUFFile: @unchecked Sendable {
       var elements = 1
       for _ in 0..<nDims {
         let dimOffset = reader.offset
-        let wide = try need(UInt64.self, "the dimensions of '\(name.escapedForMessage)'")
+        let wide = try need(
+          UInt64.self, "the dimensions of '\(name.escapedForMessage)'", tensor: name)
         guard let dim = Int(exactly: wide) else {
           throw .gguf(
             .elementCountOverflow, "dimension \(wide) does not fit in a signed 64-bit integer",
@@ -220,7 +224,7 @@ public final class GGUFFile: @unchecked Sendable {
         dims.append(dim)
       }
       let typeOffset = reader.offset
-      let typeID = try need(UInt32.self, "the type of '\(name.escapedForMessage)'")
+      let typeID = try need(UInt32.self, "the type of '\(name.escapedForMessage)'", tensor: name)
       guard let type = GGMLType.withID(typeID) else {
         if GGMLType.removedIDs.contains(typeID) {
           throw .gguf(
@@ -245,7 +249,8 @@ public final class GGUFFile: @unchecked Sendable {
         throw .gguf(.elementCountOverflow, "byte size overflows", tensor: name, offset: dimsOffset)
       }
       let offsetPosition = reader.offset
-      let offset64 = try need(UInt64.self, "the offset of '\(name.escapedForMessage)'")
+      let offset64 = try need(
+        UInt64.self, "the offset of '\(name.escapedForMessage)'", tensor: name)
       guard let offset = Int(exactly: offset64) else {
         throw .gguf(
           .badOffset, "offset \(offset64) is out of range", tensor: name, offset: offsetPosition)

@@ -319,3 +319,101 @@ enum SafetensorsTestValues {
     }
   }
 }
+
+/// `flare-inspect` on GGUF against gguf-dump's recorded output
+/// (`Fixtures/golden/gguf-dump-*.txt` and `.json`, made by `Fixtures/gguf/make_fixtures.py`).
+@Suite("flare-inspect on GGUF, against gguf-dump")
+struct InspectGGUFTests {
+  static let smolLM2 = "\(modelCache)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+  static func target(_ name: String) -> String? {
+    switch name {
+    case "smollm2": offline && !fileExists(smolLM2) ? nil : smolLM2
+    default: fixturePath("gguf/\(name).gguf")
+    }
+  }
+
+  @Test(
+    "the text listing equals gguf-dump's stdout line for line",
+    arguments: ["smollm2", "tiny-llama", "metadata-all-types"])
+  func text(name: String) throws {
+    guard let path = Self.target(name) else { return }
+    let result = try runTool("flare-inspect", [path])
+    #expect(result.status == 0)
+    #expect(result.stderr.isEmpty)
+    let expected = String(
+      decoding: fileBytes(fixturePath("golden/gguf-dump-\(name).txt")), as: UTF8.self)
+    #expect(!expected.isEmpty)
+    let got = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+    let want = expected.split(separator: "\n", omittingEmptySubsequences: false)
+    #expect(got.count == want.count)
+    for (i, (a, b)) in zip(got, want).enumerated() where a != b {
+      Issue.record("line \(i + 1): \(a) != \(b)")
+      break
+    }
+  }
+
+  /// The same document structure as `gguf-dump --json` (extra members allowed); `filename`
+  /// is the path as given.
+  @Test(
+    "--json (and --json-array) give gguf-dump's document",
+    arguments: [
+      "smollm2", "tiny-llama", "tiny-llama-array", "metadata-all-types", "metadata-all-types-array",
+    ])
+  func json(name: String) throws {
+    let arrays = name.hasSuffix("-array")
+    guard let path = Self.target(arrays ? String(name.dropLast(6)) : name) else { return }
+    let result = try runTool("flare-inspect", ["--json", path] + (arrays ? ["--json-array"] : []))
+    #expect(result.status == 0)
+    let got = try JSONParser.parse(Array(result.stdout.utf8))
+    let want = try loadFixtureJSON("golden/gguf-dump-\(name).json")
+    #expect(got["filename"] == .string(path))
+    #expect(got["endian"] == want["endian"])
+    for section in ["metadata", "tensors"] {
+      let ours = try #require(got[section]?.objectMembers)
+      let theirs = try #require(want[section]?.objectMembers)
+      #expect(ours.map(\.0) == theirs.map(\.0), "\(section) keys")
+      for ((key, a), (_, b)) in zip(ours, theirs) {
+        for (field, value) in try #require(b.objectMembers) {
+          #expect(Self.same(a[field], value), "\(section) \(key).\(field)")
+        }
+      }
+    }
+  }
+
+  /// Numbers compare by value (Flare writes floats as Python does; JSON text may differ in
+  /// form, e.g. `1e+300`), everything else exactly.
+  static func same(_ a: JSONValue?, _ b: JSONValue) -> Bool {
+    guard let a else { return false }
+    switch (a, b) {
+    case (.number(let x), .number(let y)):
+      return x == y || (Double(x) != nil && Double(x) == Double(y))
+    case (.array(let x), .array(let y)):
+      return x.count == y.count && zip(x, y).allSatisfy { same($0, $1) }
+    default: return a == b
+    }
+  }
+
+  @Test("--no-tensors, --check --data and --stats work on GGUF")
+  func modes() throws {
+    let path = fixturePath("gguf/tiny-llama.gguf")
+    let noTensors = try runTool("flare-inspect", ["--no-tensors", path])
+    #expect(noTensors.status == 0)
+    #expect(
+      !noTensors.stdout.contains("* Dumping" + " 11 tensor(s)")
+        && !noTensors.stdout.contains("tensor(s)"))
+    let check = try runTool("flare-inspect", ["--check", "--data", path])
+    #expect(check.status == 0)
+    #expect(check.stdout.contains(": OK: GGUF v3, "))
+    let stats = try runTool("flare-inspect", ["--stats", "--json", path])
+    #expect(stats.status == 0)
+    let document = try JSONParser.parse(Array(stats.stdout.utf8))
+    #expect((document["stats"]?.objectMembers?.count ?? 0) > 0)
+    let bad = fixturePath("gguf/malformed/bad-duplicate-tensor.gguf")
+    let failed = try runTool("flare-inspect", ["--check", bad])
+    #expect(failed.status == 1)
+    #expect(failed.stdout.hasPrefix("\(bad): FAILED: \(bad): gguf error: tensor '"))
+    let usage = try runTool("flare-inspect", ["--json-array", path])
+    #expect(usage.status == 64)
+  }
+}

@@ -48,4 +48,29 @@ struct RealGGUFTests {
     #expect(copy.count == original.count)
     #expect(copy.bytes.elementsEqual(original.bytes))
   }
+
+  /// Oracle: `Fixtures/golden/gguf-smollm2.json` (gguf-py's reader and
+  /// `gguf.quants.dequantize` on the same file). Tolerance: none (CRC-32 of every value).
+  @Test("all 272 tensors dequantize bit-identically to gguf-py")
+  func dequantize() throws {
+    guard let file = try Self.open() else { return }
+    let golden = try loadFixtureJSON("golden/gguf-smollm2.json")
+    let tensors = try #require(golden["tensors"]?.arrayValue)
+    #expect(tensors.count == 272)
+    #expect(
+      file.metadata.map(\.key) == golden["kvs"]?.arrayValue?.compactMap { $0["key"]?.stringValue })
+    for (tensor, expected) in zip(file.tensors, tensors) {
+      #expect(tensor.name == expected["name"]?.stringValue)
+      #expect(tensor.type.name == expected["type"]?.stringValue)
+      #expect(tensor.dims.map { JSONValue.integer($0) } == expected["dims"]?.arrayValue)
+      #expect(tensor.offset == expected["offset"]?.intValue)
+      var values = [Float](repeating: 0, count: tensor.elementCount)
+      try values.withUnsafeMutableBufferPointer {
+        try tensor.type.dequantizeParallel(
+          file.bytes(of: tensor), count: tensor.elementCount, into: $0)
+      }
+      let crc = values.withUnsafeBytes { CRC32.checksum($0) }
+      #expect(UInt64(crc) == expected["dequant_crc32"]?.uint64Value, "\(tensor.name)")
+    }
+  }
 }
