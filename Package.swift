@@ -5,6 +5,7 @@ let package = Package(
   name: "Flare",
   products: [
     .executable(name: "flare-inspect", targets: ["flare-inspect"]),
+    .executable(name: "flare-convert", targets: ["flare-convert"]),
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
     .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
@@ -24,11 +25,15 @@ let package = Package(
     .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
+      name: "FlareConvert",
+      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),
+    .target(
       name: "FlareInspect",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareCLI"]),
 
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
+    .executableTarget(name: "flare-convert", dependencies: ["FlareConvert", "FlareCLI"]),
 
     // MARK: - Tests
     .target(
@@ -42,7 +47,10 @@ let package = Package(
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareCLITests",
-      dependencies: ["FlareCLI", "FlareInspect", "_FlareTestSupport", "flare-inspect"]),
+      dependencies: [
+        "FlareCLI", "FlareInspect", "FlareConvert", "_FlareTestSupport", "flare-inspect",
+        "flare-convert",
+      ]),
   ],
   swiftLanguageModes: [.v6]
 )

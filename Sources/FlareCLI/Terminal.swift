@@ -44,7 +44,7 @@ public enum Console {
 public final class ProgressBar: @unchecked Sendable {
   // @unchecked Sendable: all mutable state is guarded by `lock`.
   private let label: String
-  private let total: Int
+  private var total: Int
   private let enabled: Bool
   private var done = 0
   private var lastDraw: Double = 0
@@ -65,6 +65,20 @@ public final class ProgressBar: @unchecked Sendable {
     guard enabled else { return }
     pthread_mutex_lock(&lock)
     done += units
+    let now = monotonicSeconds()
+    if now - lastDraw >= 0.1 || done >= total {
+      lastDraw = now
+      draw()
+    }
+    pthread_mutex_unlock(&lock)
+  }
+
+  /// Sets the progress to `done` of `total` units.
+  public func set(done newDone: Int, of newTotal: Int) {
+    guard enabled else { return }
+    pthread_mutex_lock(&lock)
+    done = newDone
+    total = max(newTotal, 1)
     let now = monotonicSeconds()
     if now - lastDraw >= 0.1 || done >= total {
       lastDraw = now

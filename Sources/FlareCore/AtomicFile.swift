@@ -46,6 +46,8 @@ public final class AtomicFileWriter {
         "cannot create a temporary file in '\(folder)'", path: destination, errno: errno)
     }
     fd = descriptor
+    // mkstemp creates the file 0600; give it the mode a plain create would (0666 minus umask).
+    _ = fchmod(descriptor, 0o666 & ~currentUmask())
     temporaryPath = String(
       decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     buffer.reserveCapacity(bufferLimit)
@@ -148,6 +150,13 @@ public final class AtomicFileWriter {
     guard let slash = path.lastIndex(of: "/") else { return path }
     return String(path[path.index(after: slash)...])
   }
+}
+
+/// The process's file-creation mask.
+public func currentUmask() -> mode_t {
+  let mask = umask(0o022)
+  umask(mask)
+  return mask
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, `fsync`, rename).

@@ -1,0 +1,437 @@
+import FlareCore
+import FlareGGUF
+import FlareSafetensors
+
+/// The output type asked for with `--outtype`.
+public enum OutputType: String, CaseIterable, Sendable {
+  case auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k
+
+  /// The ggml type for 2-D tensors, or `nil` for `auto`.
+  var ggmlType: GGMLType? {
+    switch self {
+    case .auto: nil
+    case .f32: .f32
+    case .f16: .f16
+    case .bf16: .bf16
+    case .q8_0: .q8_0
+    case .q4_0: .q4_0
+    case .q4_1: .q4_1
+    case .q5_0: .q5_0
+    case .q5_1: .q5_1
+    case .q4_k: .q4_K
+    case .q5_k: .q5_K
+    case .q6_k: .q6_K
+    }
+  }
+
+  /// `general.file_type` (llama.cpp's `LlamaFileType`) for a file mostly of `type`.
+  static func fileType(_ type: GGMLType) -> UInt32 {
+    switch type.id {
+    case 0: 0
+    case 1: 1
+    case 2: 2
+    case 3: 3
+    case 8: 7
+    case 6: 8
+    case 7: 9
+    case 12: 15
+    case 13: 17
+    case 14: 18
+    case 30: 32
+    default: 1024  // GUESSED
+    }
+  }
+}
+
+/// What a conversion did, for the summary line and `--json`.
+public struct ConversionReport: Sendable {
+  public var output: String
+  public var files: [String] = []
+  public var tensors = 0
+  public var types: [String: Int] = [:]
+  public var notes: [String] = []
+  public var bytes = 0
+}
+
+/// Conversions between HF Llama folders and GGUF, streamed tensor by tensor.
+public enum Converter {
+  /// Receives per-tensor progress.
+  public typealias Progress = @Sendable (Int, Int) -> Void
+
+  // MARK: GGUF → HF
+
+  /// Writes an HF folder (`config.json`, `model.safetensors`, `tokenizer.json`,
+  /// `tokenizer_config.json`, `generation_config.json`) from a llama GGUF file: tensors
+  /// dequantized (F32, or F16/BF16 with `outtype`), renamed, Q/K rows un-permuted.
+  public static func ggufToHF(
+    _ file: GGUFFile, folder: String, outtype: OutputType, overwrite: Bool,
+    progress: Progress? = nil
+  ) throws -> ConversionReport {
+    let config = try LlamaConfig(gguf: file)
+    let tokenizer = try BPETokenizer(gguf: file)
+    let dtype: DType
+    switch outtype {
+    case .auto, .f32: dtype = .f32
+    case .f16: dtype = .f16
+    case .bf16: dtype = .bf16
+    default:
+      throw FlareError(
+        "convert", .invalidArgument,
+        "an HF folder holds f32, f16 or bf16; '\(outtype.rawValue)' is not possible")
+    }
+    var pairs: [(hf: String, tensor: GGUFTensorInfo)] = []
+    for tensor in file.tensors {
+      guard let name = LlamaLayout.hfName(gguf: tensor.name) else {
+        throw FlareError(
+          "convert", .unsupported, "is not part of the llama layout", path: file.path,
+          tensor: tensor.name)
+      }
+      guard tensor.type.canDequantize else {
+        throw FlareError(
+          "convert", .unsupported, "type \(tensor.type.name) cannot be dequantized",
+          path: file.path, tensor: tensor.name)
+      }
+      pairs.append((name, tensor))
+    }
+    pairs.sort { hfOrder($0.hf) < hfOrder($1.hf) }
+    let specs = pairs.map {
+      TensorSpec(name: $0.hf, dtype: dtype, shape: $0.tensor.dims.reversed())
+    }
+    let names = [
+      "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+      "generation_config.json",
+    ]
+    let destinations = names.map { "\(folder)/\($0)" }
+    if !overwrite {
+      for path in destinations where fileExists(path) {
+        throw FlareError(
+          "io", .outputExists, "output already exists (use --force to overwrite)", path: path)
+      }
+    }
+    if fileExists(folder) && !isDirectory(folder) {
+      throw FlareError("io", .outputExists, "output exists and is not a folder", path: folder)
+    }
+    // Everything is written into a temporary sibling folder and moved into place at the end,
+    // so a failure leaves nothing at the destination.
+    let staging = try makeStagingFolder(for: folder)
+    defer { removeStagingFolder(staging) }
+    let byName = Dictionary(uniqueKeysWithValues: pairs.map { ($0.hf, $0.tensor) })
+    var done = 0
+    try SafetensorsWriter.write(
+      to: "\(staging)/model.safetensors", tensors: specs,
+      options: .init(metadata: [("format", "pt")])
+    ) {
+      sink in
+      guard let tensor = byName[sink.spec.name] else { return }
+      var values = try file.floats(tensor)
+      if let heads = LlamaLayout.ropeHeads(
+        gguf: tensor.name, heads: config.headCount, kvHeads: config.headCountKV)
+      {
+        let rows = tensor.dims.count > 1 ? tensor.dims[1...].reduce(1, *) : tensor.dims[0]
+        values = try permute(values, rows: rows, heads: heads, toGGUF: false, tensor: tensor.name)
+      }
+      try values.withUnsafeBufferPointer { try sink.write(floats: $0) }
+      done += 1
+      progress?(done, specs.count)
+    }
+    let dtypeName = dtype == .f32 ? "float32" : dtype == .f16 ? "float16" : "bfloat16"
+    try writeJSON(config.hfConfig(dtype: dtypeName), to: "\(staging)/config.json", overwrite: false)
+    try writeJSON(tokenizer.hfTokenizerJSON(), to: "\(staging)/tokenizer.json", overwrite: false)
+    try writeJSON(
+      tokenizer.hfTokenizerConfig(contextLength: config.contextLength),
+      to: "\(staging)/tokenizer_config.json", overwrite: false)
+    var generation: [(String, JSONValue)] = []
+    if let bos = config.bosTokenID { generation.append(("bos_token_id", .integer(bos))) }
+    if let eos = config.eosTokenID { generation.append(("eos_token_id", .integer(eos))) }
+    if let pad = config.padTokenID { generation.append(("pad_token_id", .integer(pad))) }
+    try writeJSON(.object(generation), to: "\(staging)/generation_config.json", overwrite: false)
+    try publishStagingFolder(staging, to: folder, files: names)
+    var report = ConversionReport(output: folder)
+    report.files = destinations
+    report.tensors = specs.count
+    report.types = [dtype.rawValue: specs.count]
+    report.bytes = specs.reduce(0) { $0 + ($1.byteCount ?? 0) }
+    if config.tieWordEmbeddings {
+      report.notes.append("no output.weight: tie_word_embeddings is true")
+    }
+    return report
+  }
+
+  // MARK: HF → GGUF
+
+  /// Writes a llama GGUF from an HF folder: llama metadata, tokenizer metadata, tensors renamed,
+  /// Q/K rows permuted for RoPE, 1-D tensors F32, others `outtype` (`auto`: the source's 16- or
+  /// 32-bit float type, lossless).
+  public static func hfToGGUF(
+    folder: String, output: String, outtype: OutputType, tokenizerPre: String?, overwrite: Bool,
+    progress: Progress? = nil
+  ) throws -> ConversionReport {
+    let configPath = "\(folder)/config.json"
+    let config = try LlamaConfig(hfConfig: try readJSON(configPath), path: configPath)
+    let tokenizerPath = "\(folder)/tokenizer.json"
+    let tokenizerConfigPath = "\(folder)/tokenizer_config.json"
+    let tokenizerConfig = fileExists(tokenizerConfigPath) ? try readJSON(tokenizerConfigPath) : nil
+    var tokenizer = try BPETokenizer(
+      tokenizerJSON: try readJSON(tokenizerPath), config: tokenizerConfig,
+      vocabSize: config.vocabSize,
+      preOverride: tokenizerPre, path: tokenizerPath)
+    if tokenizer.bosID == nil { tokenizer.bosID = config.bosTokenID }
+    if tokenizer.eosID == nil { tokenizer.eosID = config.eosTokenID }
+    let model = try SafetensorsModel.open(folder)
+    var report = ConversionReport(output: output)
+    var entries: [(view: TensorView, spec: GGUFTensorSpec, heads: Int?)] = []
+    var sourceTypes = Set<DType>()
+    for view in model.tensors {
+      if view.name.hasSuffix("rotary_emb.inv_freq") { continue }  // derived, not a weight
+      if view.name == "lm_head.weight" && config.tieWordEmbeddings { continue }
+      guard let name = LlamaLayout.ggufName(hf: view.name) else {
+        throw FlareError(
+          "convert", .unsupported, "is not part of the llama layout", path: view.file.path,
+          tensor: view.name)
+      }
+      guard view.dtype.isFloatingPoint, view.dtype != .c64, view.shape.count <= 4 else {
+        throw FlareError(
+          "convert", .unsupported, "\(view.dtype.rawValue) tensors cannot be converted",
+          path: view.file.path, tensor: view.name)
+      }
+      sourceTypes.insert(view.dtype)
+      let dims = Array(view.shape.reversed())
+      var type: GGMLType = .f32
+      if dims.count > 1 {
+        type = outtype.ggmlType ?? autoType(view.dtype)
+        if (dims.first ?? 0) % type.blockSize != 0 {
+          report.notes.append(
+            "\(name): row length \(dims.first ?? 0) is not a multiple of \(type.blockSize); written as F16"
+          )
+          type = .f16
+        }
+      }
+      let heads = LlamaLayout.ropeHeads(
+        gguf: name, heads: config.headCount, kvHeads: config.headCountKV)
+      entries.append((view, GGUFTensorSpec(name: name, dims: dims, type: type), heads))
+    }
+    let mainType =
+      outtype.ggmlType ?? autoType(sourceTypes.count == 1 ? sourceTypes.first ?? .f32 : .f32)
+    var metadata = [
+      GGUFKeyValue(key: "general.architecture", value: .string("llama")),
+      GGUFKeyValue(key: "general.type", value: .string("model")),
+      GGUFKeyValue(key: "general.name", value: .string(AtomicFileWriter.baseName(of: folder))),
+    ]
+    let llamaKeys = config.ggufKeys(fileType: OutputType.fileType(mainType))
+    metadata += llamaKeys.beforeFileType
+    metadata.append(
+      GGUFKeyValue(key: "general.file_type", value: .uint32(OutputType.fileType(mainType))))
+    metadata += llamaKeys.afterFileType
+    metadata += tokenizer.ggufKeys()
+    metadata.append(GGUFKeyValue(key: "general.quantization_version", value: .uint32(2)))
+    var done = 0
+    let byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.spec.name, $0) })
+    try GGUFWriter.write(
+      to: output, metadata: metadata, tensors: entries.map(\.spec), overwrite: overwrite
+    ) { sink in
+      guard let entry = byName[sink.spec.name] else { return }
+      let view = entry.view
+      let rows =
+        entry.spec.dims.count > 1 ? entry.spec.dims[1...].reduce(1, *) : entry.spec.dims.first ?? 1
+      let sameType =
+        (view.dtype == .f32 && entry.spec.type == .f32)
+        || (view.dtype == .f16 && entry.spec.type == .f16)
+        || (view.dtype == .bf16 && entry.spec.type == .bf16)
+      if sameType {
+        // Lossless: copy the bytes, permuting whole rows where RoPE needs it.
+        if let heads = entry.heads {
+          var permuted = [UInt8](repeating: 0, count: view.info.byteCount)
+          permuted.withUnsafeMutableBytes {
+            LlamaLayout.permuteRows(
+              view.rawBytes, into: $0, rows: rows, rowBytes: view.info.byteCount / max(rows, 1),
+              heads: heads, toGGUF: true)
+          }
+          try permuted.withUnsafeBytes { try sink.write($0) }
+        } else {
+          try sink.write(view.rawBytes)
+        }
+      } else {
+        var values = view.floats()
+        if let heads = entry.heads {
+          values = try permute(values, rows: rows, heads: heads, toGGUF: true, tensor: view.name)
+        }
+        try values.withUnsafeBufferPointer { try sink.write(floats: $0) }
+      }
+      done += 1
+      progress?(done, entries.count)
+    }
+    report.files = [output]
+    report.tensors = entries.count
+    for entry in entries { report.types[entry.spec.type.name, default: 0] += 1 }
+    report.bytes = entries.reduce(0) { $0 + ($1.spec.byteCount ?? 0) }
+    return report
+  }
+
+  // MARK: GGUF → GGUF
+
+  /// Re-encodes a GGUF file's tensors as `outtype` (1-D tensors stay F32), keeping its
+  /// metadata, with `general.file_type` updated.
+  public static func requantize(
+    _ file: GGUFFile, output: String, outtype: OutputType, overwrite: Bool,
+    progress: Progress? = nil
+  ) throws -> ConversionReport {
+    guard let target = outtype.ggmlType else {
+      throw FlareError("convert", .invalidArgument, "GGUF to GGUF needs an explicit --outtype")
+    }
+    var report = ConversionReport(output: output)
+    let specs = file.tensors.map { tensor -> GGUFTensorSpec in
+      var type = tensor.dims.count > 1 ? target : .f32
+      if (tensor.dims.first ?? 0) % type.blockSize != 0 {
+        report.notes.append(
+          "\(tensor.name): row length \(tensor.dims.first ?? 0) is not a multiple of \(type.blockSize); written as F16"
+        )
+        type = .f16
+      }
+      return GGUFTensorSpec(name: tensor.name, dims: tensor.dims, type: type)
+    }
+    var metadata = file.metadata
+    if let index = metadata.firstIndex(where: { $0.key == "general.file_type" }) {
+      metadata[index].value = .uint32(OutputType.fileType(target))
+    }
+    var done = 0
+    try GGUFWriter.write(
+      to: output, metadata: metadata, tensors: specs, alignment: file.alignment,
+      overwrite: overwrite
+    ) { sink in
+      guard let tensor = file.tensor(sink.spec.name) else { return }
+      if tensor.type == sink.spec.type {
+        try sink.write(file.bytes(of: tensor))
+      } else {
+        guard tensor.type.canDequantize else {
+          throw FlareError(
+            "convert", .unsupported, "type \(tensor.type.name) cannot be dequantized",
+            path: file.path, tensor: tensor.name)
+        }
+        let values = try file.floats(tensor)
+        try values.withUnsafeBufferPointer { try sink.write(floats: $0) }
+      }
+      done += 1
+      progress?(done, specs.count)
+    }
+    report.files = [output]
+    report.tensors = specs.count
+    for spec in specs { report.types[spec.type.name, default: 0] += 1 }
+    report.bytes = specs.reduce(0) { $0 + ($1.byteCount ?? 0) }
+    return report
+  }
+
+  // MARK: Helpers
+
+  static func autoType(_ dtype: DType) -> GGMLType {
+    switch dtype {
+    case .f16: .f16
+    case .bf16: .bf16
+    default: .f32
+    }
+  }
+
+  /// Sort key putting HF tensors in the usual order: embeddings, layers by index, norm, head.
+  static func hfOrder(_ name: String) -> (Int, Int, Int, String) {
+    if name.hasPrefix("model.embed_tokens") { return (0, 0, 0, name) }
+    if name.hasPrefix("model.layers.") {
+      let rest = name.dropFirst("model.layers.".count)
+      let layer = Int(rest.prefix { $0.isNumber }) ?? 0
+      let parts = [
+        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+        "self_attn.o_proj",
+        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+      ]
+      let part = parts.firstIndex { rest.contains(".\($0).") } ?? parts.count
+      return (1, layer, part, name)
+    }
+    if name.hasPrefix("model.norm") { return (2, 0, 0, name) }
+    return (3, 0, 0, name)
+  }
+
+  static func permute(_ values: [Float], rows: Int, heads: Int, toGGUF: Bool, tensor: String) throws
+    -> [Float]
+  {
+    guard heads > 0, rows % heads == 0, (rows / heads) % 2 == 0, rows > 0, values.count % rows == 0
+    else {
+      throw FlareError(
+        "convert", .invalidArgument, "\(rows) rows do not split into \(heads) heads of even size",
+        tensor: tensor)
+    }
+    var out = values
+    let rowBytes = values.count / rows * MemoryLayout<Float>.size
+    values.withUnsafeBytes { source in
+      out.withUnsafeMutableBytes { target in
+        LlamaLayout.permuteRows(
+          source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: toGGUF)
+      }
+    }
+    return out
+  }
+
+  static func readJSON(_ path: String) throws -> JSONValue {
+    let bytes = try readSmallFile(path, limit: 512 << 20)
+    do {
+      return try JSONParser.parse(bytes)
+    } catch {
+      throw FlareError(
+        "convert", .invalidArgument, "not valid JSON: \(error.message)", path: path,
+        offset: error.offset)
+    }
+  }
+
+  static func writeJSON(_ value: JSONValue, to path: String, overwrite: Bool) throws {
+    try writeFileAtomically(
+      Array((JSONWriter.pretty(value) + "\n").utf8), to: path, overwrite: overwrite)
+  }
+
+  /// A new empty folder next to `folder`, for output that is published all at once.
+  static func makeStagingFolder(for folder: String) throws -> String {
+    let parent = AtomicFileWriter.parentFolder(of: folder)
+    var template = Array(
+      "\(parent)/.\(AtomicFileWriter.baseName(of: folder)).flare-tmp-XXXXXX".utf8CString)
+    let made = template.withUnsafeMutableBufferPointer { buffer -> Bool in
+      guard let start = buffer.baseAddress else { return false }
+      return mkdtemp(start) != nil
+    }
+    guard made else {
+      throw FlareError.io(
+        "cannot create a temporary folder in '\(parent)'", path: folder, errno: errno)
+    }
+    let path = String(
+      decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
+    return path
+  }
+
+  /// Moves the staged files into `folder`: the whole staging folder is renamed when `folder`
+  /// does not exist yet, otherwise each file is renamed into it.
+  static func publishStagingFolder(_ staging: String, to folder: String, files: [String]) throws {
+    if !fileExists(folder) {
+      guard rename(staging, folder) == 0 else {
+        throw FlareError.io("cannot move the output into place", path: folder, errno: errno)
+      }
+      return
+    }
+    for name in files {
+      guard rename("\(staging)/\(name)", "\(folder)/\(name)") == 0 else {
+        throw FlareError.io("cannot move '\(name)' into place", path: folder, errno: errno)
+      }
+    }
+  }
+
+  /// Removes a staging folder and whatever is left in it.
+  static func removeStagingFolder(_ staging: String) {
+    guard isDirectory(staging) else { return }
+    for name in [
+      "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+      "generation_config.json",
+    ] {
+      unlink("\(staging)/\(name)")
+    }
+    rmdir(staging)
+  }
+}
+
+#if canImport(Glibc)
+  import Glibc
+#endif

@@ -1,0 +1,4 @@
+import FlareCLI
+import FlareConvert
+
+ToolMain.run(ConvertCommand.spec) { arguments in try ConvertCommand.run(arguments) }

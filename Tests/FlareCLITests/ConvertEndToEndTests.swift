@@ -1,0 +1,142 @@
+import FlareCore
+import FlareGGUF
+import FlareSafetensors
+import Foundation
+import Testing
+import _FlareTestSupport
+
+/// `flare-convert` end to end on the real SmolLM2-135M-Instruct Q4_1 GGUF.
+///
+/// Oracle: `Fixtures/golden/gguf-smollm2.json` (gguf-py's dequantization of every tensor, as
+/// CRC-32 of the float32 values) and the source file's own metadata. Tolerance: none.
+@Suite("flare-convert on the real SmolLM2", .serialized)
+struct ConvertEndToEndTests {
+  static let source = "\(modelCache)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+  func available() -> Bool {
+    if offline && !fileExists(Self.source) { return false }
+    #expect(
+      fileExists(Self.source), "run scripts/fetch-models.sh (or make test) to fetch the real model")
+    return fileExists(Self.source)
+  }
+
+  @Test("GGUF → HF → GGUF reproduces gguf-py's dequantized values and the llama and tokenizer keys")
+  func roundTrip() throws {
+    guard available() else { return }
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    let hf = "\(folder)/smollm2-hf"
+    let toHF = try runTool("flare-convert", [Self.source, hf])
+    #expect(toHF.status == 0, "\(toHF.stderr)")
+    #expect(toHF.stdout.hasPrefix("wrote \(hf): 272 tensors (272 F32)"))
+    #expect(
+      folderContents(hf) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json",
+      ])
+
+    // config.json as transformers' LlamaConfig reads it.
+    let config = try JSONParser.parse(fileBytes("\(hf)/config.json"))
+    #expect(config["architectures"] == .array([.string("LlamaForCausalLM")]))
+    for (key, value) in [
+      ("hidden_size", 576), ("intermediate_size", 1536), ("num_hidden_layers", 30),
+      ("num_attention_heads", 9),
+      ("num_key_value_heads", 3), ("head_dim", 64), ("max_position_embeddings", 8192),
+      ("vocab_size", 49152),
+      ("bos_token_id", 1), ("eos_token_id", 2),
+    ] {
+      #expect(config[key]?.intValue == value, "\(key)")
+    }
+    #expect(config["rms_norm_eps"]?.doubleValue.map(Float.init) == Float(bitPattern: 0x3727_C5AC))
+    #expect(config["rope_theta"]?.doubleValue == 100_000)
+    #expect(config["tie_word_embeddings"] == .bool(true))
+
+    // The HF weights: HF names and shapes, no lm_head (tied).
+    let model = try SafetensorsModel.open(hf)
+    #expect(model.tensors.count == 272)
+    #expect(model.view("model.embed_tokens.weight")?.shape == [49152, 576])
+    #expect(model.view("model.layers.0.self_attn.k_proj.weight")?.shape == [192, 576])
+    #expect(model.view("lm_head.weight") == nil)
+
+    // Back to GGUF, lossless F32: every tensor equals gguf-py's dequantization of the original.
+    let back = "\(folder)/back.gguf"
+    let toGGUF = try runTool("flare-convert", [hf, back, "--outtype", "f32"])
+    #expect(toGGUF.status == 0, "\(toGGUF.stderr)")
+    let original = try GGUFFile(path: Self.source)
+    let converted = try GGUFFile(path: back)
+    let golden = try loadFixtureJSON("golden/gguf-smollm2.json")
+    var crcs: [String: UInt64] = [:]
+    for entry in try #require(golden["tensors"]?.arrayValue) {
+      if let name = entry["name"]?.stringValue, let crc = entry["dequant_crc32"]?.uint64Value {
+        crcs[name] = crc
+      }
+    }
+    #expect(Set(converted.tensors.map(\.name)) == Set(original.tensors.map(\.name)))
+    for tensor in converted.tensors {
+      #expect(tensor.type == .f32)
+      #expect(tensor.dims == original.tensor(tensor.name)?.dims, "\(tensor.name)")
+      #expect(
+        UInt64(CRC32.checksum(converted.bytes(of: tensor))) == crcs[tensor.name], "\(tensor.name)")
+    }
+    // Metadata: the llama and tokenizer keys come back with the same values.
+    for entry in original.metadata
+    where entry.key.hasPrefix("llama.") || entry.key.hasPrefix("tokenizer.") {
+      #expect(converted.value(entry.key) == entry.value, "\(entry.key)")
+    }
+    #expect(converted.value("general.file_type") == .uint32(0))
+
+    // Q8_0 from the HF folder and from the GGUF directly agree byte for byte, and the
+    // original's Q8_0 embedding and F32 norms come back unchanged.
+    let q8FromHF = "\(folder)/q8-hf.gguf"
+    let q8FromGGUF = "\(folder)/q8-gguf.gguf"
+    #expect(try runTool("flare-convert", [hf, q8FromHF, "--outtype", "q8_0", "-q"]).status == 0)
+    #expect(
+      try runTool("flare-convert", [Self.source, q8FromGGUF, "--outtype", "q8_0", "-q"]).status == 0
+    )
+    let a = try GGUFFile(path: q8FromHF)
+    let b = try GGUFFile(path: q8FromGGUF)
+    for tensor in a.tensors {
+      let other = try #require(b.tensor(tensor.name))
+      #expect(tensor.type == other.type)
+      #expect(a.bytes(of: tensor).elementsEqual(b.bytes(of: other)), "\(tensor.name)")
+      if let source = original.tensor(tensor.name), source.type == tensor.type {
+        #expect(
+          a.bytes(of: tensor).elementsEqual(original.bytes(of: source)), "\(tensor.name) changed")
+      }
+    }
+    #expect(b.value("general.file_type") == .uint32(7))
+  }
+
+  @Test("refusals: existing output, unsupported tokenizer, wrong directions and types")
+  func refusals() throws {
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    let tiny = fixturePath("gguf/tiny-llama.gguf")
+    let unsupported = try runTool("flare-convert", [tiny, "\(folder)/hf"])
+    #expect(unsupported.status == 1)
+    #expect(unsupported.stderr.contains("tokenizer.ggml.pre 'default' is not supported"))
+    #expect(folderContents(folder).isEmpty, "a failed conversion leaves nothing behind")
+    let requant = try runTool("flare-convert", [tiny, "\(folder)/q4.gguf", "--outtype", "q4_0"])
+    #expect(requant.status == 0, "\(requant.stderr)")
+    let again = try runTool("flare-convert", [tiny, "\(folder)/q4.gguf", "--outtype", "q4_0"])
+    #expect(again.status == 1)
+    #expect(again.stderr.contains("output already exists (use --force to overwrite)"))
+    #expect(
+      try runTool(
+        "flare-convert", [tiny, "\(folder)/q4.gguf", "--outtype", "q4_0", "--force", "-q"]
+      ).status == 0)
+    let badType = try runTool("flare-convert", [tiny, "\(folder)/x.gguf", "--outtype", "q3"])
+    #expect(badType.status == 64)
+    #expect(
+      badType.stderr.hasPrefix(
+        "flare-convert: error: the value 'q3' is invalid for '--outtype <type>'"))
+    let noAuto = try runTool("flare-convert", [tiny, "\(folder)/y.gguf"])
+    #expect(noAuto.status == 1)
+    #expect(noAuto.stderr.contains("GGUF to GGUF needs an explicit --outtype"))
+    let missing = try runTool("flare-convert", ["/nonexistent/model", "\(folder)/z.gguf"])
+    #expect(missing.status == 1)
+    let help = try runTool("flare-convert", ["--help"])
+    #expect(help.status == 0 && help.stdout.hasPrefix("OVERVIEW: "))
+    #expect(folderContents(folder) == ["q4.gguf"])
+  }
+}
