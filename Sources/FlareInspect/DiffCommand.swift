@@ -1,5 +1,6 @@
 import FlareCLI
 import FlareCore
+import FlareGGUF
 import FlareSafetensors
 
 extension ProgressBar: ProgressReporter {}
@@ -8,32 +9,36 @@ extension InspectCommand {
   /// `--diff A B`: per-tensor differences plus missing, extra and mismatched tensors.
   /// Exit 1 when anything differs beyond the tolerance.
   static func runDiff(_ pathA: String, _ pathB: String, options: Options) throws -> ExitStatus {
-    let a = try InspectInput.open(pathA)
-    let b = try InspectInput.open(pathB)
-    let namesB = Set(b.model.tensors.map(\.name))
-    let namesA = Set(a.model.tensors.map(\.name))
-    var pairs: [(TensorView, TensorView)] = []
-    var mismatched: [(TensorView, TensorView)] = []
+    let aIsGGUF = InspectInput.isGGUF(pathA)
+    let bIsGGUF = InspectInput.isGGUF(pathB)
+    // Across formats, GGUF tensors are seen through HF names, shapes and row order.
+    let a = try comparableTensors(pathA, asHF: aIsGGUF && !bIsGGUF)
+    let b = try comparableTensors(pathB, asHF: bIsGGUF && !aIsGGUF)
+    let indexB = Dictionary(
+      b.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
+    let namesA = Set(a.map(\.name))
+    var pairs: [(ComparableTensor, ComparableTensor)] = []
+    var mismatched: [(ComparableTensor, ComparableTensor)] = []
     var missing: [String] = []
-    for view in a.model.tensors {
-      guard let other = b.model.view(view.name) else {
-        missing.append(view.name)
+    for x in a {
+      guard let index = indexB[x.name] else {
+        missing.append(x.name)
         continue
       }
-      if view.shape != other.shape || view.dtype.floatsPerElement != other.dtype.floatsPerElement {
-        mismatched.append((view, other))
+      let y = b[index]
+      if x.shape != y.shape || x.source.valueCount != y.source.valueCount {
+        mismatched.append((x, y))
       } else {
-        pairs.append((view, other))
-        if view.dtype != other.dtype { mismatched.append((view, other)) }
+        pairs.append((x, y))
+        if x.typeName != y.typeName && !(aIsGGUF != bIsGGUF) { mismatched.append((x, y)) }
       }
     }
-    let extra = b.model.tensors.map(\.name).filter { !namesA.contains($0) }
-    _ = namesB
-    let total = pairs.reduce(0) { $0 + $1.0.info.elementCount }
+    let extra = b.map(\.name).filter { !namesA.contains($0) }
+    let total = pairs.reduce(0) { $0 + $1.0.source.valueCount }
     let bar = ProgressBar(
       label: "diff", total: total, enabled: !options.quiet && total > 50_000_000)
     let differences = TensorDifference.compute(
-      pairs: pairs.map { ($0.0.decodable, $0.1.decodable) }, progress: bar)
+      pairs: pairs.map { ($0.0.source, $0.1.source) }, progress: bar)
     bar.finish()
     let beyond = zip(pairs, differences).filter { $0.1.maxAbs > options.tolerance }
     let identical = beyond.isEmpty && missing.isEmpty && extra.isEmpty && mismatched.isEmpty
@@ -55,13 +60,13 @@ extension InspectCommand {
           (
             "a",
             .object([
-              ("dtype", .string(x.dtype.rawValue)), ("shape", .array(x.shape.map { .integer($0) })),
+              ("dtype", .string(x.typeName)), ("shape", .array(x.shape.map { .integer($0) })),
             ])
           ),
           (
             "b",
             .object([
-              ("dtype", .string(y.dtype.rawValue)), ("shape", .array(y.shape.map { .integer($0) })),
+              ("dtype", .string(y.typeName)), ("shape", .array(y.shape.map { .integer($0) })),
             ])
           ),
         ])
@@ -79,7 +84,7 @@ extension InspectCommand {
     var lines: [String] = []
     if !options.quiet {
       lines.append(
-        "diff \(pathA) (reference, \(a.model.tensors.count) tensors) vs \(pathB) (\(b.model.tensors.count) tensors), tolerance \(Format.number(options.tolerance))"
+        "diff \(pathA) (reference, \(a.count) tensors) vs \(pathB) (\(b.count) tensors), tolerance \(Format.number(options.tolerance))"
       )
       var rows: [[String]] = [["name", "max_abs", "rel_frobenius", "status"]]
       for ((x, _), difference) in zip(pairs, differences) {
@@ -97,7 +102,7 @@ extension InspectCommand {
     for name in extra { lines.append("only in \(pathB): \(name.escapedForMessage)") }
     for (x, y) in mismatched {
       lines.append(
-        "mismatch: \(x.name.escapedForMessage): \(x.dtype.rawValue) \(Format.shape(x.shape)) vs \(y.dtype.rawValue) \(Format.shape(y.shape))"
+        "mismatch: \(x.name.escapedForMessage): \(x.typeName) \(Format.shape(x.shape)) vs \(y.typeName) \(Format.shape(y.shape))"
       )
     }
     let verdict =
@@ -107,5 +112,77 @@ extension InspectCommand {
     lines.append(verdict)
     Console.out(lines.joined(separator: "\n") + "\n")
     return identical ? .success : .failure
+  }
+}
+
+/// A tensor as `--diff` compares it: a name, a shape (outermost first), a type label and its
+/// values.
+struct ComparableTensor {
+  var name: String
+  var shape: [Int]
+  var typeName: String
+  var source: DecodableTensor
+}
+
+extension InspectCommand {
+  /// The tensors of `path` for `--diff`. With `asHF`, a llama GGUF is presented with HF names,
+  /// outermost-first shapes and the query/key rows un-permuted, so it compares with an HF model.
+  static func comparableTensors(_ path: String, asHF: Bool) throws -> [ComparableTensor] {
+    if InspectInput.isGGUF(path) {
+      let file = try GGUFFile(path: path)
+      let heads = file.value("llama.attention.head_count")?.integerValue
+      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      return file.tensors.filter { $0.type.canDequantize }.map { tensor in
+        guard asHF else {
+          return ComparableTensor(
+            name: tensor.name, shape: tensor.dims.reversed(), typeName: tensor.type.name,
+            source: file.decodable(tensor))
+        }
+        let name = LlamaLayout.hfName(gguf: tensor.name) ?? tensor.name
+        var source = file.decodable(tensor)
+        if let heads, let kvHeads,
+          let ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads)
+        {
+          source = file.unpermutedDecodable(tensor, heads: ropeHeads)
+        }
+        return ComparableTensor(
+          name: name, shape: tensor.dims.reversed(), typeName: tensor.type.name, source: source)
+      }
+    }
+    let input = try InspectInput.open(path)
+    return input.model.tensors.map {
+      ComparableTensor(
+        name: $0.name, shape: $0.shape, typeName: $0.dtype.rawValue, source: $0.decodable)
+    }
+  }
+}
+
+extension GGUFFile {
+  /// A query/key tensor's values in HF row order: HF row `r` is GGUF row
+  /// `LlamaLayout.ggufRow(hf: r, headDim:)`. Ranges asked for start on whole rows.
+  func unpermutedDecodable(_ tensor: GGUFTensorInfo, heads: Int) -> DecodableTensor {
+    let file = self
+    let rowLength = tensor.dims.first ?? 1
+    let rows = tensor.elementCount / max(rowLength, 1)
+    let type = tensor.type
+    let rowBytes = type.rowBytes(elements: rowLength) ?? 0
+    let headDim = heads > 0 && rows % heads == 0 ? rows / heads : 0
+    return DecodableTensor(
+      name: tensor.name, valueCount: tensor.elementCount, granularity: rowLength
+    ) { range, buffer in
+      let raw = file.bytes(of: tensor)
+      var offset = 0
+      var row = range.lowerBound / rowLength
+      while offset < range.count {
+        let source = headDim > 1 ? LlamaLayout.ggufRow(hf: row, headDim: headDim) : row
+        let bytes = UnsafeRawBufferPointer(
+          rebasing: raw[(source * rowBytes)..<((source + 1) * rowBytes)])
+        try? type.dequantize(
+          bytes, count: rowLength,
+          into: UnsafeMutableBufferPointer(rebasing: buffer[offset..<(offset + rowLength)]))
+        offset += rowLength
+        row += 1
+      }
+    }
   }
 }

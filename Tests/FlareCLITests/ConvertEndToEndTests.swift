@@ -58,6 +58,16 @@ struct ConvertEndToEndTests {
     #expect(model.view("model.layers.0.self_attn.k_proj.weight")?.shape == [192, 576])
     #expect(model.view("lm_head.weight") == nil)
 
+    // Query/key rows are back in HF order. Oracle: `Fixtures/golden/convert-permute.json`,
+    // numpy's inverse of llama.cpp's converter permutation on gguf-py's dequantization.
+    let permuted = try loadFixtureJSON("golden/convert-permute.json")
+    for entry in try #require(permuted["tensors"]?.arrayValue) {
+      let name = try #require(entry["hf"]?.stringValue)
+      let view = try #require(model.view(name))
+      #expect(view.shape.map { JSONValue.integer($0) } == entry["shape"]?.arrayValue)
+      #expect(UInt64(CRC32.checksum(view.rawBytes)) == entry["hf_crc32"]?.uint64Value, "\(name)")
+    }
+
     // Back to GGUF, lossless F32: every tensor equals gguf-py's dequantization of the original.
     let back = "\(folder)/back.gguf"
     let toGGUF = try runTool("flare-convert", [hf, back, "--outtype", "f32"])
@@ -107,6 +117,31 @@ struct ConvertEndToEndTests {
     #expect(b.value("general.file_type") == .uint32(7))
   }
 
+  @Test("--diff compares a GGUF with an HF folder through the name map and the Q/K un-permutation")
+  func crossFormatDiff() throws {
+    guard available() else { return }
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    let hf = "\(folder)/hf"
+    #expect(try runTool("flare-convert", [Self.source, hf, "-q"]).status == 0)
+    let same = try runTool("flare-inspect", ["--diff", Self.source, hf, "--quiet"])
+    #expect(same.status == 0)
+    #expect(same.stdout == "result: identical within tolerance (272 tensors compared)\n")
+    // A Q8_0 re-quantization differs from the Q4_1 original, but only by quantization error.
+    let q8 = "\(folder)/q8.gguf"
+    #expect(try runTool("flare-convert", [hf, q8, "--outtype", "q8_0", "-q"]).status == 0)
+    let exact = try runTool("flare-inspect", ["--diff", hf, q8, "--json"])
+    #expect(exact.status == 1)
+    let loose = try runTool("flare-inspect", ["--diff", hf, q8, "--tolerance", "0.05", "--json"])
+    #expect(loose.status == 0, "\(loose.stdout.prefix(300))")
+    let document = try JSONParser.parse(Array(loose.stdout.utf8))
+    let rows = try #require(document["tensors"]?.arrayValue)
+    #expect(rows.count == 272)
+    let q = try #require(
+      rows.first { $0["name"] == .string("model.layers.0.self_attn.q_proj.weight") })
+    #expect((q["rel_frobenius"]?.doubleValue ?? 1) < 0.01)
+  }
+
   @Test("refusals: existing output, unsupported tokenizer, wrong directions and types")
   func refusals() throws {
     let folder = makeTemporaryFolder()
@@ -138,5 +173,81 @@ struct ConvertEndToEndTests {
     let help = try runTool("flare-convert", ["--help"])
     #expect(help.status == 0 && help.stdout.hasPrefix("OVERVIEW: "))
     #expect(folderContents(folder) == ["q4.gguf"])
+  }
+
+  /// Oracle: `Fixtures/golden/convert-smollm2.json`, made by `make_convert_golden.py` with
+  /// gguf-py (`dequantize`, then `quantize` to each type) and transformers/tokenizers for the
+  /// tokenizer. Tolerance: none (CRC-32 of every tensor's bytes).
+  @Test(
+    "the converted F32 model re-quantizes to exactly gguf-py's bytes, and the HF side matches the oracle"
+  )
+  func requantizeAgainstGGUFPy() throws {
+    guard available() else { return }
+    let golden = try loadFixtureJSON("golden/convert-smollm2.json")
+    let entries = try #require(golden["quantized"]?["tensors"]?.arrayValue)
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    let hf = "\(folder)/hf"
+    #expect(try runTool("flare-convert", [Self.source, hf, "-q"]).status == 0)
+
+    // Every HF tensor, query/key rows un-permuted, as the oracle lays it out.
+    let model = try SafetensorsModel.open(hf)
+    for entry in entries {
+      let name = try #require(entry["hf_name"]?.stringValue)
+      let view = try #require(model.view(name), "\(name) missing")
+      #expect(view.shape.map { JSONValue.integer($0) } == entry["hf_shape"]?.arrayValue)
+      #expect(
+        UInt64(CRC32.checksum(view.rawBytes)) == entry["hf_f32_crc32"]?.uint64Value, "\(name)")
+    }
+
+    // tokenizer.json: vocabulary, merges and special tokens as the oracle has them; the
+    // pre-tokenizer splits digits first, as llama.cpp's 'smollm' and the upstream file do.
+    let tokenizer = try JSONParser.parse(fileBytes("\(hf)/tokenizer.json"))
+    let oracle = try #require(golden["tokenizer"])
+    let vocab = try #require(tokenizer["model"]?["vocab"]?.objectMembers)
+    #expect(vocab.count == oracle["vocab"]?["size"]?.intValue)
+    let vocabText = vocab.sorted { ($0.1.intValue ?? 0) < ($1.1.intValue ?? 0) }.map(\.0).joined(
+      separator: "\n")
+    #expect(UInt64(CRC32.checksum(Array(vocabText.utf8))) == oracle["vocab"]?["crc32"]?.uint64Value)
+    let merges = try #require(tokenizer["model"]?["merges"]?.arrayValue)
+    #expect(merges.count == oracle["merges"]?["count"]?.intValue)
+    let mergeText = merges.map {
+      ($0.arrayValue ?? []).compactMap(\.stringValue).joined(separator: " ")
+    }
+    .joined(separator: "\n")
+    #expect(
+      UInt64(CRC32.checksum(Array(mergeText.utf8))) == oracle["merges"]?["crc32"]?.uint64Value)
+    let added = try #require(tokenizer["added_tokens"]?.arrayValue)
+    let expectedAdded = try #require(oracle["added_tokens"]?.arrayValue)
+    #expect(added.map { $0["id"] } == expectedAdded.map { $0["id"] })
+    #expect(added.map { $0["content"] } == expectedAdded.map { $0["content"] })
+    #expect(added.map { $0["special"] } == expectedAdded.map { $0["special"] })
+    #expect(tokenizer["pre_tokenizer"] == oracle["smollm_variant"]?["pre_tokenizer"])
+    #expect(tokenizer["model"]?["type"] == .string("BPE"))
+    #expect(tokenizer["model"]?["byte_fallback"] == .bool(false))
+    let tokenizerConfig = try JSONParser.parse(fileBytes("\(hf)/tokenizer_config.json"))
+    for key in [
+      "bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "add_bos_token",
+    ] {
+      #expect(tokenizerConfig[key] == golden["tokenizer_config"]?[key], "\(key)")
+    }
+
+    // F32 → each type: bit-identical to gguf.quants.quantize; 1-D tensors stay F32.
+    for type in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16"] {
+      let out = "\(folder)/\(type).gguf"
+      let result = try runTool("flare-convert", [hf, out, "--outtype", type, "-q"])
+      #expect(result.status == 0, "\(result.stderr)")
+      let file = try GGUFFile(path: out)
+      for entry in entries {
+        let name = try #require(entry["name"]?.stringValue)
+        let tensor = try #require(file.tensor(name))
+        let key = tensor.dims.count > 1 ? type.uppercased() : "F32"
+        #expect(tensor.type.name == key, "\(name)")
+        #expect(
+          UInt64(CRC32.checksum(file.bytes(of: tensor)))
+            == entry["requant_crc32"]?[key]?.uint64Value, "\(type) \(name)")
+      }
+      removeTree(out)
+    }
   }
 }
