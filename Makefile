@@ -5,6 +5,7 @@ SWIFT ?= swift
 FLARE_CACHE ?= $(HOME)/.cache/flare
 export FLARE_CACHE
 MINILM := $(FLARE_CACHE)/models/all-MiniLM-L6-v2
+SMOLLM2 := $(FLARE_CACHE)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
 .PHONY: all deps build build-debug models demo test unit lint format man-check bench clean
@@ -34,11 +35,15 @@ build-debug: deps
 models:
 	@scripts/fetch-models.sh
 
-## The main job on the default real model: inspect all-MiniLM-L6-v2, check it, summarise it.
+## The main job on the default real models: inspect all-MiniLM-L6-v2 (list, check, statistics),
+## then list SmolLM2's GGUF, convert it to an HF folder and prove the two hold the same weights.
 demo: build models
 	.build/release/flare-inspect $(MINILM)
 	.build/release/flare-inspect --check --data $(MINILM)/model.safetensors
 	.build/release/flare-inspect --stats $(MINILM)/model.safetensors | head -n 12
+	.build/release/flare-inspect --no-tensors $(SMOLLM2) | head -n 20
+	.build/release/flare-convert --force $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
+	.build/release/flare-inspect --diff --quiet $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
 
 lint:
 	$(SWIFT) format lint --strict --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift
@@ -57,6 +62,7 @@ test: deps models lint man-check unit
 ## Benchmarks (not part of the tests): flare-inspect against the Python safetensors package.
 bench: build models
 	python3 scripts/bench-inspect.py
+	python3 scripts/bench-gguf.py
 
 clean:
 	rm -rf .build
