@@ -42,6 +42,7 @@ demo: build models
 	.build/release/flare-inspect --check --data $(MINILM)/model.safetensors
 	.build/release/flare-inspect --stats $(MINILM)/model.safetensors | head -n 12
 	.build/release/flare-inspect --no-tensors $(SMOLLM2) | head -n 20
+	mkdir -p $(FLARE_CACHE)/demo
 	.build/release/flare-convert --force $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
 	.build/release/flare-inspect --diff --quiet $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
 
