@@ -14,7 +14,7 @@ extension HalfPrecision {
 
 extension GGMLType {
   /// Whether Flare can quantize to this type.
-  public var canQuantize: Bool { [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30].contains(id) }
+  public var canQuantize: Bool { [0, 1, 2, 3, 6, 7, 8, 30].contains(id) }
 
   /// Quantizes `values` (a whole number of blocks) into `output` (``rowBytes(elements:)`` bytes).
   ///
@@ -60,9 +60,6 @@ extension GGMLType {
     case 6: for b in 0..<blocks { Self.symmetricBlock(values, b * 32, output, b * 22, levels: 16) }
     case 3: for b in 0..<blocks { Self.affineBlock(values, b * 32, output, b * 20, maxQ: 15) }
     case 7: for b in 0..<blocks { Self.affineBlock(values, b * 32, output, b * 24, maxQ: 31) }
-    case 12: for b in 0..<blocks { Self.quantizeQ4_K(values, b * 256, output, b * 144) }
-    case 13: for b in 0..<blocks { Self.quantizeQ5_K(values, b * 256, output, b * 176) }
-    case 14: for b in 0..<blocks { Self.quantizeQ6_K(values, b * 256, output, b * 210) }
     default: break
     }
   }
