@@ -14,14 +14,15 @@ extension HalfPrecision {
 
 extension GGMLType {
   /// Whether Flare can quantize to this type.
-  public var canQuantize: Bool { [0, 1, 2, 3, 6, 7, 8, 30].contains(id) }
+  public var canQuantize: Bool { [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30].contains(id) }
 
   /// Quantizes `values` (a whole number of blocks) into `output` (``rowBytes(elements:)`` bytes).
   ///
   /// Bit-identical to gguf-py's `gguf.quants.quantize`, itself bit-identical to ggml's
   /// reference quantizers for Q8_0 (round half away from zero) and following them for
-  /// Q4_0/Q4_1/Q5_0/Q5_1; block scales are stored as F16 rounded to nearest even; BF16 rounds
-  /// as ggml does.
+  /// Q4_0/Q4_1/Q5_0/Q5_1; Q4_K, Q5_K and Q6_K are bit-identical to ggml's
+  /// `quantize_row_q*_K_ref` (gguf-py has no K-quant quantizer); block scales are stored as F16
+  /// rounded to nearest even; BF16 rounds as ggml does.
   /// - Throws: ``FlareError`` `.unsupported` for other types, `.invalidArgument` on sizes.
   public func quantize(
     _ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer
@@ -60,6 +61,9 @@ extension GGMLType {
     case 6: for b in 0..<blocks { Self.symmetricBlock(values, b * 32, output, b * 22, levels: 16) }
     case 3: for b in 0..<blocks { Self.affineBlock(values, b * 32, output, b * 20, maxQ: 15) }
     case 7: for b in 0..<blocks { Self.affineBlock(values, b * 32, output, b * 24, maxQ: 31) }
+    case 12: for b in 0..<blocks { Self.quantizeQ4_K(values, b * 256, output, b * 144) }
+    case 13: for b in 0..<blocks { Self.quantizeQ5_K(values, b * 256, output, b * 176) }
+    case 14: for b in 0..<blocks { Self.quantizeQ6_K(values, b * 256, output, b * 210) }
     default: break
     }
   }
