@@ -103,7 +103,9 @@ public struct LlamaConfig: Equatable, Sendable {
     guard headCount > 0, headCountKV > 0 else {
       throw FlareError("convert", .invalidArgument, "head counts must be positive", path: file.path)
     }
-    headDim = file.value("llama.rope.dimension_count")?.integerValue ?? embeddingLength / headCount
+    headDim =
+      file.value("llama.attention.key_length")?.integerValue
+      ?? file.value("llama.rope.dimension_count")?.integerValue ?? embeddingLength / headCount
     ropeFreqBase = float("llama.rope.freq_base", default: 10000)
     rmsNormEpsilon = float("llama.attention.layer_norm_rms_epsilon", default: 1e-6)
     if let size = file.value("llama.vocab_size")?.integerValue {
@@ -169,10 +171,16 @@ public struct LlamaConfig: Equatable, Sendable {
       GGUFKeyValue(key: "llama.rope.freq_base", value: .float32(ropeFreqBase)),
       GGUFKeyValue(key: "llama.attention.layer_norm_rms_epsilon", value: .float32(rmsNormEpsilon)),
     ]
-    let after = [
+    var after = [
       GGUFKeyValue(key: "llama.vocab_size", value: .uint32(UInt32(vocabSize))),
       GGUFKeyValue(key: "llama.rope.dimension_count", value: .uint32(UInt32(headDim))),
     ]
+    if headDim * headCount != embeddingLength {
+      // llama.cpp derives the head size from embedding_length / head_count unless told.
+      after.append(GGUFKeyValue(key: "llama.attention.key_length", value: .uint32(UInt32(headDim))))
+      after.append(
+        GGUFKeyValue(key: "llama.attention.value_length", value: .uint32(UInt32(headDim))))
+    }
     return (before, after)
   }
 }
