@@ -123,7 +123,7 @@ public enum Converter {
     ) {
       sink in
       guard let tensor = byName[sink.spec.name] else { return }
-      var values = try file.floats(tensor)
+      var values = try file.floats(tensor, releasing: true)
       if let heads = LlamaLayout.ropeHeads(
         gguf: tensor.name, heads: config.headCount, kvHeads: config.headCountKV)
       {
@@ -307,7 +307,7 @@ public enum Converter {
             "convert", .unsupported, "type \(tensor.type.name) cannot be dequantized",
             path: file.path, tensor: tensor.name)
         }
-        let values = try file.floats(tensor)
+        let values = try file.floats(tensor, releasing: true)
         try values.withUnsafeBufferPointer { try sink.write(floats: $0) }
       }
       done += 1

@@ -86,14 +86,18 @@ public final class GGUFFile: @unchecked Sendable {
     file.release((start + range.lowerBound)..<(start + range.upperBound))
   }
 
-  /// The tensor's values as `Float`, dequantized.
+  /// The tensor's values as `Float`, dequantized on all cores.
+  ///
+  /// With `releasing`, the tensor's mapped pages are dropped afterwards (for one pass over a
+  /// large file).
   /// - Throws: ``FlareError`` `.unsupported` for types without a dequantizer.
-  public func floats(_ tensor: GGUFTensorInfo) throws -> [Float] {
+  public func floats(_ tensor: GGUFTensorInfo, releasing: Bool = false) throws -> [Float] {
     let count = tensor.elementCount
     var output = [Float](repeating: 0, count: count)
     try output.withUnsafeMutableBufferPointer {
-      try tensor.type.dequantize(bytes(of: tensor), count: count, into: $0)
+      try tensor.type.dequantizeParallel(bytes(of: tensor), count: count, into: $0)
     }
+    if releasing { releasePages(of: tensor, bytes: 0..<tensor.byteCount) }
     return output
   }
 

@@ -49,16 +49,24 @@ public final class GGUFTensorSink {
     written += bytes.count
   }
 
-  /// Quantizes `values` to the tensor's type and appends them (a whole number of blocks).
+  /// Quantizes `values` to the tensor's type and appends them (a whole number of blocks), about
+  /// a million values at a time so the encoded copy stays small.
   public func write(floats values: UnsafeBufferPointer<Float>) throws {
-    guard let size = spec.type.rowBytes(elements: values.count) else {
+    guard spec.type.rowBytes(elements: values.count) != nil else {
       throw FlareError(
         "gguf", .invalidArgument, "\(values.count) values are not whole \(spec.type.name) blocks",
         tensor: spec.name)
     }
-    var scratch = [UInt8](repeating: 0, count: size)
-    try scratch.withUnsafeMutableBytes { try spec.type.quantizeParallel(values, into: $0) }
-    try scratch.withUnsafeBytes { try write($0) }
+    let chunk = max(1, (1 << 20) / spec.type.blockSize) * spec.type.blockSize
+    var start = 0
+    while start < values.count {
+      let end = min(values.count, start + chunk)
+      let part = UnsafeBufferPointer(rebasing: values[start..<end])
+      var scratch = [UInt8](repeating: 0, count: spec.type.rowBytes(elements: part.count) ?? 0)
+      try scratch.withUnsafeMutableBytes { try spec.type.quantizeParallel(part, into: $0) }
+      try scratch.withUnsafeBytes { try write($0) }
+      start = end
+    }
   }
 }
 

@@ -69,16 +69,25 @@ public final class TensorSink {
   /// Appends bytes from an array.
   public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
 
-  /// Appends `Float` values, encoded as the tensor's dtype (a float type).
+  /// Appends `Float` values, encoded as the tensor's dtype (a float type), a million values
+  /// at a time so the encoded copy stays small.
   public func write(floats: UnsafeBufferPointer<Float>) throws {
-    guard let size = spec.dtype.byteCount(elements: floats.count) else {
+    guard spec.dtype.byteCount(elements: floats.count) != nil else {
       throw FlareError(
         "safetensors", .misalignedSlice, "\(floats.count) values do not fill whole bytes",
         tensor: spec.name)
     }
-    var scratch = [UInt8](repeating: 0, count: size)
-    try scratch.withUnsafeMutableBytes { try spec.dtype.encode(floats, into: $0) }
-    try write(scratch)
+    let chunk = 1 << 20  // a multiple of 8 values: sub-byte types stay byte-aligned
+    var start = 0
+    while start < floats.count {
+      let end = min(floats.count, start + chunk)
+      let part = UnsafeBufferPointer(rebasing: floats[start..<end])
+      let size = (part.count * spec.dtype.bitWidth + 7) / 8
+      var scratch = [UInt8](repeating: 0, count: size)
+      try scratch.withUnsafeMutableBytes { try spec.dtype.encode(part, into: $0) }
+      try write(scratch)
+      start = end
+    }
   }
 }
 
