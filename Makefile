@@ -44,7 +44,7 @@ demo: build models
 	.build/release/flare-inspect --no-tensors $(SMOLLM2) | head -n 20
 	mkdir -p $(FLARE_CACHE)/demo
 	.build/release/flare-convert --force $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
-	.build/release/flare-inspect --diff --quiet $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
+	.build/release/flare-inspect --quiet --diff $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
 
 lint:
 	$(SWIFT) format lint --strict --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift

@@ -92,7 +92,8 @@ public enum ArgumentParser {
       var collected: [String] = []
       if let inlineValue { collected.append(inlineValue) }
       while collected.count < option.arity {
-        guard index < arguments.count else {
+        // A following option is not a value: `--diff --quiet a b` is missing its paths.
+        guard index < arguments.count, !looksLikeOption(arguments[index], spec: spec) else {
           throw UsageError("missing value for '\(option.usageLabel)'")
         }
         collected.append(arguments[index])
@@ -112,6 +113,13 @@ public enum ArgumentParser {
       throw UsageError("unexpected argument '\(result.positionals[spec.positionals.count])'")
     }
     return result
+  }
+
+  /// Whether `argument` is an option rather than a value: `--anything`, or a short option the
+  /// command knows (`-q`, `-h`). Negative numbers and `-` stay values.
+  static func looksLikeOption(_ argument: String, spec: CommandSpec) -> Bool {
+    if argument.hasPrefix("--") && argument.count > 2 { return true }
+    return spec.allOptions.contains { $0.short == argument }
   }
 
   static func unknownOptionMessage(_ name: String, spec: CommandSpec) -> String {

@@ -47,6 +47,11 @@ struct InspectEndToEndTests {
       message: "the value 'abc' is invalid for '--tolerance <tolerance>'"),
     UsageCase(arguments: ["x", "--tolerance", "1"], message: "'--tolerance' needs '--diff'"),
     UsageCase(arguments: ["--json=1", "x"], message: "option '--json' does not take a value"),
+    UsageCase(
+      arguments: ["--diff", "--quiet", "a", "b"],
+      message: "missing value for '--diff <path> <path>'"),
+    UsageCase(
+      arguments: ["--diff", "a", "-q"], message: "missing value for '--diff <path> <path>'"),
   ]
 
   @Test(
