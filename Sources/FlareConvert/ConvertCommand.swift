@@ -23,6 +23,11 @@ public enum ConvertCommand {
       OptionSpec(
         "--tokenizer-pre", value: "name",
         help: "HF to GGUF: name the pre-tokenizer (gpt2, smollm, llama-bpe)."),
+      OptionSpec(
+        "--pure",
+        help:
+          "Quantize every 2-D tensor to --outtype; by default the output head gets Q6_K, as llama.cpp does."
+      ),
       OptionSpec("--force", help: "Replace existing output files."),
       OptionSpec("--json", help: "Print a JSON summary."),
       OptionSpec("--quiet", short: "-q", help: "Print nothing on success; no progress bar."),
@@ -62,7 +67,8 @@ public enum ConvertCommand {
       let file = try GGUFFile(path: input)
       if outputIsGGUF {
         report = try Converter.requantize(
-          file, output: output, outtype: outtype, overwrite: force, progress: progress)
+          file, output: output, outtype: outtype, overwrite: force, pure: arguments.flag("--pure"),
+          progress: progress)
       } else {
         report = try Converter.ggufToHF(
           file, folder: output, outtype: outtype, overwrite: force, progress: progress)
@@ -80,7 +86,7 @@ public enum ConvertCommand {
       report = try Converter.hfToGGUF(
         folder: input, output: output, outtype: outtype,
         tokenizerPre: arguments.value("--tokenizer-pre"),
-        overwrite: force, progress: progress)
+        overwrite: force, pure: arguments.flag("--pure"), progress: progress)
     }
     bar.finish()
     if arguments.flag("--json") {

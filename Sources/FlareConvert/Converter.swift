@@ -34,8 +34,8 @@ public enum OutputType: String, CaseIterable, Sendable {
     case 8: 7
     case 6: 8
     case 7: 9
-    case 12: 15
-    case 13: 17
+    case 12: 14  // MOSTLY_Q4_K_S: every tensor Q4_K (the _M mixes use other types for some)
+    case 13: 16  // MOSTLY_Q5_K_S
     case 14: 18
     case 30: 32
     default: 1024  // GUESSED
@@ -164,7 +164,7 @@ public enum Converter {
   /// 32-bit float type, lossless).
   public static func hfToGGUF(
     folder: String, output: String, outtype: OutputType, tokenizerPre: String?, overwrite: Bool,
-    progress: Progress? = nil
+    pure: Bool = false, progress: Progress? = nil
   ) throws -> ConversionReport {
     let configPath = "\(folder)/config.json"
     let config = try LlamaConfig(hfConfig: try readJSON(configPath), path: configPath)
@@ -198,13 +198,9 @@ public enum Converter {
       let dims = Array(view.shape.reversed())
       var type: GGMLType = .f32
       if dims.count > 1 {
-        type = outtype.ggmlType ?? autoType(view.dtype)
-        if (dims.first ?? 0) % type.blockSize != 0 {
-          report.notes.append(
-            "\(name): row length \(dims.first ?? 0) is not a multiple of \(type.blockSize); written as F16"
-          )
-          type = .f16
-        }
+        type = tensorType(
+          name: name, rowLength: dims.first ?? 0, target: outtype.ggmlType ?? autoType(view.dtype),
+          tiedHead: config.tieWordEmbeddings, pure: pure, notes: &report.notes)
       }
       let heads = LlamaLayout.ropeHeads(
         gguf: name, heads: config.headCount, kvHeads: config.headCountKV)
@@ -272,20 +268,21 @@ public enum Converter {
   /// Re-encodes a GGUF file's tensors as `outtype` (1-D tensors stay F32), keeping its
   /// metadata, with `general.file_type` updated.
   public static func requantize(
-    _ file: GGUFFile, output: String, outtype: OutputType, overwrite: Bool,
+    _ file: GGUFFile, output: String, outtype: OutputType, overwrite: Bool, pure: Bool = false,
     progress: Progress? = nil
   ) throws -> ConversionReport {
     guard let target = outtype.ggmlType else {
       throw FlareError("convert", .invalidArgument, "GGUF to GGUF needs an explicit --outtype")
     }
     var report = ConversionReport(output: output)
+    let tiedHead = file.tensor("output.weight") == nil
     let specs = file.tensors.map { tensor -> GGUFTensorSpec in
-      var type = tensor.dims.count > 1 ? target : .f32
-      if (tensor.dims.first ?? 0) % type.blockSize != 0 {
-        report.notes.append(
-          "\(tensor.name): row length \(tensor.dims.first ?? 0) is not a multiple of \(type.blockSize); written as F16"
-        )
-        type = .f16
+      var type: GGMLType = .f32
+      if tensor.dims.count > 1 {
+        type = tensorType(
+          name: tensor.name, rowLength: tensor.dims.first ?? 0, target: target, tiedHead: tiedHead,
+          pure: pure,
+          notes: &report.notes)
       }
       return GGUFTensorSpec(name: tensor.name, dims: tensor.dims, type: type)
     }
@@ -321,6 +318,39 @@ public enum Converter {
   }
 
   // MARK: Helpers
+
+  /// The ggml type a 2-D tensor gets for `target`, following llama.cpp's quantizer unless
+  /// `pure`: the output head (`output.weight`, or `token_embd.weight` when the head is tied to
+  /// it) gets Q6_K when `target` is a quantized type other than Q8_0; a row that is not a whole
+  /// number of blocks falls back as llama.cpp does (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0),
+  /// else to F16.
+  static func tensorType(
+    name: String, rowLength: Int, target: GGMLType, tiedHead: Bool, pure: Bool,
+    notes: inout [String]
+  ) -> GGMLType {
+    var type = target
+    let isHead = name == "output.weight" || (tiedHead && name == "token_embd.weight")
+    if !pure && isHead && target.isQuantized && target != .q8_0 { type = .q6_K }
+    if rowLength % type.blockSize != 0 {
+      let fallback: GGMLType =
+        switch type.id {
+        case 12: .q5_0
+        case 13: .q5_1
+        case 14: .q8_0
+        default: .f16
+        }
+      let chosen = rowLength % fallback.blockSize == 0 ? fallback : .f16
+      notes.append(
+        "\(name): row length \(rowLength) is not a multiple of \(type.blockSize); written as \(chosen.name)"
+      )
+      type = chosen
+    } else if type != target {
+      notes.append(
+        "\(name): the output head is written as \(type.name), as llama.cpp does (--pure to keep \(target.name))"
+      )
+    }
+    return type
+  }
 
   static func autoType(_ dtype: DType) -> GGMLType {
     switch dtype {

@@ -100,6 +100,22 @@ struct ConvertEndToEndTests {
     let q8FromHF = "\(folder)/q8-hf.gguf"
     let q8FromGGUF = "\(folder)/q8-gguf.gguf"
     #expect(try runTool("flare-convert", [hf, q8FromHF, "--outtype", "q8_0", "-q"]).status == 0)
+    // llama.cpp's mix for Q4_1 (the tied head at Q6_K, falling back to Q8_0 for 576-wide rows):
+    // the converted F32 model quantizes back to the original file's tensors, byte for byte.
+    let q41 = "\(folder)/q41.gguf"
+    let mixed = try runTool("flare-convert", [hf, q41, "--outtype", "q4_1"])
+    #expect(mixed.status == 0)
+    #expect(
+      mixed.stdout.contains(
+        "note: token_embd.weight: row length 576 is not a multiple of 256; written as Q8_0"))
+    let rebuilt = try GGUFFile(path: q41)
+    for tensor in original.tensors {
+      let other = try #require(rebuilt.tensor(tensor.name))
+      #expect(other.type == tensor.type, "\(tensor.name)")
+      #expect(rebuilt.bytes(of: other).elementsEqual(original.bytes(of: tensor)), "\(tensor.name)")
+    }
+    #expect(rebuilt.value("general.file_type") == original.value("general.file_type"))
+    removeTree(q41)
     #expect(
       try runTool("flare-convert", [Self.source, q8FromGGUF, "--outtype", "q8_0", "-q"]).status == 0
     )
@@ -235,7 +251,7 @@ struct ConvertEndToEndTests {
     // F32 → each type: bit-identical to gguf.quants.quantize; 1-D tensors stay F32.
     for type in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16"] {
       let out = "\(folder)/\(type).gguf"
-      let result = try runTool("flare-convert", [hf, out, "--outtype", type, "-q"])
+      let result = try runTool("flare-convert", [hf, out, "--outtype", type, "--pure", "-q"])
       #expect(result.status == 0, "\(result.stderr)")
       let file = try GGUFFile(path: out)
       for entry in entries {
