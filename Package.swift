@@ -6,6 +6,7 @@ let package = Package(
   products: [
     .executable(name: "flare-inspect", targets: ["flare-inspect"]),
     .executable(name: "flare-convert", targets: ["flare-convert"]),
+    .executable(name: "flare-merge", targets: ["flare-merge"]),
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
     .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
@@ -25,6 +26,9 @@ let package = Package(
     .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
+      name: "FlareMerge",
+      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI"]),
+    .target(
       name: "FlareConvert",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),
     .target(
@@ -34,6 +38,7 @@ let package = Package(
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
     .executableTarget(name: "flare-convert", dependencies: ["FlareConvert", "FlareCLI"]),
+    .executableTarget(name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI"]),
 
     // MARK: - Tests
     .target(

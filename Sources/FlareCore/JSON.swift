@@ -35,6 +35,18 @@ public enum JSONValue: Equatable, Sendable {
     return .number("\(value)")
   }
 
+  /// A `Float` as the shortest text that reads back to it; `null` for NaN, infinities or `nil`.
+  public static func float(_ value: Float?) -> JSONValue {
+    guard let value, value.isFinite else { return .null }
+    return .number("\(value)")
+  }
+
+  /// A `Double` as the shortest text that reads back to it; `null` for NaN, infinities or `nil`.
+  public static func exact(_ value: Double?) -> JSONValue {
+    guard let value, value.isFinite else { return .null }
+    return .number("\(value)")
+  }
+
   /// The string, if this is a string.
   public var stringValue: String? {
     if case .string(let s) = self { return s }

@@ -51,17 +51,3 @@ enum Format {
     }
   }
 }
-
-extension JSONValue {
-  /// A `Float` as the shortest text that reads back to it; `null` for NaN and infinities.
-  static func float(_ value: Float?) -> JSONValue {
-    guard let value, value.isFinite else { return .null }
-    return .number("\(value)")
-  }
-
-  /// A `Double` as the shortest text that reads back to it; `null` for NaN and infinities.
-  static func exact(_ value: Double?) -> JSONValue {
-    guard let value, value.isFinite else { return .null }
-    return .number("\(value)")
-  }
-}

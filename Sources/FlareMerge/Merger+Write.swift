@@ -1,0 +1,240 @@
+import FlareAdapters
+import FlareCore
+import FlareGGUF
+import FlareSafetensors
+import FlareTensor
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What a merge wrote.
+public struct MergeReport: Sendable {
+  public struct Tensor: Sendable {
+    public var name: String
+    public var kind: String
+    public var outputType: String
+    /// (adapter path, scale applied = weight × scaling, rank).
+    public var sources: [(String, Double, Int)]
+    public var maxChange: Float
+  }
+
+  public var output: String
+  public var files: [String] = []
+  public var tensors: [Tensor] = []
+  public var untouched = 0
+  public var bytes = 0
+  public var notes: [String] = []
+}
+
+extension Merger {
+  /// Merges `adapters` into `base` and writes the result to `output`: a `.safetensors` file for
+  /// a single-file base, a folder (same shards, config and tokenizer files copied) for a folder
+  /// base, a `.gguf` file for a GGUF base. Untouched tensors are copied byte for byte; merged
+  /// ones are rounded once to their output type. Nothing is left at `output` on failure.
+  public static func merge(
+    base: Base, basePath: String, adapters: [WeightedAdapter], plan: MergePlan, output: String, outtype: String?,
+    overwrite: Bool, threads: Int, progress: (@Sendable (Int, Int) -> Void)? = nil
+  ) throws -> MergeReport {
+    BLAS.useSingleThread()
+    var report = MergeReport(output: output)
+    report.untouched = plan.untouched
+    report.notes = plan.notes
+    let changes = Dictionary(uniqueKeysWithValues: plan.changes.map { ($0.tensor, $0) })
+    nonisolated(unsafe) var done = 0
+    let total = plan.changes.count
+    var summaries: [String: MergeReport.Tensor] = [:]
+
+    func summary(_ change: TensorChange, base: [Float], merged: [Float]) -> MergeReport.Tensor {
+      var maxChange: Float = 0
+      for i in 0..<min(base.count, merged.count) { maxChange = max(maxChange, abs(merged[i] - base[i])) }
+      let kind =
+        switch change.kind {
+        case .lora: "lora"
+        case .bias: "lora_bias"
+        case .replace: "replace"
+        }
+      let sources = change.sources.map { (adapters[$0.adapter].adapter.path, adapters[$0.adapter].weight * $0.module.scaling, $0.module.rank) }
+      return MergeReport.Tensor(name: change.tensor, kind: kind, outputType: change.outputType, sources: sources, maxChange: maxChange)
+    }
+
+    switch base {
+    case .safetensors(let model, let folder):
+      let outputType: DType? = try outtype.map { name in
+        guard let dtype = DType(rawValue: name.uppercased()), [.f32, .f16, .bf16].contains(dtype) else {
+          throw FlareError("merge", .invalidArgument, "a safetensors output holds f32, f16 or bf16, not '\(name)'")
+        }
+        return dtype
+      }
+      func spec(_ view: TensorView) -> TensorSpec {
+        let dtype = changes[view.name] != nil ? (outputType ?? view.dtype) : view.dtype
+        return TensorSpec(name: view.name, dtype: dtype, shape: view.shape)
+      }
+      func body(_ sink: TensorSink) throws {
+        guard let view = model.view(sink.spec.name) else { return }
+        guard let change = changes[view.name] else {
+          try sink.write(view.rawBytes)
+          return
+        }
+        let baseValues = view.floats()
+        let merged = try mergedValues(change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil, threads: threads)
+        try checkFinite(merged, tensor: view.name)
+        summaries[view.name] = summary(change, base: baseValues, merged: merged)
+        try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
+        done += 1
+        progress?(done, total)
+      }
+      if let folder {
+        let staging = try StagedFolder(for: output)
+        var names: [String] = []
+        var weightMap: [(String, JSONValue)] = []
+        var totalSize = 0
+        for file in model.files {
+          let name = AtomicFileWriter.baseName(of: file.path)
+          names.append(name)
+          let specs = file.views.map(spec)
+          for s in specs {
+            weightMap.append((s.name, .string(name)))
+            totalSize += s.byteCount ?? 0
+          }
+          try SafetensorsWriter.write(
+            to: "\(staging.path)/\(name)", tensors: specs, options: .init(metadata: file.metadata), body: body)
+        }
+        if model.isSharded {
+          let indexName = AtomicFileWriter.baseName(of: model.path)
+          var metadata = (model.indexMetadata ?? []).filter { $0.0 != "total_size" }
+          metadata.insert(("total_size", .integer(totalSize)), at: 0)
+          weightMap.sort { $0.0 < $1.0 }
+          let index = JSONValue.object([("metadata", .object(metadata)), ("weight_map", .object(weightMap))])
+          try writeFileAtomically(Array((JSONWriter.pretty(index) + "\n").utf8), to: "\(staging.path)/\(indexName)")
+          names.append(indexName)
+        }
+        for name in folderFiles(folder) where !names.contains(name) && !name.hasSuffix(".safetensors") {
+          try copySmallFile("\(folder)/\(name)", to: "\(staging.path)/\(name)")
+          names.append(name)
+        }
+        try staging.checkDestination(files: names, overwrite: overwrite)
+        try staging.publish(files: names)
+        report.files = names.map { "\(output)/\($0)" }
+      } else {
+        guard let file = model.files.first else { return report }
+        try SafetensorsWriter.write(
+          to: output, tensors: file.views.map(spec), options: .init(metadata: file.metadata, overwrite: overwrite), body: body)
+        report.files = [output]
+      }
+      report.bytes = model.tensors.reduce(0) { $0 + (spec($1).byteCount ?? 0) }
+
+    case .gguf(let file):
+      let heads = file.value("llama.attention.head_count")?.integerValue
+      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      let forced: GGMLType? = try outtype.map { name in
+        guard let type = GGMLType.named(name), type.canQuantize else {
+          throw FlareError("merge", .invalidArgument, "'\(name)' is not a type Flare can write")
+        }
+        return type
+      }
+      var specs: [GGUFTensorSpec] = []
+      for tensor in file.tensors {
+        var type = tensor.type
+        if changes[tensor.name] != nil {
+          type = forced ?? tensor.type
+          if tensor.dims.count == 1 && type.isQuantized { type = .f32 }
+          guard type.canQuantize, tensor.type.canDequantize else {
+            throw FlareError(
+              "merge", .unsupported,
+              "\(tensor.type.name) cannot be re-quantized by Flare; pass --outtype (e.g. f16 or q8_0) for the merged tensors",
+              path: file.path, tensor: tensor.name)
+          }
+          if (tensor.dims.first ?? 0) % type.blockSize != 0 { type = .f16 }
+        }
+        specs.append(GGUFTensorSpec(name: tensor.name, dims: tensor.dims, type: type))
+      }
+      try GGUFWriter.write(to: output, metadata: file.metadata, tensors: specs, alignment: file.alignment, overwrite: overwrite) { sink in
+        guard let tensor = file.tensor(sink.spec.name) else { return }
+        guard var change = changes[tensor.name] else {
+          try sink.write(file.bytes(of: tensor))
+          return
+        }
+        change.outputType = sink.spec.type.name
+        let baseValues = try file.floats(tensor)
+        var ropeHeads: Int?
+        if let heads, let kvHeads { ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads) }
+        let merged = try mergedValues(
+          change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters, ropeHeads: ropeHeads, threads: threads)
+        try checkFinite(merged, tensor: tensor.name)
+        summaries[tensor.name] = summary(change, base: baseValues, merged: merged)
+        try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
+        done += 1
+        progress?(done, total)
+      }
+      report.files = [output]
+      report.bytes = specs.reduce(0) { $0 + ($1.byteCount ?? 0) }
+      if forced == nil && plan.changes.contains(where: { change in file.tensor(change.tensor)?.type.isQuantized == true }) {
+        report.notes.append("quantized base tensors were dequantized, merged in F32 and re-quantized to their own types (--outtype to choose)")
+      }
+    }
+    report.tensors = plan.changes.compactMap { summaries[$0.tensor] }
+    return report
+  }
+
+  /// Regular files in a folder (not sub-folders), sorted.
+  static func folderFiles(_ folder: String) -> [String] {
+    guard let dir = opendir(folder) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+      }
+      if name != "." && name != ".." && !name.hasPrefix(".") && !isDirectory("\(folder)/\(name)") { names.append(name) }
+    }
+    return names.sorted()
+  }
+
+  /// Re-reads a merged output and checks every changed tensor against base + ΔW rounded once
+  /// to its output type. Returns the largest absolute difference between the stored values and
+  /// the F32 merge.
+  /// - Throws: ``FlareError`` naming the first tensor whose stored bytes differ.
+  public static func verify(
+    output: String, base: Base, adapters: [WeightedAdapter], plan: MergePlan, threads: Int
+  ) throws -> Float {
+    BLAS.useSingleThread()
+    var worst: Float = 0
+    switch base {
+    case .safetensors(let model, _):
+      let merged = try SafetensorsModel.open(output)
+      for change in plan.changes {
+        guard let source = model.view(change.tensor), let stored = merged.view(change.tensor) else {
+          throw FlareError("merge", .invalidArgument, "is missing from the output", path: output, tensor: change.tensor)
+        }
+        let expected = try mergedValues(change, base: source.floats(), shape: source.shape, adapters: adapters, ropeHeads: nil, threads: threads)
+        var encoded = [UInt8](repeating: 0, count: stored.info.byteCount)
+        try expected.withUnsafeBufferPointer { values in try encoded.withUnsafeMutableBytes { try stored.dtype.encode(values, into: $0) } }
+        guard encoded.elementsEqual(stored.rawBytes) else {
+          throw FlareError("merge", .invalidArgument, "stored values differ from base + ΔW rounded to \(stored.dtype.rawValue)", path: output, tensor: change.tensor)
+        }
+        for (x, y) in zip(stored.floats(), expected) { worst = max(worst, abs(x - y)) }
+      }
+    case .gguf(let file):
+      let merged = try GGUFFile(path: output)
+      let heads = file.value("llama.attention.head_count")?.integerValue
+      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      for change in plan.changes {
+        guard let source = file.tensor(change.tensor), let stored = merged.tensor(change.tensor) else {
+          throw FlareError("merge", .invalidArgument, "is missing from the output", path: output, tensor: change.tensor)
+        }
+        var ropeHeads: Int?
+        if let heads, let kvHeads { ropeHeads = LlamaLayout.ropeHeads(gguf: source.name, heads: heads, kvHeads: kvHeads) }
+        let expected = try mergedValues(
+          change, base: try file.floats(source), shape: source.dims.reversed(), adapters: adapters, ropeHeads: ropeHeads, threads: threads)
+        var encoded = [UInt8](repeating: 0, count: stored.byteCount)
+        try expected.withUnsafeBufferPointer { values in try encoded.withUnsafeMutableBytes { try stored.type.quantizeParallel(values, into: $0) } }
+        guard encoded.elementsEqual(merged.bytes(of: stored)) else {
+          throw FlareError("merge", .invalidArgument, "stored values differ from base + ΔW quantized to \(stored.type.name)", path: output, tensor: change.tensor)
+        }
+        for (x, y) in zip(try merged.floats(stored), expected) { worst = max(worst, abs(x - y)) }
+      }
+    }
+    return worst
+  }
+}

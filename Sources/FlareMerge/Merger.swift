@@ -1,0 +1,312 @@
+import Dispatch
+import FlareAdapters
+import FlareCore
+import FlareGGUF
+import FlareSafetensors
+import FlareTensor
+
+/// An adapter and the weight its deltas are multiplied by.
+public struct WeightedAdapter: Sendable {
+  public var adapter: PEFTAdapter
+  public var weight: Double
+
+  public init(adapter: PEFTAdapter, weight: Double = 1) {
+    self.adapter = adapter
+    self.weight = weight
+  }
+}
+
+/// What happens to one base tensor.
+public struct TensorChange: Sendable {
+  public enum Kind: Sendable {
+    /// `W + Σ wᵢ·sᵢ·Bᵢ·Aᵢ`.
+    case lora
+    /// `b + Σ wᵢ·sᵢ·lora_B.bias`.
+    case bias
+    /// Replaced by a saved module (`modules_to_save`, saved biases).
+    case replace
+  }
+
+  public var tensor: String
+  public var kind: Kind
+  /// (adapter index, module) pairs contributing, in adapter order.
+  public var sources: [(adapter: Int, module: LoRAModule)]
+  public var replacement: TensorView?
+  /// Output type name (dtype or ggml type).
+  public var outputType: String
+}
+
+/// The plan of a merge: which base tensors change and how, checked against the base's shapes.
+public struct MergePlan: Sendable {
+  public var changes: [TensorChange]
+  public var untouched: Int
+  public var notes: [String]
+}
+
+/// Folds PEFT LoRA adapters into base weights exactly: ΔW in F32 with cblas, `W + ΔW`
+/// accumulated in F32 and rounded once to the output type, one tensor at a time.
+public enum Merger {
+  /// A base model: safetensors (file, index or folder) or GGUF.
+  public enum Base {
+    case safetensors(SafetensorsModel, folder: String?)
+    case gguf(GGUFFile)
+  }
+
+  /// Opens a base path.
+  public static func openBase(_ path: String) throws -> Base {
+    let isGGUF = !isDirectory(path) && path.lowercased().hasSuffix(".gguf")
+    if isGGUF { return .gguf(try GGUFFile(path: path)) }
+    let model = try SafetensorsModel.open(path)
+    return .safetensors(model, folder: isDirectory(path) ? path : nil)
+  }
+
+  // MARK: Planning
+
+  struct BaseTensor {
+    var name: String
+    /// Outermost-first shape (HF order; GGUF dims reversed).
+    var shape: [Int]
+    var typeName: String
+  }
+
+  static func baseTensors(_ base: Base) -> [BaseTensor] {
+    switch base {
+    case .safetensors(let model, _):
+      return model.tensors.map { BaseTensor(name: $0.name, shape: $0.shape, typeName: $0.dtype.rawValue) }
+    case .gguf(let file):
+      return file.tensors.map { BaseTensor(name: $0.name, shape: $0.dims.reversed(), typeName: $0.type.name) }
+    }
+  }
+
+  /// The base tensor name for an HF tensor name.
+  static func baseName(_ hf: String, base: Base) -> String {
+    if case .gguf = base { return LlamaLayout.ggufName(hf: hf) ?? hf }
+    return hf
+  }
+
+  /// Checks every adapter against the base and lists the changes.
+  /// - Throws: ``FlareError`` "adapter does not fit this base" naming the tensor and both shapes,
+  ///   for a missing target, a shape mismatch, or conflicting replacements.
+  public static func plan(base: Base, adapters: [WeightedAdapter], outtype: String?) throws -> MergePlan {
+    let tensors = baseTensors(base)
+    let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
+    var changes: [String: TensorChange] = [:]
+    var order: [String] = []
+    var notes: [String] = []
+    func fail(_ adapter: PEFTAdapter, _ message: String, tensor: String) -> FlareError {
+      FlareError("merge", .invalidArgument, "adapter does not fit this base: \(message)", path: adapter.path, tensor: tensor)
+    }
+    for (index, input) in adapters.enumerated() {
+      let adapter = input.adapter
+      for module in adapter.modules {
+        let name = baseName("\(module.path).weight", base: base)
+        guard let target = byName[name] else {
+          throw fail(adapter, "the base has no tensor for module '\(module.path)'", tensor: name)
+        }
+        let a = module.a.shape
+        let b = module.b.shape
+        let expected: [Int]
+        if module.isEmbedding {
+          expected = [a[1], b[0]]  // (num_embeddings, embedding_dim)
+        } else if adapter.config.fanInFanOut {
+          expected = [a[1], b[0]]  // Conv1D stores (in, out)
+        } else {
+          expected = [b[0], a[1]]  // (out, in)
+        }
+        guard target.shape == expected else {
+          throw fail(adapter, "tensor \(name), expected \(expected) from the adapter, got \(target.shape)", tensor: name)
+        }
+        if module.magnitude != nil {
+          guard !adapter.config.fanInFanOut, !module.isEmbedding else {
+            throw FlareError("merge", .unsupported, "DoRA with fan_in_fan_out or on embeddings is not supported", path: adapter.path, tensor: name)
+          }
+          guard input.weight == 1 else {
+            throw FlareError("merge", .unsupported, "a DoRA adapter cannot be weighted (its magnitude is not linear)", path: adapter.path, tensor: name)
+          }
+        }
+        if changes[name] == nil {
+          order.append(name)
+          changes[name] = TensorChange(tensor: name, kind: .lora, sources: [], replacement: nil, outputType: outtype ?? target.typeName)
+        }
+        guard changes[name]?.kind == .lora else {
+          throw FlareError("merge", .invalidArgument, "is both replaced and adapted", path: adapter.path, tensor: name)
+        }
+        changes[name]?.sources.append((index, module))
+        if module.bBias != nil {
+          let biasName = baseName("\(module.path).bias", base: base)
+          guard let bias = byName[biasName] else {
+            throw fail(adapter, "lora_bias needs a bias in the base, and '\(biasName)' does not exist", tensor: biasName)
+          }
+          guard bias.shape == [b[0]] else {
+            throw fail(adapter, "tensor \(biasName), expected [\(b[0])], got \(bias.shape)", tensor: biasName)
+          }
+          if changes[biasName] == nil {
+            order.append(biasName)
+            changes[biasName] = TensorChange(tensor: biasName, kind: .bias, sources: [], replacement: nil, outputType: outtype ?? bias.typeName)
+          }
+          changes[biasName]?.sources.append((index, module))
+        }
+      }
+      for (hfName, view) in adapter.replacements {
+        let name = baseName(hfName, base: base)
+        guard let target = byName[name] else {
+          throw fail(adapter, "the base has no tensor '\(name)' for a saved module", tensor: name)
+        }
+        guard target.shape == view.shape else {
+          throw fail(adapter, "tensor \(name), expected \(target.shape), got \(view.shape)", tensor: name)
+        }
+        guard changes[name] == nil else {
+          throw FlareError("merge", .invalidArgument, "is replaced by more than one adapter or also adapted", path: adapter.path, tensor: name)
+        }
+        order.append(name)
+        changes[name] = TensorChange(tensor: name, kind: .replace, sources: [], replacement: view, outputType: outtype ?? target.typeName)
+        notes.append("\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
+      }
+    }
+    return MergePlan(changes: order.compactMap { changes[$0] }, untouched: tensors.count - order.count, notes: notes)
+  }
+
+  // MARK: Computing merged tensors
+
+  /// Rows per block: OpenBLAS runs single-threaded on fixed blocks, so the result does not
+  /// depend on the thread count.
+  static let blockRows = 64
+
+  /// The merged values of one changed tensor, in F32, in the base's layout (GGUF row order for
+  /// GGUF bases).
+  static func mergedValues(
+    _ change: TensorChange, base: [Float], shape: [Int], adapters: [WeightedAdapter], ropeHeads: Int?, threads: Int
+  ) throws -> [Float] {
+    switch change.kind {
+    case .replace:
+      guard let view = change.replacement else { return base }
+      return view.floats()
+    case .bias:
+      var out = base
+      for (index, module) in change.sources {
+        guard let bias = module.bBias?.floats() else { continue }
+        let scale = Float(adapters[index].weight * module.scaling)
+        var values = bias
+        if let ropeHeads { values = permute(values, rows: values.count, heads: ropeHeads) }
+        for i in 0..<out.count { out[i] += scale * values[i] }
+      }
+      return out
+    case .lora:
+      var out = base
+      let rows = shape[0]
+      let cols = shape.count > 1 ? shape[1] : 1
+      for (index, module) in change.sources {
+        let input = adapters[index]
+        let scale = Float(input.weight * module.scaling)
+        let a = module.a.floats()
+        var b = module.b.floats()
+        let r = module.rank
+        if let ropeHeads, !module.isEmbedding { b = permute(b, rows: module.b.shape[0], heads: ropeHeads) }
+        if let magnitude = module.magnitude {
+          out = try dora(base: out, a: a, b: b, rank: r, rows: rows, cols: cols, scale: scale, magnitude: magnitude.floats(), threads: threads)
+          continue
+        }
+        let fanInFanOut = input.adapter.config.fanInFanOut
+        let transposed = module.isEmbedding || fanInFanOut
+        // ΔW = s·B·A (rows×cols), or s·Aᵀ·Bᵀ when the base stores the transpose.
+        addProduct(into: &out, rows: rows, cols: cols, rank: r, a: a, b: b, scale: scale, transposed: transposed, threads: threads)
+      }
+      return out
+    }
+  }
+
+  /// `out += scale · B·A` (or `scale · Aᵀ·Bᵀ` when `transposed`), block by block.
+  static func addProduct(
+    into out: inout [Float], rows: Int, cols: Int, rank: Int, a: [Float], b: [Float], scale: Float, transposed: Bool,
+    threads: Int
+  ) {
+    let blocks = (rows + blockRows - 1) / blockRows
+    a.withUnsafeBufferPointer { aBuffer in
+      b.withUnsafeBufferPointer { bBuffer in
+        out.withUnsafeMutableBufferPointer { outBuffer in
+          guard let aStart = aBuffer.baseAddress, let bStart = bBuffer.baseAddress, let cStart = outBuffer.baseAddress
+          else {
+            return
+          }
+          // The buffers outlive runBlocks, which returns only when every block is done, and each
+          // block writes its own rows of C.
+          nonisolated(unsafe) let aBase = aStart
+          nonisolated(unsafe) let bBase = bStart
+          nonisolated(unsafe) let c = cStart
+          runBlocks(blocks, threads: threads) { block in
+            let first = block * blockRows
+            let count = min(blockRows, rows - first)
+            if transposed {
+              // C[first..] = s · Aᵀ[first.., :] · Bᵀ, A stored (rank × rows), B stored (cols × rank).
+              BLAS.sgemm(
+                transA: true, transB: true, m: count, n: cols, k: rank, alpha: scale, a: aBase + first, lda: rows,
+                b: bBase, ldb: rank, beta: 1, c: c + first * cols, ldc: cols)
+            } else {
+              // C[first..] = s · B[first.., :] · A, B stored (rows × rank), A stored (rank × cols).
+              BLAS.sgemm(
+                transA: false, transB: false, m: count, n: cols, k: rank, alpha: scale, a: bBase + first * rank,
+                lda: rank, b: aBase, ldb: cols, beta: 1, c: c + first * cols, ldc: cols)
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// DoRA (PEFT's merge): `V = W + s·B·A`, then each output row scaled by `m / ‖V row‖₂`.
+  static func dora(
+    base: [Float], a: [Float], b: [Float], rank: Int, rows: Int, cols: Int, scale: Float, magnitude: [Float],
+    threads: Int
+  ) throws -> [Float] {
+    var v = base
+    addProduct(into: &v, rows: rows, cols: cols, rank: rank, a: a, b: b, scale: scale, transposed: false, threads: threads)
+    guard magnitude.count == rows else {
+      throw FlareError("merge", .invalidArgument, "DoRA magnitude has \(magnitude.count) entries for \(rows) rows")
+    }
+    for row in 0..<rows {
+      var sum = 0.0
+      for col in 0..<cols {
+        let x = Double(v[row * cols + col])
+        sum += x * x
+      }
+      let norm = Float(sum.squareRoot())
+      let factor = magnitude[row] / norm
+      for col in 0..<cols { v[row * cols + col] = factor * v[row * cols + col] }
+    }
+    return v
+  }
+
+  /// Runs `body(block)` for every block, spread over `threads` threads in fixed contiguous groups.
+  static func runBlocks(_ blocks: Int, threads: Int, body: @Sendable (Int) -> Void) {
+    let workers = max(1, min(threads, blocks))
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+      var block = worker
+      while block < blocks {
+        body(block)
+        block += workers
+      }
+    }
+  }
+
+  /// Rows reordered from HF to GGUF RoPE order (`rows` rows of `values.count / rows` values).
+  static func permute(_ values: [Float], rows: Int, heads: Int) -> [Float] {
+    var out = values
+    let rowBytes = values.count / rows * MemoryLayout<Float>.size
+    values.withUnsafeBytes { source in
+      out.withUnsafeMutableBytes { target in
+        LlamaLayout.permuteRows(source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: true)
+      }
+    }
+    return out
+  }
+
+  /// The first tensor holding NaN or infinity, as an error.
+  static func checkFinite(_ values: [Float], tensor: String) throws {
+    if let index = values.firstIndex(where: { !$0.isFinite }) {
+      throw FlareError(
+        "merge", .invalidArgument,
+        "the merged tensor has a non-finite value (\(values[index])) at element \(index); the adapter seems broken, nothing was written",
+        tensor: tensor)
+    }
+  }
+}
