@@ -27,7 +27,9 @@ let package = Package(
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
       name: "FlareMerge",
-      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI"]),
+      dependencies: [
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI",
+      ]),
     .target(
       name: "FlareConvert",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),

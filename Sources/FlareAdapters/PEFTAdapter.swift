@@ -46,12 +46,15 @@ public struct PEFTAdapter: Sendable {
     path = folder
     let configPath = "\(folder)/adapter_config.json"
     guard fileExists(configPath) else {
-      throw FlareError("adapter", .fileNotFound, "no adapter_config.json in the adapter folder", path: folder)
+      throw FlareError(
+        "adapter", .fileNotFound, "no adapter_config.json in the adapter folder", path: folder)
     }
     let configBytes = try readSmallFile(configPath, limit: 16 << 20)
     config = try PEFTConfig(json: configBytes, path: configPath)
     let json = try JSONParser.parse(configBytes)
-    func refuse(_ message: String) -> FlareError { FlareError("adapter", .unsupported, message, path: configPath) }
+    func refuse(_ message: String) -> FlareError {
+      FlareError("adapter", .unsupported, message, path: configPath)
+    }
     guard config.peftType == "LORA" else {
       throw refuse("peft_type \(config.peftType) is not LoRA; flare-merge folds LoRA adapters")
     }
@@ -62,17 +65,24 @@ public struct PEFTAdapter: Sendable {
       )
     }
     if let tokens = json["alora_invocation_tokens"], tokens != .null {
-      throw refuse("aLoRA adapters (alora_invocation_tokens) cannot be merged: they act only after their invocation tokens")
+      throw refuse(
+        "aLoRA adapters (alora_invocation_tokens) cannot be merged: they act only after their invocation tokens"
+      )
     }
-    if let parameters = json["target_parameters"], parameters != .null, parameters.arrayValue?.isEmpty == false {
+    if let parameters = json["target_parameters"], parameters != .null,
+      parameters.arrayValue?.isEmpty == false
+    {
       throw refuse("target_parameters (LoRA on raw parameters) is not supported")
     }
     let weightsPath = "\(folder)/adapter_model.safetensors"
     guard fileExists(weightsPath) else {
       if fileExists("\(folder)/adapter_model.bin") {
-        throw refuse("only adapter_model.bin (a pickle) is present; Flare reads adapter_model.safetensors only")
+        throw refuse(
+          "only adapter_model.bin (a pickle) is present; Flare reads adapter_model.safetensors only"
+        )
       }
-      throw FlareError("adapter", .fileNotFound, "no adapter_model.safetensors beside the config", path: folder)
+      throw FlareError(
+        "adapter", .fileNotFound, "no adapter_model.safetensors beside the config", path: folder)
     }
     let file = try SafetensorsFile(path: weightsPath)
     var parts: [String: [String: TensorView]] = [:]
@@ -100,7 +110,9 @@ public struct PEFTAdapter: Sendable {
       }
       // modules_to_save copies and saved biases replace the base tensor of the same name.
       let name = key.replacing(".base_layer.", with: ".")
-      let savedModule = config.modulesToSave.contains { name.hasPrefix("\($0).") || name.contains(".\($0).") }
+      let savedModule = config.modulesToSave.contains {
+        name.hasPrefix("\($0).") || name.contains(".\($0).")
+      }
       if savedModule || (config.bias != "none" && name.hasSuffix(".bias")) {
         replacements.append((name, view))
       } else {
@@ -120,34 +132,45 @@ public struct PEFTAdapter: Sendable {
       let bKey = embedding ? ".lora_embedding_B" : ".lora_B.weight"
       guard let a = found[aKey], let b = found[bKey] else {
         throw FlareError(
-          "adapter", .invalidArgument, "module has only one of its LoRA A and B matrices", path: weightsPath,
+          "adapter", .invalidArgument, "module has only one of its LoRA A and B matrices",
+          path: weightsPath,
           tensor: "\(Self.prefix)\(module)")
       }
       guard a.shape.count == 2, b.shape.count == 2, a.shape[0] == b.shape[1], a.shape[0] > 0 else {
         throw FlareError(
-          "adapter", .invalidArgument, "A \(a.shape) and B \(b.shape) do not share a rank", path: weightsPath,
+          "adapter", .invalidArgument, "A \(a.shape) and B \(b.shape) do not share a rank",
+          path: weightsPath,
           tensor: a.name)
       }
-      for view in [a, b] + [found[".lora_B.bias"], found[".lora_magnitude_vector"]].compactMap({ $0 })
+      for view in [a, b]
+        + [found[".lora_B.bias"], found[".lora_magnitude_vector"]].compactMap({ $0 })
       where !view.dtype.isFloatingPoint || view.dtype == .c64 {
-        throw FlareError("adapter", .invalidArgument, "is \(view.dtype.rawValue), not a float type", path: weightsPath, tensor: view.name)
+        throw FlareError(
+          "adapter", .invalidArgument, "is \(view.dtype.rawValue), not a float type",
+          path: weightsPath, tensor: view.name)
       }
       let rank = a.shape[0]
-      let patternRank = Self.patternValue(config.rankPattern.map { ($0.pattern, Double($0.rank)) }, module: module)
-      let alpha = Self.patternValue(config.alphaPattern.map { ($0.pattern, $0.alpha) }, module: module) ?? config.loraAlpha
+      let patternRank = Self.patternValue(
+        config.rankPattern.map { ($0.pattern, Double($0.rank)) }, module: module)
+      let alpha =
+        Self.patternValue(config.alphaPattern.map { ($0.pattern, $0.alpha) }, module: module)
+        ?? config.loraAlpha
       if let patternRank, Int(patternRank) != rank {
         throw FlareError(
-          "adapter", .invalidArgument, "rank_pattern gives r=\(Int(patternRank)) but the tensors have rank \(rank)",
+          "adapter", .invalidArgument,
+          "rank_pattern gives r=\(Int(patternRank)) but the tensors have rank \(rank)",
           path: weightsPath, tensor: a.name)
       }
       if patternRank == nil && rank != config.r {
         throw FlareError(
-          "adapter", .invalidArgument, "config r=\(config.r) but the tensors have rank \(rank) and no rank_pattern entry matches",
+          "adapter", .invalidArgument,
+          "config r=\(config.r) but the tensors have rank \(rank) and no rank_pattern entry matches",
           path: weightsPath, tensor: a.name)
       }
       modules.append(
         LoRAModule(
-          path: module, a: a, b: b, bBias: found[".lora_B.bias"], magnitude: found[".lora_magnitude_vector"],
+          path: module, a: a, b: b, bBias: found[".lora_B.bias"],
+          magnitude: found[".lora_magnitude_vector"],
           isEmbedding: embedding, rank: rank, alpha: alpha,
           scaling: PEFTConfig.scaling(alpha: alpha, r: rank, rslora: config.useRslora)))
     }

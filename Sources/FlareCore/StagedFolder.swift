@@ -20,15 +20,18 @@ public final class StagedFolder {
       throw FlareError("io", .outputExists, "output exists and is not a folder", path: destination)
     }
     let parent = AtomicFileWriter.parentFolder(of: destination)
-    var template = Array("\(parent)/.\(AtomicFileWriter.baseName(of: destination)).flare-tmp-XXXXXX".utf8CString)
+    var template = Array(
+      "\(parent)/.\(AtomicFileWriter.baseName(of: destination)).flare-tmp-XXXXXX".utf8CString)
     let made = template.withUnsafeMutableBufferPointer { buffer -> Bool in
       guard let start = buffer.baseAddress else { return false }
       return mkdtemp(start) != nil
     }
     guard made else {
-      throw FlareError.io("cannot create a temporary folder in '\(parent)'", path: destination, errno: errno)
+      throw FlareError.io(
+        "cannot create a temporary folder in '\(parent)'", path: destination, errno: errno)
     }
-    path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    path = String(
+      decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
   }
 
@@ -37,7 +40,8 @@ public final class StagedFolder {
     guard !overwrite else { return }
     for name in files where fileExists("\(destination)/\(name)") {
       throw FlareError(
-        "io", .outputExists, "output already exists (use --force to overwrite)", path: "\(destination)/\(name)")
+        "io", .outputExists, "output already exists (use --force to overwrite)",
+        path: "\(destination)/\(name)")
     }
   }
 

@@ -9,17 +9,31 @@ public enum MergeCommand {
     overview: "Bake LoRA adapters into base weights, exactly: F32 deltas, one rounding, streamed.",
     positionals: [],
     options: [
-      OptionSpec("--base", value: "path", help: "A .safetensors file, shard index, HF model folder or .gguf file."),
-      OptionSpec("--adapter", value: "path[:weight]", help: "A PEFT LoRA adapter folder, optionally weighted (repeatable)."),
-      OptionSpec("--output", value: "path", help: "Where to write: a .safetensors file, a folder, or a .gguf file."),
+      OptionSpec(
+        "--base", value: "path",
+        help: "A .safetensors file, shard index, HF model folder or .gguf file."),
+      OptionSpec(
+        "--adapter", value: "path[:weight]",
+        help: "A PEFT LoRA adapter folder, optionally weighted (repeatable)."),
+      OptionSpec(
+        "--output", value: "path",
+        help: "Where to write: a .safetensors file, a folder, or a .gguf file."),
       OptionSpec(
         "--outtype", value: "type",
-        help: "Type of the merged tensors (f32, f16, bf16; for GGUF also q8_0, q4_0, …); default: each keeps its own."),
-      OptionSpec("--combine", value: "method", default: "sum", help: "How several adapters combine: sum (exact)."),
-      OptionSpec("--threads", value: "n", help: "Threads for the delta products (default: all cores)."),
-      OptionSpec("--allow-unknown", help: "Ignore adapter tensors that are not LoRA weights instead of failing."),
+        help:
+          "Type of the merged tensors (f32, f16, bf16; for GGUF also q8_0, q4_0, …); default: each keeps its own."
+      ),
+      OptionSpec(
+        "--combine", value: "method", default: "sum",
+        help: "How several adapters combine: sum (exact)."),
+      OptionSpec(
+        "--threads", value: "n", help: "Threads for the delta products (default: all cores)."),
+      OptionSpec(
+        "--allow-unknown",
+        help: "Ignore adapter tensors that are not LoRA weights instead of failing."),
       OptionSpec("--dry-run", help: "Print the plan and write nothing."),
-      OptionSpec("--verify", help: "Re-read the output and check every merged tensor against base + ΔW."),
+      OptionSpec(
+        "--verify", help: "Re-read the output and check every merged tensor against base + ΔW."),
       OptionSpec("--json", help: "Print a JSON report."),
       OptionSpec("--force", help: "Replace an existing output."),
       OptionSpec("--quiet", short: "-q", help: "Print nothing on success; no progress bar."),
@@ -31,28 +45,39 @@ public enum MergeCommand {
 
   /// Splits `path[:weight]`; a suffix that is not a number is part of the path.
   static func parseAdapter(_ text: String) -> (String, Double) {
-    if let colon = text.lastIndex(of: ":"), let weight = Double(text[text.index(after: colon)...]), weight.isFinite {
+    if let colon = text.lastIndex(of: ":"), let weight = Double(text[text.index(after: colon)...]),
+      weight.isFinite
+    {
       return (String(text[..<colon]), weight)
     }
     return (text, 1)
   }
 
   public static func run(_ arguments: ParsedArguments) throws -> ExitStatus {
-    guard let basePath = arguments.value("--base") else { throw UsageError("missing expected option '--base <path>'") }
+    guard let basePath = arguments.value("--base") else {
+      throw UsageError("missing expected option '--base <path>'")
+    }
     let adapterSpecs = arguments.allValues("--adapter")
-    guard !adapterSpecs.isEmpty else { throw UsageError("missing expected option '--adapter <path[:weight]>'") }
+    guard !adapterSpecs.isEmpty else {
+      throw UsageError("missing expected option '--adapter <path[:weight]>'")
+    }
     let dryRun = arguments.flag("--dry-run")
     let output = arguments.value("--output")
-    guard output != nil || dryRun else { throw UsageError("missing expected option '--output <path>'") }
+    guard output != nil || dryRun else {
+      throw UsageError("missing expected option '--output <path>'")
+    }
     let combine = arguments.value("--combine") ?? "sum"
     guard combine == "sum" else {
       if ["cat", "svd"].contains(combine) {
-        throw FlareError("merge", .unsupported, "--combine \(combine) is not implemented yet; use sum")
+        throw FlareError(
+          "merge", .unsupported, "--combine \(combine) is not implemented yet; use sum")
       }
       throw UsageError("the value '\(combine)' is invalid for '--combine <method>'")
     }
     let threads = try arguments.int("--threads", spec: spec) ?? ProcessorCount.online
-    guard threads > 0 else { throw UsageError("the value '\(threads)' is invalid for '--threads <n>'") }
+    guard threads > 0 else {
+      throw UsageError("the value '\(threads)' is invalid for '--threads <n>'")
+    }
     let quiet = arguments.flag("--quiet")
     let outtype = arguments.value("--outtype")?.lowercased()
 
@@ -60,7 +85,10 @@ public enum MergeCommand {
     var adapters: [WeightedAdapter] = []
     for text in adapterSpecs {
       let (path, weight) = parseAdapter(text)
-      adapters.append(WeightedAdapter(adapter: try PEFTAdapter(folder: path, allowUnknown: arguments.flag("--allow-unknown")), weight: weight))
+      adapters.append(
+        WeightedAdapter(
+          adapter: try PEFTAdapter(folder: path, allowUnknown: arguments.flag("--allow-unknown")),
+          weight: weight))
     }
     if case .gguf = base, let output, !output.lowercased().hasSuffix(".gguf") {
       throw UsageError("a GGUF base needs an output ending in .gguf")
@@ -74,12 +102,15 @@ public enum MergeCommand {
     guard let output else { return .usage }
     let bar = ProgressBar(label: "merging", total: max(plan.changes.count, 1), enabled: !quiet)
     let report = try Merger.merge(
-      base: base, basePath: basePath, adapters: adapters, plan: plan, output: output, outtype: outtype,
-      overwrite: arguments.flag("--force"), threads: threads, progress: { done, total in bar.set(done: done, of: total) })
+      base: base, basePath: basePath, adapters: adapters, plan: plan, output: output,
+      outtype: outtype,
+      overwrite: arguments.flag("--force"), threads: threads,
+      progress: { done, total in bar.set(done: done, of: total) })
     bar.finish()
     var verified: Float?
     if arguments.flag("--verify") {
-      verified = try Merger.verify(output: output, base: base, adapters: adapters, plan: plan, threads: threads)
+      verified = try Merger.verify(
+        output: output, base: base, adapters: adapters, plan: plan, threads: threads)
     }
     if arguments.flag("--json") {
       Console.out(JSONWriter.compact(reportJSON(report, verified: verified)) + "\n")
@@ -88,11 +119,18 @@ public enum MergeCommand {
         "merged \(report.tensors.count) tensors from \(adapters.count) adapter\(adapters.count == 1 ? "" : "s") into \(output) (\(report.untouched) copied unchanged, \(report.bytes) bytes of tensor data)\n"
       )
       for tensor in report.tensors {
-        let scales = tensor.sources.map { "r=\($0.2) scale=\(formatScale($0.1))" }.joined(separator: ", ")
-        Console.out("  \(tensor.name): \(tensor.kind) \(scales) -> \(tensor.outputType), max |change| \(tensor.maxChange)\n")
+        let scales = tensor.sources.map { "r=\($0.2) scale=\(formatScale($0.1))" }.joined(
+          separator: ", ")
+        Console.out(
+          "  \(tensor.name): \(tensor.kind) \(scales) -> \(tensor.outputType), max |change| \(tensor.maxChange)\n"
+        )
       }
       for note in report.notes { Console.out("note: \(note)\n") }
-      if let verified { Console.out("verified: every merged tensor equals base + ΔW rounded once (max |stored − F32 merge| \(verified))\n") }
+      if let verified {
+        Console.out(
+          "verified: every merged tensor equals base + ΔW rounded once (max |stored − F32 merge| \(verified))\n"
+        )
+      }
     }
     return .success
   }
@@ -106,16 +144,21 @@ public enum MergeCommand {
       let tensors = plan.changes.map { change -> JSONValue in
         .object([
           ("name", .string(change.tensor)),
-          ("kind", .string(change.kind == .lora ? "lora" : change.kind == .bias ? "lora_bias" : "replace")),
+          (
+            "kind",
+            .string(change.kind == .lora ? "lora" : change.kind == .bias ? "lora_bias" : "replace")
+          ),
           ("output_type", .string(change.outputType)),
           (
             "sources",
             .array(
               change.sources.map { source in
                 .object([
-                  ("adapter", .string(adapters[source.adapter].adapter.path)), ("module", .string(source.module.path)),
+                  ("adapter", .string(adapters[source.adapter].adapter.path)),
+                  ("module", .string(source.module.path)),
                   ("rank", .integer(source.module.rank)), ("alpha", .exact(source.module.alpha)),
-                  ("scaling", .exact(source.module.scaling)), ("weight", .exact(adapters[source.adapter].weight)),
+                  ("scaling", .exact(source.module.scaling)),
+                  ("weight", .exact(adapters[source.adapter].weight)),
                 ])
               })
           ),
@@ -124,20 +167,24 @@ public enum MergeCommand {
       Console.out(
         JSONWriter.compact(
           .object([
-            ("dry_run", .bool(true)), ("tensors", .array(tensors)), ("untouched", .integer(plan.untouched)),
+            ("dry_run", .bool(true)), ("tensors", .array(tensors)),
+            ("untouched", .integer(plan.untouched)),
             ("notes", .array(plan.notes.map { .string($0) })),
           ])) + "\n")
       return
     }
-    Console.out("plan: \(plan.changes.count) tensors change, \(plan.untouched) are copied unchanged\n")
+    Console.out(
+      "plan: \(plan.changes.count) tensors change, \(plan.untouched) are copied unchanged\n")
     for change in plan.changes {
       let sources = change.sources.map { source -> String in
         let input = adapters[source.adapter]
         let scale = formatScale(input.weight * source.module.scaling)
-        return "\(AtomicFileWriter.baseName(of: input.adapter.path)) r=\(source.module.rank) alpha=\(formatScale(source.module.alpha)) scale=\(scale)"
+        return
+          "\(AtomicFileWriter.baseName(of: input.adapter.path)) r=\(source.module.rank) alpha=\(formatScale(source.module.alpha)) scale=\(scale)"
       }
       let kind = change.kind == .replace ? "replaced" : change.kind == .bias ? "bias +=" : "+="
-      Console.out("  \(change.tensor) \(kind) \(sources.joined(separator: " + ")) -> \(change.outputType)\n")
+      Console.out(
+        "  \(change.tensor) \(kind) \(sources.joined(separator: " + ")) -> \(change.outputType)\n")
     }
     for note in plan.notes { Console.out("note: \(note)\n") }
   }
@@ -150,11 +197,17 @@ public enum MergeCommand {
         .array(
           report.tensors.map { tensor in
             .object([
-              ("name", .string(tensor.name)), ("kind", .string(tensor.kind)), ("output_type", .string(tensor.outputType)),
+              ("name", .string(tensor.name)), ("kind", .string(tensor.kind)),
+              ("output_type", .string(tensor.outputType)),
               ("max_change", .exact(Double(tensor.maxChange))),
               (
                 "sources",
-                .array(tensor.sources.map { .object([("adapter", .string($0.0)), ("scale", .exact($0.1)), ("rank", .integer($0.2))]) })
+                .array(
+                  tensor.sources.map {
+                    .object([
+                      ("adapter", .string($0.0)), ("scale", .exact($0.1)), ("rank", .integer($0.2)),
+                    ])
+                  })
               ),
             ])
           })

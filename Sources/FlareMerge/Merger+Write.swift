@@ -33,7 +33,8 @@ extension Merger {
   /// base, a `.gguf` file for a GGUF base. Untouched tensors are copied byte for byte; merged
   /// ones are rounded once to their output type. Nothing is left at `output` on failure.
   public static func merge(
-    base: Base, basePath: String, adapters: [WeightedAdapter], plan: MergePlan, output: String, outtype: String?,
+    base: Base, basePath: String, adapters: [WeightedAdapter], plan: MergePlan, output: String,
+    outtype: String?,
     overwrite: Bool, threads: Int, progress: (@Sendable (Int, Int) -> Void)? = nil
   ) throws -> MergeReport {
     BLAS.useSingleThread()
@@ -47,22 +48,33 @@ extension Merger {
 
     func summary(_ change: TensorChange, base: [Float], merged: [Float]) -> MergeReport.Tensor {
       var maxChange: Float = 0
-      for i in 0..<min(base.count, merged.count) { maxChange = max(maxChange, abs(merged[i] - base[i])) }
+      for i in 0..<min(base.count, merged.count) {
+        maxChange = max(maxChange, abs(merged[i] - base[i]))
+      }
       let kind =
         switch change.kind {
         case .lora: "lora"
         case .bias: "lora_bias"
         case .replace: "replace"
         }
-      let sources = change.sources.map { (adapters[$0.adapter].adapter.path, adapters[$0.adapter].weight * $0.module.scaling, $0.module.rank) }
-      return MergeReport.Tensor(name: change.tensor, kind: kind, outputType: change.outputType, sources: sources, maxChange: maxChange)
+      let sources = change.sources.map {
+        (
+          adapters[$0.adapter].adapter.path, adapters[$0.adapter].weight * $0.module.scaling,
+          $0.module.rank
+        )
+      }
+      return MergeReport.Tensor(
+        name: change.tensor, kind: kind, outputType: change.outputType, sources: sources,
+        maxChange: maxChange)
     }
 
     switch base {
     case .safetensors(let model, let folder):
       let outputType: DType? = try outtype.map { name in
-        guard let dtype = DType(rawValue: name.uppercased()), [.f32, .f16, .bf16].contains(dtype) else {
-          throw FlareError("merge", .invalidArgument, "a safetensors output holds f32, f16 or bf16, not '\(name)'")
+        guard let dtype = DType(rawValue: name.uppercased()), [.f32, .f16, .bf16].contains(dtype)
+        else {
+          throw FlareError(
+            "merge", .invalidArgument, "a safetensors output holds f32, f16 or bf16, not '\(name)'")
         }
         return dtype
       }
@@ -77,7 +89,9 @@ extension Merger {
           return
         }
         let baseValues = view.floats()
-        let merged = try mergedValues(change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil, threads: threads)
+        let merged = try mergedValues(
+          change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil,
+          threads: threads)
         try checkFinite(merged, tensor: view.name)
         summaries[view.name] = summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
@@ -98,18 +112,23 @@ extension Merger {
             totalSize += s.byteCount ?? 0
           }
           try SafetensorsWriter.write(
-            to: "\(staging.path)/\(name)", tensors: specs, options: .init(metadata: file.metadata), body: body)
+            to: "\(staging.path)/\(name)", tensors: specs, options: .init(metadata: file.metadata),
+            body: body)
         }
         if model.isSharded {
           let indexName = AtomicFileWriter.baseName(of: model.path)
           var metadata = (model.indexMetadata ?? []).filter { $0.0 != "total_size" }
           metadata.insert(("total_size", .integer(totalSize)), at: 0)
           weightMap.sort { $0.0 < $1.0 }
-          let index = JSONValue.object([("metadata", .object(metadata)), ("weight_map", .object(weightMap))])
-          try writeFileAtomically(Array((JSONWriter.pretty(index) + "\n").utf8), to: "\(staging.path)/\(indexName)")
+          let index = JSONValue.object([
+            ("metadata", .object(metadata)), ("weight_map", .object(weightMap)),
+          ])
+          try writeFileAtomically(
+            Array((JSONWriter.pretty(index) + "\n").utf8), to: "\(staging.path)/\(indexName)")
           names.append(indexName)
         }
-        for name in folderFiles(folder) where !names.contains(name) && !name.hasSuffix(".safetensors") {
+        for name in folderFiles(folder)
+        where !names.contains(name) && !name.hasSuffix(".safetensors") {
           try copySmallFile("\(folder)/\(name)", to: "\(staging.path)/\(name)")
           names.append(name)
         }
@@ -119,7 +138,8 @@ extension Merger {
       } else {
         guard let file = model.files.first else { return report }
         try SafetensorsWriter.write(
-          to: output, tensors: file.views.map(spec), options: .init(metadata: file.metadata, overwrite: overwrite), body: body)
+          to: output, tensors: file.views.map(spec),
+          options: .init(metadata: file.metadata, overwrite: overwrite), body: body)
         report.files = [output]
       }
       report.bytes = model.tensors.reduce(0) { $0 + (spec($1).byteCount ?? 0) }
@@ -149,7 +169,10 @@ extension Merger {
         }
         specs.append(GGUFTensorSpec(name: tensor.name, dims: tensor.dims, type: type))
       }
-      try GGUFWriter.write(to: output, metadata: file.metadata, tensors: specs, alignment: file.alignment, overwrite: overwrite) { sink in
+      try GGUFWriter.write(
+        to: output, metadata: file.metadata, tensors: specs, alignment: file.alignment,
+        overwrite: overwrite
+      ) { sink in
         guard let tensor = file.tensor(sink.spec.name) else { return }
         guard var change = changes[tensor.name] else {
           try sink.write(file.bytes(of: tensor))
@@ -158,9 +181,12 @@ extension Merger {
         change.outputType = sink.spec.type.name
         let baseValues = try file.floats(tensor)
         var ropeHeads: Int?
-        if let heads, let kvHeads { ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads) }
+        if let heads, let kvHeads {
+          ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads)
+        }
         let merged = try mergedValues(
-          change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters, ropeHeads: ropeHeads, threads: threads)
+          change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
+          ropeHeads: ropeHeads, threads: threads)
         try checkFinite(merged, tensor: tensor.name)
         summaries[tensor.name] = summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
@@ -169,8 +195,14 @@ extension Merger {
       }
       report.files = [output]
       report.bytes = specs.reduce(0) { $0 + ($1.byteCount ?? 0) }
-      if forced == nil && plan.changes.contains(where: { change in file.tensor(change.tensor)?.type.isQuantized == true }) {
-        report.notes.append("quantized base tensors were dequantized, merged in F32 and re-quantized to their own types (--outtype to choose)")
+      if forced == nil
+        && plan.changes.contains(where: { change in
+          file.tensor(change.tensor)?.type.isQuantized == true
+        })
+      {
+        report.notes.append(
+          "quantized base tensors were dequantized, merged in F32 and re-quantized to their own types (--outtype to choose)"
+        )
       }
     }
     report.tensors = plan.changes.compactMap { summaries[$0.tensor] }
@@ -186,7 +218,9 @@ extension Merger {
       let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
         String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
       }
-      if name != "." && name != ".." && !name.hasPrefix(".") && !isDirectory("\(folder)/\(name)") { names.append(name) }
+      if name != "." && name != ".." && !name.hasPrefix(".") && !isDirectory("\(folder)/\(name)") {
+        names.append(name)
+      }
     }
     return names.sorted()
   }
@@ -205,13 +239,22 @@ extension Merger {
       let merged = try SafetensorsModel.open(output)
       for change in plan.changes {
         guard let source = model.view(change.tensor), let stored = merged.view(change.tensor) else {
-          throw FlareError("merge", .invalidArgument, "is missing from the output", path: output, tensor: change.tensor)
+          throw FlareError(
+            "merge", .invalidArgument, "is missing from the output", path: output,
+            tensor: change.tensor)
         }
-        let expected = try mergedValues(change, base: source.floats(), shape: source.shape, adapters: adapters, ropeHeads: nil, threads: threads)
+        let expected = try mergedValues(
+          change, base: source.floats(), shape: source.shape, adapters: adapters, ropeHeads: nil,
+          threads: threads)
         var encoded = [UInt8](repeating: 0, count: stored.info.byteCount)
-        try expected.withUnsafeBufferPointer { values in try encoded.withUnsafeMutableBytes { try stored.dtype.encode(values, into: $0) } }
+        try expected.withUnsafeBufferPointer { values in
+          try encoded.withUnsafeMutableBytes { try stored.dtype.encode(values, into: $0) }
+        }
         guard encoded.elementsEqual(stored.rawBytes) else {
-          throw FlareError("merge", .invalidArgument, "stored values differ from base + ΔW rounded to \(stored.dtype.rawValue)", path: output, tensor: change.tensor)
+          throw FlareError(
+            "merge", .invalidArgument,
+            "stored values differ from base + ΔW rounded to \(stored.dtype.rawValue)", path: output,
+            tensor: change.tensor)
         }
         for (x, y) in zip(stored.floats(), expected) { worst = max(worst, abs(x - y)) }
       }
@@ -220,17 +263,28 @@ extension Merger {
       let heads = file.value("llama.attention.head_count")?.integerValue
       let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
       for change in plan.changes {
-        guard let source = file.tensor(change.tensor), let stored = merged.tensor(change.tensor) else {
-          throw FlareError("merge", .invalidArgument, "is missing from the output", path: output, tensor: change.tensor)
+        guard let source = file.tensor(change.tensor), let stored = merged.tensor(change.tensor)
+        else {
+          throw FlareError(
+            "merge", .invalidArgument, "is missing from the output", path: output,
+            tensor: change.tensor)
         }
         var ropeHeads: Int?
-        if let heads, let kvHeads { ropeHeads = LlamaLayout.ropeHeads(gguf: source.name, heads: heads, kvHeads: kvHeads) }
+        if let heads, let kvHeads {
+          ropeHeads = LlamaLayout.ropeHeads(gguf: source.name, heads: heads, kvHeads: kvHeads)
+        }
         let expected = try mergedValues(
-          change, base: try file.floats(source), shape: source.dims.reversed(), adapters: adapters, ropeHeads: ropeHeads, threads: threads)
+          change, base: try file.floats(source), shape: source.dims.reversed(), adapters: adapters,
+          ropeHeads: ropeHeads, threads: threads)
         var encoded = [UInt8](repeating: 0, count: stored.byteCount)
-        try expected.withUnsafeBufferPointer { values in try encoded.withUnsafeMutableBytes { try stored.type.quantizeParallel(values, into: $0) } }
+        try expected.withUnsafeBufferPointer { values in
+          try encoded.withUnsafeMutableBytes { try stored.type.quantizeParallel(values, into: $0) }
+        }
         guard encoded.elementsEqual(merged.bytes(of: stored)) else {
-          throw FlareError("merge", .invalidArgument, "stored values differ from base + ΔW quantized to \(stored.type.name)", path: output, tensor: change.tensor)
+          throw FlareError(
+            "merge", .invalidArgument,
+            "stored values differ from base + ΔW quantized to \(stored.type.name)", path: output,
+            tensor: change.tensor)
         }
         for (x, y) in zip(try merged.floats(stored), expected) { worst = max(worst, abs(x - y)) }
       }

@@ -72,9 +72,13 @@ public enum Merger {
   static func baseTensors(_ base: Base) -> [BaseTensor] {
     switch base {
     case .safetensors(let model, _):
-      return model.tensors.map { BaseTensor(name: $0.name, shape: $0.shape, typeName: $0.dtype.rawValue) }
+      return model.tensors.map {
+        BaseTensor(name: $0.name, shape: $0.shape, typeName: $0.dtype.rawValue)
+      }
     case .gguf(let file):
-      return file.tensors.map { BaseTensor(name: $0.name, shape: $0.dims.reversed(), typeName: $0.type.name) }
+      return file.tensors.map {
+        BaseTensor(name: $0.name, shape: $0.dims.reversed(), typeName: $0.type.name)
+      }
     }
   }
 
@@ -87,14 +91,18 @@ public enum Merger {
   /// Checks every adapter against the base and lists the changes.
   /// - Throws: ``FlareError`` "adapter does not fit this base" naming the tensor and both shapes,
   ///   for a missing target, a shape mismatch, or conflicting replacements.
-  public static func plan(base: Base, adapters: [WeightedAdapter], outtype: String?) throws -> MergePlan {
+  public static func plan(base: Base, adapters: [WeightedAdapter], outtype: String?) throws
+    -> MergePlan
+  {
     let tensors = baseTensors(base)
     let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
     var changes: [String: TensorChange] = [:]
     var order: [String] = []
     var notes: [String] = []
     func fail(_ adapter: PEFTAdapter, _ message: String, tensor: String) -> FlareError {
-      FlareError("merge", .invalidArgument, "adapter does not fit this base: \(message)", path: adapter.path, tensor: tensor)
+      FlareError(
+        "merge", .invalidArgument, "adapter does not fit this base: \(message)", path: adapter.path,
+        tensor: tensor)
     }
     for (index, input) in adapters.enumerated() {
       let adapter = input.adapter
@@ -114,35 +122,52 @@ public enum Merger {
           expected = [b[0], a[1]]  // (out, in)
         }
         guard target.shape == expected else {
-          throw fail(adapter, "tensor \(name), expected \(expected) from the adapter, got \(target.shape)", tensor: name)
+          throw fail(
+            adapter, "tensor \(name), expected \(expected) from the adapter, got \(target.shape)",
+            tensor: name)
         }
         if module.magnitude != nil {
           guard !adapter.config.fanInFanOut, !module.isEmbedding else {
-            throw FlareError("merge", .unsupported, "DoRA with fan_in_fan_out or on embeddings is not supported", path: adapter.path, tensor: name)
+            throw FlareError(
+              "merge", .unsupported, "DoRA with fan_in_fan_out or on embeddings is not supported",
+              path: adapter.path, tensor: name)
           }
           guard input.weight == 1 else {
-            throw FlareError("merge", .unsupported, "a DoRA adapter cannot be weighted (its magnitude is not linear)", path: adapter.path, tensor: name)
+            throw FlareError(
+              "merge", .unsupported,
+              "a DoRA adapter cannot be weighted (its magnitude is not linear)", path: adapter.path,
+              tensor: name)
           }
         }
         if changes[name] == nil {
           order.append(name)
-          changes[name] = TensorChange(tensor: name, kind: .lora, sources: [], replacement: nil, outputType: outtype ?? target.typeName)
+          changes[name] = TensorChange(
+            tensor: name, kind: .lora, sources: [], replacement: nil,
+            outputType: outtype ?? target.typeName)
         }
         guard changes[name]?.kind == .lora else {
-          throw FlareError("merge", .invalidArgument, "is both replaced and adapted", path: adapter.path, tensor: name)
+          throw FlareError(
+            "merge", .invalidArgument, "is both replaced and adapted", path: adapter.path,
+            tensor: name)
         }
         changes[name]?.sources.append((index, module))
         if module.bBias != nil {
           let biasName = baseName("\(module.path).bias", base: base)
           guard let bias = byName[biasName] else {
-            throw fail(adapter, "lora_bias needs a bias in the base, and '\(biasName)' does not exist", tensor: biasName)
+            throw fail(
+              adapter, "lora_bias needs a bias in the base, and '\(biasName)' does not exist",
+              tensor: biasName)
           }
           guard bias.shape == [b[0]] else {
-            throw fail(adapter, "tensor \(biasName), expected [\(b[0])], got \(bias.shape)", tensor: biasName)
+            throw fail(
+              adapter, "tensor \(biasName), expected [\(b[0])], got \(bias.shape)", tensor: biasName
+            )
           }
           if changes[biasName] == nil {
             order.append(biasName)
-            changes[biasName] = TensorChange(tensor: biasName, kind: .bias, sources: [], replacement: nil, outputType: outtype ?? bias.typeName)
+            changes[biasName] = TensorChange(
+              tensor: biasName, kind: .bias, sources: [], replacement: nil,
+              outputType: outtype ?? bias.typeName)
           }
           changes[biasName]?.sources.append((index, module))
         }
@@ -153,17 +178,25 @@ public enum Merger {
           throw fail(adapter, "the base has no tensor '\(name)' for a saved module", tensor: name)
         }
         guard target.shape == view.shape else {
-          throw fail(adapter, "tensor \(name), expected \(target.shape), got \(view.shape)", tensor: name)
+          throw fail(
+            adapter, "tensor \(name), expected \(target.shape), got \(view.shape)", tensor: name)
         }
         guard changes[name] == nil else {
-          throw FlareError("merge", .invalidArgument, "is replaced by more than one adapter or also adapted", path: adapter.path, tensor: name)
+          throw FlareError(
+            "merge", .invalidArgument, "is replaced by more than one adapter or also adapted",
+            path: adapter.path, tensor: name)
         }
         order.append(name)
-        changes[name] = TensorChange(tensor: name, kind: .replace, sources: [], replacement: view, outputType: outtype ?? target.typeName)
-        notes.append("\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
+        changes[name] = TensorChange(
+          tensor: name, kind: .replace, sources: [], replacement: view,
+          outputType: outtype ?? target.typeName)
+        notes.append(
+          "\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
       }
     }
-    return MergePlan(changes: order.compactMap { changes[$0] }, untouched: tensors.count - order.count, notes: notes)
+    return MergePlan(
+      changes: order.compactMap { changes[$0] }, untouched: tensors.count - order.count,
+      notes: notes)
   }
 
   // MARK: Computing merged tensors
@@ -175,7 +208,8 @@ public enum Merger {
   /// The merged values of one changed tensor, in F32, in the base's layout (GGUF row order for
   /// GGUF bases).
   static func mergedValues(
-    _ change: TensorChange, base: [Float], shape: [Int], adapters: [WeightedAdapter], ropeHeads: Int?, threads: Int
+    _ change: TensorChange, base: [Float], shape: [Int], adapters: [WeightedAdapter],
+    ropeHeads: Int?, threads: Int
   ) throws -> [Float] {
     switch change.kind {
     case .replace:
@@ -201,15 +235,21 @@ public enum Merger {
         let a = module.a.floats()
         var b = module.b.floats()
         let r = module.rank
-        if let ropeHeads, !module.isEmbedding { b = permute(b, rows: module.b.shape[0], heads: ropeHeads) }
+        if let ropeHeads, !module.isEmbedding {
+          b = permute(b, rows: module.b.shape[0], heads: ropeHeads)
+        }
         if let magnitude = module.magnitude {
-          out = try dora(base: out, a: a, b: b, rank: r, rows: rows, cols: cols, scale: scale, magnitude: magnitude.floats(), threads: threads)
+          out = try dora(
+            base: out, a: a, b: b, rank: r, rows: rows, cols: cols, scale: scale,
+            magnitude: magnitude.floats(), threads: threads)
           continue
         }
         let fanInFanOut = input.adapter.config.fanInFanOut
         let transposed = module.isEmbedding || fanInFanOut
         // ΔW = s·B·A (rows×cols), or s·Aᵀ·Bᵀ when the base stores the transpose.
-        addProduct(into: &out, rows: rows, cols: cols, rank: r, a: a, b: b, scale: scale, transposed: transposed, threads: threads)
+        addProduct(
+          into: &out, rows: rows, cols: cols, rank: r, a: a, b: b, scale: scale,
+          transposed: transposed, threads: threads)
       }
       return out
     }
@@ -217,14 +257,16 @@ public enum Merger {
 
   /// `out += scale · B·A` (or `scale · Aᵀ·Bᵀ` when `transposed`), block by block.
   static func addProduct(
-    into out: inout [Float], rows: Int, cols: Int, rank: Int, a: [Float], b: [Float], scale: Float, transposed: Bool,
+    into out: inout [Float], rows: Int, cols: Int, rank: Int, a: [Float], b: [Float], scale: Float,
+    transposed: Bool,
     threads: Int
   ) {
     let blocks = (rows + blockRows - 1) / blockRows
     a.withUnsafeBufferPointer { aBuffer in
       b.withUnsafeBufferPointer { bBuffer in
         out.withUnsafeMutableBufferPointer { outBuffer in
-          guard let aStart = aBuffer.baseAddress, let bStart = bBuffer.baseAddress, let cStart = outBuffer.baseAddress
+          guard let aStart = aBuffer.baseAddress, let bStart = bBuffer.baseAddress,
+            let cStart = outBuffer.baseAddress
           else {
             return
           }
@@ -239,12 +281,14 @@ public enum Merger {
             if transposed {
               // C[first..] = s · Aᵀ[first.., :] · Bᵀ, A stored (rank × rows), B stored (cols × rank).
               BLAS.sgemm(
-                transA: true, transB: true, m: count, n: cols, k: rank, alpha: scale, a: aBase + first, lda: rows,
+                transA: true, transB: true, m: count, n: cols, k: rank, alpha: scale,
+                a: aBase + first, lda: rows,
                 b: bBase, ldb: rank, beta: 1, c: c + first * cols, ldc: cols)
             } else {
               // C[first..] = s · B[first.., :] · A, B stored (rows × rank), A stored (rank × cols).
               BLAS.sgemm(
-                transA: false, transB: false, m: count, n: cols, k: rank, alpha: scale, a: bBase + first * rank,
+                transA: false, transB: false, m: count, n: cols, k: rank, alpha: scale,
+                a: bBase + first * rank,
                 lda: rank, b: aBase, ldb: cols, beta: 1, c: c + first * cols, ldc: cols)
             }
           }
@@ -255,13 +299,17 @@ public enum Merger {
 
   /// DoRA (PEFT's merge): `V = W + s·B·A`, then each output row scaled by `m / ‖V row‖₂`.
   static func dora(
-    base: [Float], a: [Float], b: [Float], rank: Int, rows: Int, cols: Int, scale: Float, magnitude: [Float],
+    base: [Float], a: [Float], b: [Float], rank: Int, rows: Int, cols: Int, scale: Float,
+    magnitude: [Float],
     threads: Int
   ) throws -> [Float] {
     var v = base
-    addProduct(into: &v, rows: rows, cols: cols, rank: rank, a: a, b: b, scale: scale, transposed: false, threads: threads)
+    addProduct(
+      into: &v, rows: rows, cols: cols, rank: rank, a: a, b: b, scale: scale, transposed: false,
+      threads: threads)
     guard magnitude.count == rows else {
-      throw FlareError("merge", .invalidArgument, "DoRA magnitude has \(magnitude.count) entries for \(rows) rows")
+      throw FlareError(
+        "merge", .invalidArgument, "DoRA magnitude has \(magnitude.count) entries for \(rows) rows")
     }
     for row in 0..<rows {
       var sum = 0.0
@@ -294,7 +342,8 @@ public enum Merger {
     let rowBytes = values.count / rows * MemoryLayout<Float>.size
     values.withUnsafeBytes { source in
       out.withUnsafeMutableBytes { target in
-        LlamaLayout.permuteRows(source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: true)
+        LlamaLayout.permuteRows(
+          source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: true)
       }
     }
     return out
