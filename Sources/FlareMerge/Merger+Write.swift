@@ -82,9 +82,21 @@ extension Merger {
         let dtype = changes[view.name] != nil ? (outputType ?? view.dtype) : view.dtype
         return TensorSpec(name: view.name, dtype: dtype, shape: view.shape)
       }
+      let newTensors = plan.changes.filter(\.isNew)
+      // A new untied head goes into the file that holds the embedding it starts from.
+      func specs(_ file: SafetensorsFile) -> [TensorSpec] {
+        var list = file.views.map(spec)
+        for change in newTensors where file.info(change.source) != nil {
+          guard let source = model.view(change.source) else { continue }
+          list.append(
+            TensorSpec(name: change.tensor, dtype: outputType ?? source.dtype, shape: source.shape))
+        }
+        return list
+      }
       func body(_ sink: TensorSink) throws {
-        guard let view = model.view(sink.spec.name) else { return }
-        guard let change = changes[view.name] else {
+        let change = changes[sink.spec.name]
+        guard let view = model.view(change?.source ?? sink.spec.name) else { return }
+        guard let change else {
           try sink.write(view.rawBytes)
           return
         }
@@ -92,8 +104,8 @@ extension Merger {
         let merged = try mergedValues(
           change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil,
           threads: threads)
-        try checkFinite(merged, tensor: view.name)
-        summaries[view.name] = summary(change, base: baseValues, merged: merged)
+        try checkFinite(merged, tensor: change.tensor)
+        summaries[change.tensor] = summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += 1
         progress?(done, total)
@@ -106,7 +118,7 @@ extension Merger {
         for file in model.files {
           let name = AtomicFileWriter.baseName(of: file.path)
           names.append(name)
-          let specs = file.views.map(spec)
+          let specs = specs(file)
           for s in specs {
             weightMap.append((s.name, .string(name)))
             totalSize += s.byteCount ?? 0
@@ -129,7 +141,17 @@ extension Merger {
         }
         for name in folderFiles(folder)
         where !names.contains(name) && !name.hasSuffix(".safetensors") {
-          try copySmallFile("\(folder)/\(name)", to: "\(staging.path)/\(name)")
+          if name == "config.json" && !newTensors.isEmpty {
+            // The head is its own tensor now: the model must not tie it back to the embeddings.
+            let config = try JSONParser.parse(try readSmallFile("\(folder)/\(name)"))
+            var members = (config.objectMembers ?? []).filter { $0.0 != "tie_word_embeddings" }
+            members.append(("tie_word_embeddings", .bool(false)))
+            try writeFileAtomically(
+              Array((JSONWriter.pretty(.object(members)) + "\n").utf8),
+              to: "\(staging.path)/\(name)")
+          } else {
+            try copySmallFile("\(folder)/\(name)", to: "\(staging.path)/\(name)")
+          }
           names.append(name)
         }
         try staging.checkDestination(files: names, overwrite: overwrite)
@@ -138,11 +160,15 @@ extension Merger {
       } else {
         guard let file = model.files.first else { return report }
         try SafetensorsWriter.write(
-          to: output, tensors: file.views.map(spec),
+          to: output, tensors: specs(file),
           options: .init(metadata: file.metadata, overwrite: overwrite), body: body)
         report.files = [output]
+        if !newTensors.isEmpty {
+          report.notes.append(
+            "a single .safetensors file carries no config: load it with tie_word_embeddings=false")
+        }
       }
-      report.bytes = model.tensors.reduce(0) { $0 + (spec($1).byteCount ?? 0) }
+      report.bytes = model.files.flatMap { specs($0) }.reduce(0) { $0 + ($1.byteCount ?? 0) }
 
     case .gguf(let file):
       let heads = file.value("llama.attention.head_count")?.integerValue
@@ -169,12 +195,20 @@ extension Merger {
         }
         specs.append(GGUFTensorSpec(name: tensor.name, dims: tensor.dims, type: type))
       }
+      for change in plan.changes where change.isNew {
+        guard let source = file.tensor(change.source) else { continue }
+        var type = forced ?? source.type
+        if !type.canQuantize { type = .f16 }
+        specs.append(GGUFTensorSpec(name: change.tensor, dims: source.dims, type: type))
+      }
       try GGUFWriter.write(
         to: output, metadata: file.metadata, tensors: specs, alignment: file.alignment,
         overwrite: overwrite
       ) { sink in
-        guard let tensor = file.tensor(sink.spec.name) else { return }
-        guard var change = changes[tensor.name] else {
+        guard let tensor = file.tensor(changes[sink.spec.name]?.source ?? sink.spec.name) else {
+          return
+        }
+        guard var change = changes[sink.spec.name] else {
           try sink.write(file.bytes(of: tensor))
           return
         }
@@ -187,8 +221,8 @@ extension Merger {
         let merged = try mergedValues(
           change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
           ropeHeads: ropeHeads, threads: threads)
-        try checkFinite(merged, tensor: tensor.name)
-        summaries[tensor.name] = summary(change, base: baseValues, merged: merged)
+        try checkFinite(merged, tensor: change.tensor)
+        summaries[change.tensor] = summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += 1
         progress?(done, total)
@@ -238,7 +272,7 @@ extension Merger {
     case .safetensors(let model, _):
       let merged = try SafetensorsModel.open(output)
       for change in plan.changes {
-        guard let source = model.view(change.tensor), let stored = merged.view(change.tensor) else {
+        guard let source = model.view(change.source), let stored = merged.view(change.tensor) else {
           throw FlareError(
             "merge", .invalidArgument, "is missing from the output", path: output,
             tensor: change.tensor)
@@ -263,7 +297,7 @@ extension Merger {
       let heads = file.value("llama.attention.head_count")?.integerValue
       let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
       for change in plan.changes {
-        guard let source = file.tensor(change.tensor), let stored = merged.tensor(change.tensor)
+        guard let source = file.tensor(change.source), let stored = merged.tensor(change.tensor)
         else {
           throw FlareError(
             "merge", .invalidArgument, "is missing from the output", path: output,

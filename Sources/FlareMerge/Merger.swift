@@ -34,6 +34,11 @@ public struct TensorChange: Sendable {
   public var replacement: TensorView?
   /// Output type name (dtype or ggml type).
   public var outputType: String
+  /// The base tensor the merge starts from: `tensor` itself, or the embedding for a new untied
+  /// output head.
+  public var source: String = ""
+  /// Whether `tensor` is new: the output head of a tied model, written untied.
+  public var isNew = false
 }
 
 /// The plan of a merge: which base tensors change and how, checked against the base's shapes.
@@ -99,6 +104,18 @@ public enum Merger {
     var changes: [String: TensorChange] = [:]
     var order: [String] = []
     var notes: [String] = []
+    var isGGUFBase = false
+    if case .gguf = base { isGGUFBase = true }
+    let headName = isGGUFBase ? "output.weight" : "lm_head.weight"
+    let embeddingName = isGGUFBase ? "token_embd.weight" : "model.embed_tokens.weight"
+    // The base tensor for `name`, or for the missing output head of a tied model, the embedding.
+    func resolve(_ name: String) -> (BaseTensor, String)? {
+      if let tensor = byName[name] { return (tensor, name) }
+      if name == headName, let embedding = byName[embeddingName] {
+        return (embedding, embeddingName)
+      }
+      return nil
+    }
     func fail(_ adapter: PEFTAdapter, _ message: String, tensor: String) -> FlareError {
       FlareError(
         "merge", .invalidArgument, "adapter does not fit this base: \(message)", path: adapter.path,
@@ -108,7 +125,7 @@ public enum Merger {
       let adapter = input.adapter
       for module in adapter.modules {
         let name = baseName("\(module.path).weight", base: base)
-        guard let target = byName[name] else {
+        guard let (target, source) = resolve(name) else {
           throw fail(adapter, "the base has no tensor for module '\(module.path)'", tensor: name)
         }
         let a = module.a.shape
@@ -143,7 +160,7 @@ public enum Merger {
           order.append(name)
           changes[name] = TensorChange(
             tensor: name, kind: .lora, sources: [], replacement: nil,
-            outputType: outtype ?? target.typeName)
+            outputType: outtype ?? target.typeName, source: source, isNew: source != name)
         }
         guard changes[name]?.kind == .lora else {
           throw FlareError(
@@ -174,7 +191,7 @@ public enum Merger {
       }
       for (hfName, view) in adapter.replacements {
         let name = baseName(hfName, base: base)
-        guard let target = byName[name] else {
+        guard let (target, source) = resolve(name) else {
           throw fail(adapter, "the base has no tensor '\(name)' for a saved module", tensor: name)
         }
         guard target.shape == view.shape else {
@@ -189,14 +206,22 @@ public enum Merger {
         order.append(name)
         changes[name] = TensorChange(
           tensor: name, kind: .replace, sources: [], replacement: view,
-          outputType: outtype ?? target.typeName)
+          outputType: outtype ?? target.typeName, source: source, isNew: source != name)
         notes.append(
           "\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
       }
     }
-    return MergePlan(
-      changes: order.compactMap { changes[$0] }, untouched: tensors.count - order.count,
-      notes: notes)
+    var result = order.compactMap { changes[$0] }
+    for index in result.indices where result[index].source.isEmpty {
+      result[index].source = result[index].tensor
+    }
+    if let head = result.first(where: \.isNew) {
+      notes.append(
+        "the output head was tied to the embeddings and the merge changes it: \(head.tensor) is written untied (from \(head.source))"
+          + (isGGUFBase ? "" : "; config.json gets tie_word_embeddings=false"))
+    }
+    let untouched = tensors.count - result.filter { !$0.isNew }.count
+    return MergePlan(changes: result, untouched: untouched, notes: notes)
   }
 
   // MARK: Computing merged tensors
