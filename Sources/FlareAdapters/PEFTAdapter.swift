@@ -30,6 +30,9 @@ public struct PEFTAdapter: Sendable {
   /// Whole tensors that replace the base's (`modules_to_save`, and biases with `bias` = `all` or
   /// `lora_only`), by base tensor name.
   public var replacements: [(name: String, view: TensorView)]
+  /// `<module>.base_layer.weight` tensors PEFT saves for targeted embeddings: the base the
+  /// module's delta is added to, by base tensor name.
+  public var baseLayers: [(name: String, view: TensorView)]
   /// Keys the reader did not recognise (only kept with `allowUnknown`).
   public var unknownKeys: [String]
 
@@ -87,6 +90,7 @@ public struct PEFTAdapter: Sendable {
     let file = try SafetensorsFile(path: weightsPath)
     var parts: [String: [String: TensorView]] = [:]
     var replacements: [(String, TensorView)] = []
+    var baseLayers: [(String, TensorView)] = []
     var unknown: [String] = []
     let loraSuffixes = [
       ".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_embedding_A", ".lora_embedding_B",
@@ -106,6 +110,10 @@ public struct PEFTAdapter: Sendable {
       }
       if key.contains(".lora_") {
         unknown.append(view.name)
+        continue
+      }
+      if key.hasSuffix(".base_layer.weight") {
+        baseLayers.append((String(key.dropLast(".base_layer.weight".count)) + ".weight", view))
         continue
       }
       // modules_to_save copies and saved biases replace the base tensor of the same name.
@@ -176,6 +184,7 @@ public struct PEFTAdapter: Sendable {
     }
     self.modules = modules
     self.replacements = replacements
+    self.baseLayers = baseLayers
     unknownKeys = unknown
   }
 

@@ -39,6 +39,9 @@ public struct TensorChange: Sendable {
   public var source: String = ""
   /// Whether `tensor` is new: the output head of a tied model, written untied.
   public var isNew = false
+  /// The weights the adapter saved for this module's base layer (targeted embeddings), used as
+  /// the base instead of the model's.
+  public var baseOverride: TensorView?
 }
 
 /// The plan of a merge: which base tensors change and how, checked against the base's shapes.
@@ -211,6 +214,31 @@ public enum Merger {
           "\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
       }
     }
+    for (index, input) in adapters.enumerated() {
+      _ = index
+      for (hfName, view) in input.adapter.baseLayers {
+        let name = baseName(hfName, base: base)
+        guard let (target, _) = resolve(name) else {
+          throw fail(
+            input.adapter, "the base has no tensor '\(name)' for a saved base layer", tensor: name)
+        }
+        guard target.shape == view.shape else {
+          throw fail(
+            input.adapter,
+            "tensor \(name), expected \(target.shape), got \(view.shape) (resized embeddings are not supported)",
+            tensor: name)
+        }
+        if changes[name] != nil {
+          changes[name]?.baseOverride = view
+        } else {
+          order.append(name)
+          changes[name] = TensorChange(
+            tensor: name, kind: .replace, sources: [], replacement: view,
+            outputType: outtype ?? target.typeName,
+            source: name, isNew: false)
+        }
+      }
+    }
     var result = order.compactMap { changes[$0] }
     for index in result.indices where result[index].source.isEmpty {
       result[index].source = result[index].tensor
@@ -251,7 +279,7 @@ public enum Merger {
       }
       return out
     case .lora:
-      var out = base
+      var out = change.baseOverride?.floats() ?? base
       let rows = shape[0]
       let cols = shape.count > 1 ? shape[1] : 1
       for (index, module) in change.sources {
