@@ -97,10 +97,20 @@ extension Merger {
         let change = changes[sink.spec.name]
         guard let view = model.view(change?.source ?? sink.spec.name) else { return }
         guard let change else {
-          try sink.write(view.rawBytes)
+          // Copied in 8 MiB pieces, each piece's mapped pages dropped once written, so copying
+          // a large tensor does not keep it resident.
+          let raw = view.rawBytes
+          var offset = 0
+          while offset < raw.count {
+            let end = min(raw.count, offset + (8 << 20))
+            try sink.write(UnsafeRawBufferPointer(rebasing: raw[offset..<end]))
+            view.releasePages(bytes: offset..<end)
+            offset = end
+          }
           return
         }
         let baseValues = view.floats()
+        view.releasePages(elements: 0..<view.info.elementCount)
         let merged = try mergedValues(
           change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil,
           threads: threads)
@@ -209,11 +219,18 @@ extension Merger {
           return
         }
         guard var change = changes[sink.spec.name] else {
-          try sink.write(file.bytes(of: tensor))
+          let raw = file.bytes(of: tensor)
+          var offset = 0
+          while offset < raw.count {
+            let end = min(raw.count, offset + (8 << 20))
+            try sink.write(UnsafeRawBufferPointer(rebasing: raw[offset..<end]))
+            file.releasePages(of: tensor, bytes: offset..<end)
+            offset = end
+          }
           return
         }
         change.outputType = sink.spec.type.name
-        let baseValues = try file.floats(tensor)
+        let baseValues = try file.floats(tensor, releasing: true)
         var ropeHeads: Int?
         if let heads, let kvHeads {
           ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads)

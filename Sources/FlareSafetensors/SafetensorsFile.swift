@@ -116,6 +116,11 @@ public struct TensorView: @unchecked Sendable {
     }
   }
 
+  /// Drops the mapped pages of bytes `range` (relative to the tensor's first byte) from memory.
+  public func releasePages(bytes range: Range<Int>) {
+    file.file.release((fileOffset + range.lowerBound)..<(fileOffset + range.upperBound))
+  }
+
   /// Drops the mapped pages of elements `range` from memory after a streaming pass over them.
   public func releasePages(elements range: Range<Int>) {
     let bits = info.dtype.bitWidth
