@@ -35,8 +35,9 @@ build-debug: deps
 models:
 	@scripts/fetch-models.sh
 
-## The main job on the default real models: inspect all-MiniLM-L6-v2 (list, check, statistics),
-## then list SmolLM2's GGUF, convert it to an HF folder and prove the two hold the same weights.
+## The main job on the default real models: inspect all-MiniLM-L6-v2 (list, check, statistics);
+## list SmolLM2's GGUF, convert it to an HF folder and prove the two hold the same weights; then
+## merge a LoRA adapter (made with PEFT, Fixtures/peft) into both, exactly, and verify the results.
 demo: build models
 	.build/release/flare-inspect $(MINILM)
 	.build/release/flare-inspect --check --data $(MINILM)/model.safetensors
@@ -45,6 +46,11 @@ demo: build models
 	mkdir -p $(FLARE_CACHE)/demo
 	.build/release/flare-convert --force $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
 	.build/release/flare-inspect --quiet --diff $(SMOLLM2) $(FLARE_CACHE)/demo/smollm2-hf
+	.build/release/flare-merge --base $(FLARE_CACHE)/demo/smollm2-hf --adapter Fixtures/peft/smollm2-demo-lora --dry-run | head -n 6
+	.build/release/flare-merge --base $(FLARE_CACHE)/demo/smollm2-hf --adapter Fixtures/peft/smollm2-demo-lora \
+	  --output $(FLARE_CACHE)/demo/smollm2-merged-hf --verify --force | tail -n 3
+	.build/release/flare-merge --base $(SMOLLM2) --adapter Fixtures/peft/smollm2-demo-lora \
+	  --output $(FLARE_CACHE)/demo/smollm2-merged.Q4_1.gguf --verify --force | tail -n 3
 
 lint:
 	$(SWIFT) format lint --strict --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift
