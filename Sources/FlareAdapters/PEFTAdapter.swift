@@ -35,6 +35,8 @@ public struct PEFTAdapter: Sendable {
   public var baseLayers: [(name: String, view: TensorView)]
   /// Keys the reader did not recognise (only kept with `allowUnknown`).
   public var unknownKeys: [String]
+  /// The FLARE extension (`flare_config.json`), if the folder has one.
+  public var flare: FLAREConfig?
 
   static let prefix = "base_model.model."
   static let mutatingInits = ["pissa", "olora", "corda", "loftq", "lora_ga", "eva"]
@@ -107,6 +109,9 @@ public struct PEFTAdapter: Sendable {
         let part = suffix == ".lora_magnitude_vector.weight" ? ".lora_magnitude_vector" : suffix
         parts[module, default: [:]][part] = view
         continue
+      }
+      if key.contains(".cross_attention.") && fileExists("\(folder)/flare_config.json") {
+        continue  // FLARE cross-attention weights act on the source path only; never folded
       }
       if key.contains(".lora_") {
         unknown.append(view.name)
@@ -184,6 +189,8 @@ public struct PEFTAdapter: Sendable {
     }
     self.modules = modules
     self.replacements = replacements
+    let flarePath = "\(folder)/flare_config.json"
+    flare = fileExists(flarePath) ? try FLAREConfig(path: flarePath) : nil
     self.baseLayers = baseLayers
     unknownKeys = unknown
   }

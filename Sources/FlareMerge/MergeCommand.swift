@@ -31,6 +31,10 @@ public enum MergeCommand {
       OptionSpec(
         "--allow-unknown",
         help: "Ignore adapter tensors that are not LoRA weights instead of failing."),
+      OptionSpec(
+        "--flare-target-only",
+        help:
+          "FLARE adapters with a non-linear fusion: fold the plain-LoRA fallback, with a warning."),
       OptionSpec("--dry-run", help: "Print the plan and write nothing."),
       OptionSpec(
         "--verify", help: "Re-read the output and check every merged tensor against base + ΔW."),
@@ -93,7 +97,9 @@ public enum MergeCommand {
     if case .gguf = base, let output, !output.lowercased().hasSuffix(".gguf") {
       throw UsageError("a GGUF base needs an output ending in .gguf")
     }
-    let plan = try Merger.plan(base: base, adapters: adapters, outtype: outtype)
+    let plan = try Merger.plan(
+      base: base, adapters: adapters, outtype: outtype,
+      flareTargetOnly: arguments.flag("--flare-target-only"))
 
     if dryRun {
       printPlan(plan, adapters: adapters, json: arguments.flag("--json"))

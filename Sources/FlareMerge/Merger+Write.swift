@@ -46,11 +46,12 @@ extension Merger {
     let total = plan.changes.count
     var summaries: [String: MergeReport.Tensor] = [:]
 
-    func summary(_ change: TensorChange, base: [Float], merged: [Float]) -> MergeReport.Tensor {
-      var maxChange: Float = 0
-      for i in 0..<min(base.count, merged.count) {
-        maxChange = max(maxChange, abs(merged[i] - base[i]))
-      }
+    func summary(_ change: TensorChange, base: [Float], merged: [Float]) throws
+      -> MergeReport.Tensor
+    {
+      // One pass: the finite check (nothing is published if it fails) and the largest change.
+      let (maxChange, finite) = changeAndFinite(base: base, merged: merged)
+      if !finite { try checkFinite(merged, tensor: change.tensor) }
       let kind =
         switch change.kind {
         case .lora: "lora"
@@ -114,8 +115,7 @@ extension Merger {
         let merged = try mergedValues(
           change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil,
           threads: threads)
-        try checkFinite(merged, tensor: change.tensor)
-        summaries[change.tensor] = summary(change, base: baseValues, merged: merged)
+        summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += 1
         progress?(done, total)
@@ -238,8 +238,7 @@ extension Merger {
         let merged = try mergedValues(
           change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
           ropeHeads: ropeHeads, threads: threads)
-        try checkFinite(merged, tensor: change.tensor)
-        summaries[change.tensor] = summary(change, base: baseValues, merged: merged)
+        summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += 1
         progress?(done, total)
@@ -258,6 +257,37 @@ extension Merger {
     }
     report.tensors = plan.changes.compactMap { summaries[$0.tensor] }
     return report
+  }
+
+  /// The largest `|merged − base|` and whether every merged value is finite, in one vectorised
+  /// pass (8 lanes, masks instead of NaN-aware max; `x·0` is NaN exactly when `x` is not finite).
+  static func changeAndFinite(base: [Float], merged: [Float]) -> (Float, Bool) {
+    base.withUnsafeBufferPointer { old in
+      merged.withUnsafeBufferPointer { new in
+        let count = min(old.count, new.count)
+        guard let o = old.baseAddress, let n = new.baseAddress else { return (0, true) }
+        var largest = SIMD8<Float>(repeating: 0)
+        var poison = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= count {
+          let x = UnsafeRawPointer(n + i).loadUnaligned(as: SIMD8<Float>.self)
+          let y = UnsafeRawPointer(o + i).loadUnaligned(as: SIMD8<Float>.self)
+          let d = x - y
+          let magnitude = d.replacing(with: -d, where: d .< 0)
+          largest.replace(with: magnitude, where: magnitude .> largest)
+          poison += x * 0
+          i += 8
+        }
+        var result = largest.max()
+        var finite = !poison.indices.contains { poison[$0].isNaN }
+        while i < count {
+          result = max(result, abs(n[i] - o[i]))
+          finite = finite && n[i].isFinite
+          i += 1
+        }
+        return (result, finite)
+      }
+    }
   }
 
   /// Regular files in a folder (not sub-folders), sorted.

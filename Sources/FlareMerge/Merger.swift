@@ -99,9 +99,9 @@ public enum Merger {
   /// Checks every adapter against the base and lists the changes.
   /// - Throws: ``FlareError`` "adapter does not fit this base" naming the tensor and both shapes,
   ///   for a missing target, a shape mismatch, or conflicting replacements.
-  public static func plan(base: Base, adapters: [WeightedAdapter], outtype: String?) throws
-    -> MergePlan
-  {
+  public static func plan(
+    base: Base, adapters: [WeightedAdapter], outtype: String?, flareTargetOnly: Bool = false
+  ) throws -> MergePlan {
     let tensors = baseTensors(base)
     let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
     var changes: [String: TensorChange] = [:]
@@ -126,6 +126,23 @@ public enum Merger {
     }
     for (index, input) in adapters.enumerated() {
       let adapter = input.adapter
+      if let flare = adapter.flare {
+        let fused = adapter.modules.filter { flare.isFused($0.path) }
+        if !fused.isEmpty && flare.fusion.targetPathIsLinear {
+          notes.append(
+            "FLARE fusion 'add' on \(fused.count) modules: their target path W + s*B*A is folded exactly; the source term s*B*A*x_s is left out (it needs the source pass at inference)"
+          )
+        } else if !fused.isEmpty && !flareTargetOnly {
+          throw FlareError(
+            "merge", .unsupported,
+            "FLARE fusion '\(flare.fusion.rawValue)' on \(fused.count) modules (first: \(fused[0].path)) is not linear in the target input, so it cannot be folded into the weights; keep the adapter as a side path, or pass --flare-target-only to fold the plain-LoRA fallback W + s*B*A (the deployed function then differs from the trained one)",
+            path: adapter.path)
+        } else if !fused.isEmpty {
+          notes.append(
+            "warning: --flare-target-only folds the plain-LoRA fallback of \(fused.count) modules fused with '\(flare.fusion.rawValue)'; the merged model does not compute the function the adapter was trained for"
+          )
+        }
+      }
       for module in adapter.modules {
         let name = baseName("\(module.path).weight", base: base)
         guard let (target, source) = resolve(name) else {

@@ -77,6 +77,11 @@ public final class TensorSink {
         "safetensors", .misalignedSlice, "\(floats.count) values do not fill whole bytes",
         tensor: spec.name)
     }
+    if spec.dtype == .f32 && UInt32(littleEndian: 1) == 1 {
+      // Little-endian F32: the values' bytes are the encoding; write them as they are.
+      try write(UnsafeRawBufferPointer(floats))
+      return
+    }
     let chunk = 1 << 20  // a multiple of 8 values: sub-byte types stay byte-aligned
     var start = 0
     while start < floats.count {
