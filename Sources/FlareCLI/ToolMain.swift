@@ -16,6 +16,7 @@ public enum ToolMain {
     _ spec: CommandSpec, arguments: [String] = Array(CommandLine.arguments.dropFirst()),
     body: (ParsedArguments) throws -> ExitStatus
   ) -> Never {
+    CleanupOnSignal.install()
     exit(runReturningStatus(spec, arguments: arguments, body: body).rawValue)
   }
 

@@ -50,6 +50,7 @@ public final class AtomicFileWriter {
     _ = fchmod(descriptor, 0o666 & ~currentUmask())
     temporaryPath = String(
       decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    CleanupOnSignal.register(temporaryPath)
     buffer.reserveCapacity(bufferLimit)
   }
 
@@ -103,6 +104,7 @@ public final class AtomicFileWriter {
       throw FlareError.io("cannot rename into place", path: destination, errno: errno)
     }
     committed = true
+    CleanupOnSignal.unregister(temporaryPath)
     let folderFD = open(AtomicFileWriter.parentFolder(of: destination), O_RDONLY | O_DIRECTORY)
     if folderFD >= 0 {
       _ = fsync(folderFD)
@@ -116,7 +118,10 @@ public final class AtomicFileWriter {
       close(fd)
       fd = -1
     }
-    if !committed { unlink(temporaryPath) }
+    if !committed {
+      unlink(temporaryPath)
+      CleanupOnSignal.unregister(temporaryPath)
+    }
   }
 
   deinit { abandon() }

@@ -33,6 +33,7 @@ public final class StagedFolder {
     path = String(
       decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
+    CleanupOnSignal.register(path, folder: true)
   }
 
   /// Refuses to start when any of `files` already exists at the destination (unless `overwrite`).
@@ -52,6 +53,7 @@ public final class StagedFolder {
       guard rename(path, destination) == 0 else {
         throw FlareError.io("cannot move the output into place", path: destination, errno: errno)
       }
+      CleanupOnSignal.unregister(path)
       published = true
       return
     }
@@ -77,6 +79,7 @@ public final class StagedFolder {
     closedir(dir)
     for name in names { unlink("\(path)/\(name)") }
     rmdir(path)
+    CleanupOnSignal.unregister(path)
   }
 
   deinit {
