@@ -847,6 +847,52 @@ def run_transformers(args, out, prompts, llama_state, res, mods):
 
 # --------------------------------------------------------------------------- summary
 
+def run_merge_check(args, out, work, prompts, res, mods):
+    """flare-merge: llama.cpp on the merged GGUF vs transformers + PEFT on base + adapter, unmerged."""
+    import numpy as np
+    log("== flare-merge: merged model vs base + adapter")
+    adapter = REPO_ROOT / "Fixtures" / "peft" / "smollm2-demo-lora"
+    merge = Path(args.flare_bin) / "flare-merge"
+    merged_f32 = work / "merged-f32.gguf"
+    merged_q41 = work / "merged-q4_1.gguf"
+    for name, argv in [
+        ("flare-merge f32.gguf + adapter -> merged-f32.gguf",
+         ["--base", out["f32"], "--adapter", adapter, "--output", merged_f32, "--verify", "-q"]),
+        ("flare-merge ORIG + adapter -> merged-q4_1.gguf (types kept)",
+         ["--base", args.model, "--adapter", adapter, "--output", merged_q41, "--verify", "-q"]),
+    ]:
+        p = subprocess.run([str(merge), *map(str, argv)], capture_output=True, text=True)
+        res.check(name, p.returncode == 0, p.stderr.strip()[:300])
+        if p.returncode != 0:
+            return
+    llama_cpp, torch, transformers = mods["llama_cpp"], mods["torch"], mods["transformers"]
+    try:
+        peft = importlib.import_module("peft")
+    except ImportError:
+        res.check("peft available for the unmerged reference", False, "pip install peft")
+        return
+    runner = LlamaRunner(llama_cpp, args)
+    with quiet_stderr():
+        llm = runner.load(merged_f32, f32_kv=True)
+        llm_q = runner.load(merged_q41)
+    res.check("llama.cpp loads the merged GGUFs (F32 and Q4_1)", True)
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(out["hf"]), torch_dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, str(adapter)).float().eval()
+    worst, agree, total = 0.0, 0, 0
+    for name, text in prompts:
+        ids = runner.tokenize(llm, text, add_bos=False, special=True)
+        ll = runner.logits(llm, ids)
+        with torch.no_grad():
+            hf = model(torch.tensor([ids])).logits[0].float().numpy()
+        worst = max(worst, float(np.abs(ll - hf).max()))
+        agree += int((ll.argmax(-1) == hf.argmax(-1)).sum())
+        total += len(ids)
+        llq = runner.logits(llm_q, ids)
+        res.note(f"merged_q4_1_top1_vs_unmerged_{name}", float((llq.argmax(-1) == hf.argmax(-1)).mean()))
+    res.check("llama.cpp merged-f32.gguf vs transformers+PEFT base + adapter, unmerged (max|d| < 0.01, top-1 100%)",
+              worst < 0.01 and agree == total, f"max|d| {worst:.3g}, top-1 {agree}/{total}")
+
+
 def print_summary(res):
     log("\n== Logits (full matrices over all prompts' positions)")
     hdr = f"{'engine':<13} {'file':<27} {'compared with':<32} {'max |d|':>10} {'mean |d|':>10} {'top-1':>14}"
@@ -939,6 +985,8 @@ def main():
                     res.note(k, llama_state[k])
         if not args.skip_transformers:
             run_transformers(args, out, prompts, llama_state, res, mods)
+        if not args.skip_llama and not args.skip_transformers:
+            run_merge_check(args, out, work, prompts, res, mods)
     finally:
         if args.keep:
             log(f"kept: {work}")
