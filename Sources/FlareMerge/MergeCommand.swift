@@ -25,7 +25,9 @@ public enum MergeCommand {
       ),
       OptionSpec(
         "--combine", value: "method", default: "sum",
-        help: "How several adapters combine: sum (exact)."),
+        help:
+          "sum: merge the weighted sum into the base; cat: write one combined adapter to --output (exact)."
+      ),
       OptionSpec(
         "--threads", value: "n", help: "Threads for the delta products (default: all cores)."),
       OptionSpec(
@@ -71,10 +73,10 @@ public enum MergeCommand {
       throw UsageError("missing expected option '--output <path>'")
     }
     let combine = arguments.value("--combine") ?? "sum"
-    guard combine == "sum" else {
-      if ["cat", "svd"].contains(combine) {
+    guard combine == "sum" || combine == "cat" else {
+      if combine == "svd" {
         throw FlareError(
-          "merge", .unsupported, "--combine \(combine) is not implemented yet; use sum")
+          "merge", .unsupported, "--combine svd is not implemented yet; use sum or cat")
       }
       throw UsageError("the value '\(combine)' is invalid for '--combine <method>'")
     }
@@ -106,6 +108,21 @@ public enum MergeCommand {
       return .success
     }
     guard let output else { return .usage }
+    if combine == "cat" {
+      let files = try Merger.concatenate(
+        adapters, output: output, overwrite: arguments.flag("--force"))
+      if arguments.flag("--json") {
+        Console.out(
+          JSONWriter.compact(
+            .object([("output", .string(output)), ("files", .array(files.map { .string($0) }))]))
+            + "\n")
+      } else if !quiet {
+        Console.out(
+          "wrote a combined adapter to \(output): \(plan.changes.count) modules, rank = the sum of the adapters' ranks, scaling 1 (exactly the weighted sum)\n"
+        )
+      }
+      return .success
+    }
     let bar = ProgressBar(label: "merging", total: max(plan.changes.count, 1), enabled: !quiet)
     let report = try Merger.merge(
       base: base, basePath: basePath, adapters: adapters, plan: plan, output: output,

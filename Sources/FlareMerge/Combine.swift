@@ -1,0 +1,108 @@
+import FlareAdapters
+import FlareCore
+import FlareSafetensors
+
+/// Combining several adapters into one (`--combine cat`).
+extension Merger {
+  /// Writes one PEFT adapter equal to `Σ wᵢ·sᵢ·Bᵢ·Aᵢ` for every module, exactly: per module
+  /// `A = [w₁s₁A₁; w₂s₂A₂; …]` (stacked rows), `B = [B₁ B₂ …]` (side by side), rank `Σ rᵢ`,
+  /// `lora_alpha` = rank so the scaling is 1. Modules that only some adapters adapt keep only
+  /// those adapters' parts.
+  ///
+  /// - Throws: ``FlareError`` for DoRA, `lora_bias`, embedding LoRA, saved modules or
+  ///   `fan_in_fan_out` (not expressible as one plain LoRA), or an existing output.
+  public static func concatenate(_ adapters: [WeightedAdapter], output: String, overwrite: Bool)
+    throws -> [String]
+  {
+    var parts: [String: [(module: LoRAModule, scale: Float)]] = [:]
+    var order: [String] = []
+    for input in adapters {
+      let adapter = input.adapter
+      guard adapter.replacements.isEmpty, adapter.baseLayers.isEmpty, !adapter.config.fanInFanOut
+      else {
+        throw FlareError(
+          "merge", .unsupported,
+          "--combine cat needs plain LoRA adapters (no modules_to_save, saved base layers or fan_in_fan_out)",
+          path: adapter.path)
+      }
+      for module in adapter.modules {
+        guard module.magnitude == nil, module.bBias == nil, !module.isEmbedding else {
+          throw FlareError(
+            "merge", .unsupported,
+            "--combine cat cannot express DoRA, lora_bias or embedding LoRA in one plain LoRA",
+            path: adapter.path, tensor: module.path)
+        }
+        if parts[module.path] == nil { order.append(module.path) }
+        parts[module.path, default: []].append((module, Float(input.weight * module.scaling)))
+      }
+    }
+    var specs: [TensorSpec] = []
+    var data: [String: [Float]] = [:]
+    var ranks: [String: Int] = [:]
+    for path in order {
+      guard let pieces = parts[path], let first = pieces.first else { continue }
+      let rows = first.module.b.shape[0]
+      let cols = first.module.a.shape[1]
+      guard pieces.allSatisfy({ $0.module.b.shape[0] == rows && $0.module.a.shape[1] == cols })
+      else {
+        throw FlareError(
+          "merge", .invalidArgument, "the adapters disagree on the shape of this module",
+          tensor: path)
+      }
+      let rank = pieces.reduce(0) { $0 + $1.module.rank }
+      var a: [Float] = []
+      a.reserveCapacity(rank * cols)
+      var b = [Float](repeating: 0, count: rows * rank)
+      var offset = 0
+      for (module, scale) in pieces {
+        a += module.a.floats().map { $0 * scale }
+        let piece = module.b.floats()
+        for row in 0..<rows {
+          for k in 0..<module.rank { b[row * rank + offset + k] = piece[row * module.rank + k] }
+        }
+        offset += module.rank
+      }
+      let prefix = "base_model.model.\(path)"
+      specs.append(TensorSpec(name: "\(prefix).lora_A.weight", dtype: .f32, shape: [rank, cols]))
+      specs.append(TensorSpec(name: "\(prefix).lora_B.weight", dtype: .f32, shape: [rows, rank]))
+      data["\(prefix).lora_A.weight"] = a
+      data["\(prefix).lora_B.weight"] = b
+      ranks[path] = rank
+    }
+    // The most common rank is the default; the others go to rank_pattern/alpha_pattern with the
+    // module path as an anchored, escaped pattern.
+    var counts: [Int: Int] = [:]
+    for rank in ranks.values { counts[rank, default: 0] += 1 }
+    let common = counts.max { ($0.value, -$0.key) < ($1.value, -$1.key) }?.key ?? 1
+    var rankPattern: [(String, JSONValue)] = []
+    for path in order where ranks[path] != common {
+      let escaped = path.replacing(".", with: "\\.")
+      rankPattern.append((escaped, .integer(ranks[path] ?? common)))
+    }
+    let targets = Array(Set(order.map { $0.split(separator: ".").last.map(String.init) ?? $0 }))
+      .sorted()
+    let config = JSONValue.object([
+      ("peft_type", .string("LORA")), ("r", .integer(common)), ("lora_alpha", .integer(common)),
+      ("use_rslora", .bool(false)), ("target_modules", .array(targets.map { .string($0) })),
+      ("rank_pattern", .object(rankPattern)), ("alpha_pattern", .object(rankPattern)),
+      ("lora_dropout", .integer(0)), ("bias", .string("none")), ("fan_in_fan_out", .bool(false)),
+      ("init_lora_weights", .bool(true)),
+      (
+        "base_model_name_or_path",
+        adapters.first?.adapter.config.baseModel.map { .string($0) } ?? .null
+      ),
+      ("task_type", adapters.first?.adapter.config.taskType.map { .string($0) } ?? .null),
+    ])
+    let staging = try StagedFolder(for: output)
+    let names = ["adapter_config.json", "adapter_model.safetensors"]
+    try staging.checkDestination(files: names, overwrite: overwrite)
+    try writeFileAtomically(
+      Array((JSONWriter.pretty(config) + "\n").utf8), to: "\(staging.path)/adapter_config.json")
+    try SafetensorsWriter.write(to: "\(staging.path)/adapter_model.safetensors", tensors: specs) {
+      sink in
+      try (data[sink.spec.name] ?? []).withUnsafeBufferPointer { try sink.write(floats: $0) }
+    }
+    try staging.publish(files: names)
+    return names.map { "\(output)/\($0)" }
+  }
+}
