@@ -108,13 +108,10 @@ public enum Converter {
           "io", .outputExists, "output already exists (use --force to overwrite)", path: path)
       }
     }
-    if fileExists(folder) && !isDirectory(folder) {
-      throw FlareError("io", .outputExists, "output exists and is not a folder", path: folder)
-    }
     // Everything is written into a temporary sibling folder and moved into place at the end,
     // so a failure leaves nothing at the destination.
-    let staging = try makeStagingFolder(for: folder)
-    defer { removeStagingFolder(staging) }
+    let stage = try StagedFolder(for: folder)
+    let staging = stage.path
     let byName = Dictionary(uniqueKeysWithValues: pairs.map { ($0.hf, $0.tensor) })
     var done = 0
     try SafetensorsWriter.write(
@@ -145,7 +142,7 @@ public enum Converter {
     if let eos = config.eosTokenID { generation.append(("eos_token_id", .integer(eos))) }
     if let pad = config.padTokenID { generation.append(("pad_token_id", .integer(pad))) }
     try writeJSON(.object(generation), to: "\(staging)/generation_config.json", overwrite: false)
-    try publishStagingFolder(staging, to: folder, files: names)
+    try stage.publish(files: names)
     var report = ConversionReport(output: folder)
     report.files = destinations
     report.tensors = specs.count
@@ -387,15 +384,7 @@ public enum Converter {
         "convert", .invalidArgument, "\(rows) rows do not split into \(heads) heads of even size",
         tensor: tensor)
     }
-    var out = values
-    let rowBytes = values.count / rows * MemoryLayout<Float>.size
-    values.withUnsafeBytes { source in
-      out.withUnsafeMutableBytes { target in
-        LlamaLayout.permuteRows(
-          source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: toGGUF)
-      }
-    }
-    return out
+    return LlamaLayout.permuted(values, rows: rows, heads: heads, toGGUF: toGGUF)
   }
 
   static func readJSON(_ path: String) throws -> JSONValue {
@@ -412,53 +401,6 @@ public enum Converter {
   static func writeJSON(_ value: JSONValue, to path: String, overwrite: Bool) throws {
     try writeFileAtomically(
       Array((JSONWriter.pretty(value) + "\n").utf8), to: path, overwrite: overwrite)
-  }
-
-  /// A new empty folder next to `folder`, for output that is published all at once.
-  static func makeStagingFolder(for folder: String) throws -> String {
-    let parent = AtomicFileWriter.parentFolder(of: folder)
-    var template = Array(
-      "\(parent)/.\(AtomicFileWriter.baseName(of: folder)).flare-tmp-XXXXXX".utf8CString)
-    let made = template.withUnsafeMutableBufferPointer { buffer -> Bool in
-      guard let start = buffer.baseAddress else { return false }
-      return mkdtemp(start) != nil
-    }
-    guard made else {
-      throw FlareError.io(
-        "cannot create a temporary folder in '\(parent)'", path: folder, errno: errno)
-    }
-    let path = String(
-      decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
-    return path
-  }
-
-  /// Moves the staged files into `folder`: the whole staging folder is renamed when `folder`
-  /// does not exist yet, otherwise each file is renamed into it.
-  static func publishStagingFolder(_ staging: String, to folder: String, files: [String]) throws {
-    if !fileExists(folder) {
-      guard rename(staging, folder) == 0 else {
-        throw FlareError.io("cannot move the output into place", path: folder, errno: errno)
-      }
-      return
-    }
-    for name in files {
-      guard rename("\(staging)/\(name)", "\(folder)/\(name)") == 0 else {
-        throw FlareError.io("cannot move '\(name)' into place", path: folder, errno: errno)
-      }
-    }
-  }
-
-  /// Removes a staging folder and whatever is left in it.
-  static func removeStagingFolder(_ staging: String) {
-    guard isDirectory(staging) else { return }
-    for name in [
-      "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-      "generation_config.json",
-    ] {
-      unlink("\(staging)/\(name)")
-    }
-    rmdir(staging)
   }
 }
 

@@ -72,6 +72,21 @@ public enum LlamaLayout {
     return head * headDim + i * 2 + j
   }
 
+  /// `values` (row-major, `rows` rows) with its rows reordered from HF to GGUF RoPE order
+  /// (`toGGUF`) or back.
+  /// - Precondition: as ``permuteRows(_:into:rows:rowBytes:heads:toGGUF:)``.
+  public static func permuted(_ values: [Float], rows: Int, heads: Int, toGGUF: Bool) -> [Float] {
+    var out = values
+    let rowBytes = values.count / max(rows, 1) * MemoryLayout<Float>.size
+    values.withUnsafeBytes { source in
+      out.withUnsafeMutableBytes { target in
+        permuteRows(
+          source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: toGGUF)
+      }
+    }
+    return out
+  }
+
   /// Reorders the rows of a row-major `rows × rowBytes` tensor from HF to GGUF order
   /// (`toGGUF`) or back, for `heads` heads of `rows / heads` rows each.
   /// - Precondition: `rows` is a multiple of `heads` and the head dimension is even.

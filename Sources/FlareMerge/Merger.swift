@@ -408,15 +408,7 @@ public enum Merger {
 
   /// Rows reordered from HF to GGUF RoPE order (`rows` rows of `values.count / rows` values).
   static func permute(_ values: [Float], rows: Int, heads: Int) -> [Float] {
-    var out = values
-    let rowBytes = values.count / rows * MemoryLayout<Float>.size
-    values.withUnsafeBytes { source in
-      out.withUnsafeMutableBytes { target in
-        LlamaLayout.permuteRows(
-          source, into: target, rows: rows, rowBytes: rowBytes, heads: heads, toGGUF: true)
-      }
-    }
-    return out
+    LlamaLayout.permuted(values, rows: rows, heads: heads, toGGUF: true)
   }
 
   /// The first tensor holding NaN or infinity, as an error.
