@@ -1,6 +1,7 @@
 import FlareAdapters
 import FlareCore
 import FlareSafetensors
+import FlareTensor
 
 /// Combining several adapters into one (`--combine cat`).
 extension Merger {
@@ -14,6 +15,18 @@ extension Merger {
   public static func concatenate(_ adapters: [WeightedAdapter], output: String, overwrite: Bool)
     throws -> [String]
   {
+    try combine(adapters, svdRank: nil, output: output, overwrite: overwrite, threads: 1).files
+  }
+
+  /// Like ``concatenate(_:output:overwrite:)``, or with `svdRank`, a rank-`K` adapter per module:
+  /// the exact weighted sum `ΔW` is factored with LAPACK's SVD, `B = U_K·diag(S_K)`, `A = Vt_K`
+  /// (scaling 1). Returns the files and, for SVD, each module's discarded energy
+  /// `Σ_{i>K} Sᵢ² / Σ Sᵢ²`.
+  public static func combine(
+    _ adapters: [WeightedAdapter], svdRank: Int?, output: String, overwrite: Bool, threads: Int
+  ) throws -> (files: [String], discarded: [(module: String, energy: Double)]) {
+    BLAS.useSingleThread()
+    var discarded: [(module: String, energy: Double)] = []
     var parts: [String: [(module: LoRAModule, scale: Float)]] = [:]
     var order: [String] = []
     for input in adapters {
@@ -49,7 +62,7 @@ extension Merger {
           "merge", .invalidArgument, "the adapters disagree on the shape of this module",
           tensor: path)
       }
-      let rank = pieces.reduce(0) { $0 + $1.module.rank }
+      var rank = pieces.reduce(0) { $0 + $1.module.rank }
       var a: [Float] = []
       a.reserveCapacity(rank * cols)
       var b = [Float](repeating: 0, count: rows * rank)
@@ -61,6 +74,27 @@ extension Merger {
           for k in 0..<module.rank { b[row * rank + offset + k] = piece[row * module.rank + k] }
         }
         offset += module.rank
+      }
+      if let svdRank {
+        // ΔW = B·A of the concatenation (exact), then its best rank-K approximation.
+        var delta = [Float](repeating: 0, count: rows * cols)
+        addProduct(
+          into: &delta, rows: rows, cols: cols, rank: rank, a: a, b: b, scale: 1, transposed: false,
+          threads: threads)
+        guard let (u, sigma, vt) = LAPACK.svd(delta, rows: rows, cols: cols) else {
+          throw FlareError("merge", .invalidArgument, "the SVD did not converge", tensor: path)
+        }
+        let p = sigma.count
+        let k = min(svdRank, p)
+        let total = sigma.reduce(0.0) { $0 + Double($1) * Double($1) }
+        let kept = sigma.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
+        discarded.append((path, total > 0 ? max(0, (total - kept) / total) : 0))
+        b = [Float](repeating: 0, count: rows * k)
+        for i in 0..<rows {
+          for j in 0..<k { b[i * k + j] = u[i * p + j] * sigma[j] }
+        }
+        a = Array(vt.prefix(k * cols))
+        rank = k
       }
       let prefix = "base_model.model.\(path)"
       specs.append(TensorSpec(name: "\(prefix).lora_A.weight", dtype: .f32, shape: [rank, cols]))
@@ -103,6 +137,6 @@ extension Merger {
       try (data[sink.spec.name] ?? []).withUnsafeBufferPointer { try sink.write(floats: $0) }
     }
     try staging.publish(files: names)
-    return names.map { "\(output)/\($0)" }
+    return (names.map { "\(output)/\($0)" }, discarded)
   }
 }

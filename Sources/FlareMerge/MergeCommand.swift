@@ -29,6 +29,8 @@ public enum MergeCommand {
           "sum: merge the weighted sum into the base; cat: write one combined adapter to --output (exact)."
       ),
       OptionSpec(
+        "--rank", value: "k", help: "With --combine svd: the rank of the combined adapter."),
+      OptionSpec(
         "--threads", value: "n", help: "Threads for the delta products (default: all cores)."),
       OptionSpec(
         "--allow-unknown",
@@ -73,12 +75,16 @@ public enum MergeCommand {
       throw UsageError("missing expected option '--output <path>'")
     }
     let combine = arguments.value("--combine") ?? "sum"
-    guard combine == "sum" || combine == "cat" else {
-      if combine == "svd" {
-        throw FlareError(
-          "merge", .unsupported, "--combine svd is not implemented yet; use sum or cat")
-      }
+    guard ["sum", "cat", "svd"].contains(combine) else {
       throw UsageError("the value '\(combine)' is invalid for '--combine <method>'")
+    }
+    let svdRank = try arguments.int("--rank", spec: spec)
+    if combine == "svd" {
+      guard let svdRank, svdRank > 0 else {
+        throw UsageError("'--combine svd' needs '--rank <k>' (a positive rank)")
+      }
+    } else if svdRank != nil {
+      throw UsageError("'--rank' needs '--combine svd'")
     }
     let threads = try arguments.int("--threads", spec: spec) ?? ProcessorCount.online
     guard threads > 0 else {
@@ -108,18 +114,28 @@ public enum MergeCommand {
       return .success
     }
     guard let output else { return .usage }
-    if combine == "cat" {
-      let files = try Merger.concatenate(
-        adapters, output: output, overwrite: arguments.flag("--force"))
+    if combine != "sum" {
+      let (files, discarded) = try Merger.combine(
+        adapters, svdRank: combine == "svd" ? svdRank : nil, output: output,
+        overwrite: arguments.flag("--force"), threads: threads)
+      let worst = discarded.max { $0.energy < $1.energy }
       if arguments.flag("--json") {
         Console.out(
           JSONWriter.compact(
-            .object([("output", .string(output)), ("files", .array(files.map { .string($0) }))]))
-            + "\n")
+            .object([
+              ("output", .string(output)), ("files", .array(files.map { .string($0) })),
+              ("discarded_energy", .object(discarded.map { ($0.module, .exact($0.energy)) })),
+            ])) + "\n")
       } else if !quiet {
-        Console.out(
-          "wrote a combined adapter to \(output): \(plan.changes.count) modules, rank = the sum of the adapters' ranks, scaling 1 (exactly the weighted sum)\n"
-        )
+        if let worst {
+          Console.out(
+            "wrote a rank-\(svdRank ?? 0) adapter to \(output): \(discarded.count) modules; discarded energy (share of the squared norm of each delta dropped) at most \(worst.energy) (\(worst.module))\n"
+          )
+        } else {
+          Console.out(
+            "wrote a combined adapter to \(output): \(plan.changes.count) modules, rank = the sum of the adapters' ranks, scaling 1 (exactly the weighted sum)\n"
+          )
+        }
       }
       return .success
     }

@@ -58,3 +58,47 @@ extension BLAS {
     openblas_set_num_threads(1)
   }
 }
+
+/// LAPACK through OpenBLAS.
+public enum LAPACK {
+  /// The thin SVD of a row-major `rows × cols` matrix: `M = U·diag(S)·Vt` with `U` `rows × p`,
+  /// `Vt` `p × cols` (both row-major) and `S` descending, `p = min(rows, cols)`.
+  /// - Returns: `nil` if LAPACK reports a failure (it did not converge).
+  public static func svd(_ matrix: [Float], rows: Int, cols: Int) -> (
+    u: [Float], s: [Float], vt: [Float]
+  )? {
+    precondition(matrix.count == rows * cols && rows > 0 && cols > 0, "svd: bad shape")
+    // Row-major M is column-major Mᵀ (cols × rows). Mᵀ = Ux·S·Vxᵀ gives M = Vx·S·Uxᵀ.
+    var a = matrix
+    var m = Int32(cols)
+    var n = Int32(rows)
+    let p = min(rows, cols)
+    var s = [Float](repeating: 0, count: p)
+    var ux = [Float](repeating: 0, count: cols * p)  // cols × p, column-major
+    var vxt = [Float](repeating: 0, count: p * rows)  // p × rows, column-major
+    var lda = m
+    var ldu = m
+    var ldvt = Int32(p)
+    var iwork = [Int32](repeating: 0, count: 8 * p)
+    var info: Int32 = 0
+    var jobz = CChar(UInt8(ascii: "S"))
+    var query: Float = 0
+    var lwork: Int32 = -1
+    sgesdd_(&jobz, &m, &n, &a, &lda, &s, &ux, &ldu, &vxt, &ldvt, &query, &lwork, &iwork, &info, 1)
+    guard info == 0 else { return nil }
+    lwork = Int32(query)
+    var work = [Float](repeating: 0, count: max(1, Int(lwork)))
+    sgesdd_(&jobz, &m, &n, &a, &lda, &s, &ux, &ldu, &vxt, &ldvt, &work, &lwork, &iwork, &info, 1)
+    guard info == 0 else { return nil }
+    // U = Vx: U[i, j] = Vxᵀ[j, i] = vxt[j + i·p]. Vt = Uxᵀ: Vt[j, c] = Ux[c, j] = ux[c + j·cols].
+    var u = [Float](repeating: 0, count: rows * p)
+    for i in 0..<rows {
+      for j in 0..<p { u[i * p + j] = vxt[j + i * p] }
+    }
+    var vt = [Float](repeating: 0, count: p * cols)
+    for j in 0..<p {
+      for c in 0..<cols { vt[j * cols + c] = ux[c + j * cols] }
+    }
+    return (u, s, vt)
+  }
+}
