@@ -23,7 +23,7 @@ let package = Package(
     .target(name: "FlareSafetensors", dependencies: ["FlareCore"]),
     .target(name: "FlareGGUF", dependencies: ["FlareCore"]),
     .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS"]),
-    .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors"]),
+    .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
       name: "FlareMerge",

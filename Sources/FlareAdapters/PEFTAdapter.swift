@@ -1,24 +1,47 @@
 import FlareCore
 import FlareSafetensors
 
+/// An adapter tensor: its name, its shape (outermost first) and its values, read on demand.
+public struct AdapterTensor: Sendable {
+  public let name: String
+  public let shape: [Int]
+  private let load: @Sendable () -> [Float]
+
+  public init(name: String, shape: [Int], load: @escaping @Sendable () -> [Float]) {
+    self.name = name
+    self.shape = shape
+    self.load = load
+  }
+
+  /// A tensor of a safetensors file.
+  public init(_ view: TensorView) {
+    self.init(name: view.name, shape: view.shape) { view.floats() }
+  }
+
+  /// The values as `Float`.
+  public func floats() -> [Float] { load() }
+}
+
 /// One adapted module of a PEFT LoRA adapter, with everything needed to merge it.
 public struct LoRAModule: @unchecked Sendable {
   // @unchecked Sendable: the views point into an immutable read-only mapping.
   /// The module path in the base model (`model.layers.0.self_attn.q_proj`).
   public var path: String
   /// `lora_A.weight` `(r, in)`, or `lora_embedding_A` `(r, num_embeddings)`.
-  public var a: TensorView
+  public var a: AdapterTensor
   /// `lora_B.weight` `(out, r)`, or `lora_embedding_B` `(embedding_dim, r)`.
-  public var b: TensorView
+  public var b: AdapterTensor
   /// `lora_B.bias` `(out,)`, with `lora_bias`.
-  public var bBias: TensorView?
+  public var bBias: AdapterTensor?
   /// `lora_magnitude_vector` `(out,)`, with DoRA.
-  public var magnitude: TensorView?
+  public var magnitude: AdapterTensor?
   public var isEmbedding: Bool
   public var rank: Int
   public var alpha: Double
   /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
   public var scaling: Double
+  /// B's rows are already in llama.cpp's RoPE order (llama.cpp LoRA GGUF adapters).
+  public var rowsInGGUFOrder = false
 }
 
 /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`), read with
@@ -182,8 +205,9 @@ public struct PEFTAdapter: Sendable {
       }
       modules.append(
         LoRAModule(
-          path: module, a: a, b: b, bBias: found[".lora_B.bias"],
-          magnitude: found[".lora_magnitude_vector"],
+          path: module, a: AdapterTensor(a), b: AdapterTensor(b),
+          bBias: found[".lora_B.bias"].map(AdapterTensor.init),
+          magnitude: found[".lora_magnitude_vector"].map(AdapterTensor.init),
           isEmbedding: embedding, rank: rank, alpha: alpha,
           scaling: PEFTConfig.scaling(alpha: alpha, r: rank, rslora: config.useRslora)))
     }

@@ -97,10 +97,12 @@ public enum MergeCommand {
     var adapters: [WeightedAdapter] = []
     for text in adapterSpecs {
       let (path, weight) = parseAdapter(text)
-      adapters.append(
-        WeightedAdapter(
-          adapter: try PEFTAdapter(folder: path, allowUnknown: arguments.flag("--allow-unknown")),
-          weight: weight))
+      let allowUnknown = arguments.flag("--allow-unknown")
+      let adapter =
+        path.lowercased().hasSuffix(".gguf")
+        ? try PEFTAdapter(ggufAdapter: path, allowUnknown: allowUnknown)
+        : try PEFTAdapter(folder: path, allowUnknown: allowUnknown)
+      adapters.append(WeightedAdapter(adapter: adapter, weight: weight))
     }
     if case .gguf = base, let output, !output.lowercased().hasSuffix(".gguf") {
       throw UsageError("a GGUF base needs an output ending in .gguf")

@@ -126,6 +126,12 @@ public enum Merger {
     }
     for (index, input) in adapters.enumerated() {
       let adapter = input.adapter
+      if adapter.isGGUF && !isGGUFBase {
+        throw FlareError(
+          "merge", .unsupported,
+          "a llama.cpp LoRA GGUF stores B in llama.cpp's RoPE row order and names tensors the GGUF way, so it merges into GGUF bases only; convert the base with flare-convert, or use the PEFT adapter",
+          path: adapter.path)
+      }
       if let flare = adapter.flare {
         let fused = adapter.modules.filter { flare.isFused($0.path) }
         if !fused.isEmpty && flare.fusion.targetPathIsLinear {
@@ -305,7 +311,7 @@ public enum Merger {
         let a = module.a.floats()
         var b = module.b.floats()
         let r = module.rank
-        if let ropeHeads, !module.isEmbedding {
+        if let ropeHeads, !module.isEmbedding, !module.rowsInGGUFOrder {
           b = permute(b, rows: module.b.shape[0], heads: ropeHeads)
         }
         if let magnitude = module.magnitude {
