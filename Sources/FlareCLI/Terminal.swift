@@ -48,6 +48,9 @@ public final class ProgressBar: @unchecked Sendable {
   private let enabled: Bool
   private var done = 0
   private var lastDraw: Double = 0
+  private let started = monotonicSeconds()
+  /// Show a rate in bytes per second (the units are bytes).
+  public var showsByteRate = false
   private var lock = pthread_mutex_t()
 
   /// A bar for `total` units of work; `enabled` is further limited to terminals.
@@ -98,7 +101,13 @@ public final class ProgressBar: @unchecked Sendable {
     let width = 30
     let filled = Int(fraction * Double(width))
     let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-    Console.err("\r\u{1B}[2K\(label) [\(bar)] \(Int(fraction * 100))%")
+    var line = "\r\u{1B}[2K\(label) [\(bar)] \(Int(fraction * 100))%"
+    let elapsed = monotonicSeconds() - started
+    if showsByteRate && elapsed > 0 {
+      let rate = Double(done) / elapsed / 1_048_576
+      line += " \(Int(rate)) MiB/s"
+    }
+    Console.err(line)
   }
 }
 

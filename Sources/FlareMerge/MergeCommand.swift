@@ -141,7 +141,8 @@ public enum MergeCommand {
       }
       return .success
     }
-    let bar = ProgressBar(label: "merging", total: max(plan.changes.count, 1), enabled: !quiet)
+    let bar = ProgressBar(label: "merging", total: 1, enabled: !quiet)
+    bar.showsByteRate = true
     let report = try Merger.merge(
       base: base, basePath: basePath, adapters: adapters, plan: plan, output: output,
       outtype: outtype,

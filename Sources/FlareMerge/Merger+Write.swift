@@ -43,7 +43,12 @@ extension Merger {
     report.notes = plan.notes
     let changes = Dictionary(uniqueKeysWithValues: plan.changes.map { ($0.tensor, $0) })
     nonisolated(unsafe) var done = 0
-    let total = plan.changes.count
+    // Progress is measured in bytes of source tensor data (a byte rate is shown).
+    let total: Int
+    switch base {
+    case .safetensors(let model, _): total = model.totalBytes
+    case .gguf(let file): total = file.tensors.reduce(0) { $0 + $1.byteCount }
+    }
     var summaries: [String: MergeReport.Tensor] = [:]
 
     func summary(_ change: TensorChange, base: [Float], merged: [Float]) throws
@@ -108,6 +113,8 @@ extension Merger {
             view.releasePages(bytes: offset..<end)
             offset = end
           }
+          done += raw.count
+          progress?(done, total)
           return
         }
         let baseValues = view.floats()
@@ -117,7 +124,7 @@ extension Merger {
           threads: threads)
         summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
-        done += 1
+        done += view.info.byteCount
         progress?(done, total)
       }
       if let folder {
@@ -227,6 +234,8 @@ extension Merger {
             file.releasePages(of: tensor, bytes: offset..<end)
             offset = end
           }
+          done += raw.count
+          progress?(done, total)
           return
         }
         change.outputType = sink.spec.type.name
@@ -240,7 +249,7 @@ extension Merger {
           ropeHeads: ropeHeads, threads: threads)
         summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
-        done += 1
+        done += tensor.byteCount
         progress?(done, total)
       }
       report.files = [output]
