@@ -52,12 +52,7 @@ public enum ConvertCommand {
     let force = arguments.flag("--force")
     let quiet = arguments.flag("--quiet")
     let bar = ProgressBar(label: "converting", total: 1, enabled: !quiet)
-    nonisolated(unsafe) var total = 0
-    let progress: Converter.Progress = { done, count in
-      total = count
-      _ = total
-      bar.set(done: done, of: count)
-    }
+    let progress: Converter.Progress = { done, count in bar.set(done: done, of: count) }
     defer { bar.finish() }
     let inputIsGGUF =
       !isDirectory(input) && (input.lowercased().hasSuffix(".gguf") || hasGGUFMagic(input))

@@ -79,6 +79,20 @@ public func fileExists(_ path: String) -> Bool {
   return stat(path, &info) == 0
 }
 
+/// The names in folder `path` (without `.` and `..`), unsorted; empty if it cannot be read.
+public func folderEntries(_ path: String) -> [String] {
+  guard let dir = opendir(path) else { return [] }
+  defer { closedir(dir) }
+  var names: [String] = []
+  while let entry = readdir(dir) {
+    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+      String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+    }
+    if name != "." && name != ".." { names.append(name) }
+  }
+  return names
+}
+
 /// Whether `path` is a directory.
 public func isDirectory(_ path: String) -> Bool {
   var info = stat()

@@ -68,16 +68,8 @@ public final class StagedFolder {
 
   /// Removes the staging folder and whatever is left in it.
   public func cleanUp() {
-    guard isDirectory(path), let dir = opendir(path) else { return }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-      }
-      if name != "." && name != ".." { names.append(name) }
-    }
-    closedir(dir)
-    for name in names { unlink("\(path)/\(name)") }
+    guard isDirectory(path) else { return }
+    for name in folderEntries(path) { unlink("\(path)/\(name)") }
     rmdir(path)
     CleanupOnSignal.unregister(path)
   }

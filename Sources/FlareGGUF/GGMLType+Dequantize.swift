@@ -38,15 +38,7 @@ extension GGMLType {
   public func dequantize(
     _ raw: UnsafeRawBufferPointer, count: Int, into output: UnsafeMutableBufferPointer<Float>
   ) throws {
-    guard canDequantize else {
-      throw FlareError("gguf", .unsupported, "dequantizing \(name) is not supported")
-    }
-    guard count % blockSize == 0, output.count >= count, let bytes = rowBytes(elements: count),
-      raw.count >= bytes
-    else {
-      throw FlareError(
-        "gguf", .invalidArgument, "\(count) \(name) elements do not match \(raw.count) bytes")
-    }
+    try checkDequantize(raw, count: count, into: output)
     let blocks = count / blockSize
     switch id {
     case 0: for i in 0..<count { output[i] = Float(bitPattern: raw.u32(4 * i)) }
@@ -71,6 +63,21 @@ extension GGMLType {
     case 23: for b in 0..<blocks { Self.iq4_XSBlock(raw, b * 136, output, b * 256) }
     case 39: for b in 0..<blocks { Self.mxfp4Block(raw, b * 17, output, b * 32) }
     default: break
+    }
+  }
+
+  /// Throws unless this type dequantizes and `count` whole blocks fit `raw` and `output`.
+  func checkDequantize(
+    _ raw: UnsafeRawBufferPointer, count: Int, into output: UnsafeMutableBufferPointer<Float>
+  ) throws {
+    guard canDequantize else {
+      throw FlareError("gguf", .unsupported, "dequantizing \(name) is not supported")
+    }
+    guard count % blockSize == 0, output.count >= count, let bytes = rowBytes(elements: count),
+      raw.count >= bytes
+    else {
+      throw FlareError(
+        "gguf", .invalidArgument, "\(count) \(name) elements do not match \(raw.count) bytes")
     }
   }
 

@@ -27,16 +27,8 @@ extension GGMLType {
   public func quantize(
     _ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer
   ) throws {
-    guard canQuantize else {
-      throw FlareError("gguf", .unsupported, "quantizing to \(name) is not supported")
-    }
+    try checkQuantize(values, into: output)
     let count = values.count
-    guard count % blockSize == 0, let bytes = rowBytes(elements: count), output.count >= bytes
-    else {
-      throw FlareError(
-        "gguf", .invalidArgument,
-        "\(count) values do not fill whole \(name) blocks of \(output.count) bytes")
-    }
     let blocks = count / blockSize
     switch id {
     case 0:
@@ -65,6 +57,22 @@ extension GGMLType {
     case 13: for b in 0..<blocks { Self.quantizeQ5_K(values, b * 256, output, b * 176) }
     case 14: for b in 0..<blocks { Self.quantizeQ6_K(values, b * 256, output, b * 210) }
     default: break
+    }
+  }
+
+  /// Throws unless this type quantizes and `values` fill whole blocks that fit `output`.
+  func checkQuantize(
+    _ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer
+  ) throws {
+    guard canQuantize else {
+      throw FlareError("gguf", .unsupported, "quantizing to \(name) is not supported")
+    }
+    guard values.count % blockSize == 0, let bytes = rowBytes(elements: values.count),
+      output.count >= bytes
+    else {
+      throw FlareError(
+        "gguf", .invalidArgument,
+        "\(values.count) values do not fill whole \(name) blocks of \(output.count) bytes")
     }
   }
 
@@ -175,15 +183,7 @@ extension GGMLType {
   public func dequantizeParallel(
     _ raw: UnsafeRawBufferPointer, count: Int, into output: UnsafeMutableBufferPointer<Float>
   ) throws {
-    guard canDequantize else {
-      throw FlareError("gguf", .unsupported, "dequantizing \(name) is not supported")
-    }
-    guard count % blockSize == 0, output.count >= count, let bytes = rowBytes(elements: count),
-      raw.count >= bytes
-    else {
-      throw FlareError(
-        "gguf", .invalidArgument, "\(count) \(name) elements do not match \(raw.count) bytes")
-    }
+    try checkDequantize(raw, count: count, into: output)
     let type = self
     nonisolated(unsafe) let source = raw
     nonisolated(unsafe) let target = output
@@ -200,15 +200,7 @@ extension GGMLType {
   public func quantizeParallel(
     _ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer
   ) throws {
-    guard canQuantize else {
-      throw FlareError("gguf", .unsupported, "quantizing to \(name) is not supported")
-    }
-    guard values.count % blockSize == 0, let bytes = rowBytes(elements: values.count),
-      output.count >= bytes
-    else {
-      throw FlareError(
-        "gguf", .invalidArgument, "\(values.count) values do not fill whole \(name) blocks")
-    }
+    try checkQuantize(values, into: output)
     let type = self
     nonisolated(unsafe) let source = values
     nonisolated(unsafe) let target = output

@@ -30,7 +30,8 @@ extension InspectCommand {
         mismatched.append((x, y))
       } else {
         pairs.append((x, y))
-        if x.typeName != y.typeName && !(aIsGGUF != bIsGGUF) { mismatched.append((x, y)) }
+        // Type names differ between formats by nature (F32 vs Q4_1); within a format they count.
+        if x.typeName != y.typeName && aIsGGUF == bIsGGUF { mismatched.append((x, y)) }
       }
     }
     let extra = b.map(\.name).filter { !namesA.contains($0) }

@@ -38,20 +38,15 @@ extension TensorDifference {
   {
     let references = pairs.map(\.0)
     let others = pairs.map(\.1)
-    // Each chunk of `a` decodes the same range of its partner `b`.
-    let tagged = references.enumerated().map { index, tensor in
-      DecodableTensor(
-        name: String(index), valueCount: tensor.valueCount,
-        granularity: Swift.max(tensor.granularity, others[index].granularity)
-      ) { range, buffer in
-        tensor.decode(range, buffer)
-      }
+    // Chunks of `a` start on multiples of the larger granularity (as before), and each decodes
+    // the same range of its partner `b`.
+    let aligned = zip(references, others).map { reference, other in
+      var tensor = reference
+      tensor.granularity = Swift.max(reference.granularity, other.granularity)
+      return tensor
     }
-    let partials = forEachChunk(of: tagged, empty: DifferencePartial(), progress: progress) {
-      tensor, range, a in
-      guard let index = Int(tensor.name), others.indices.contains(index) else {
-        return DifferencePartial()
-      }
+    let partials = forEachChunk(of: aligned, empty: DifferencePartial(), progress: progress) {
+      index, range, a in
       let partner = others[index]
       var b = [Float](repeating: 0, count: range.count)
       b.withUnsafeMutableBufferPointer { partner.decode(range, $0) }

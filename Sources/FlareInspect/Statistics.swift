@@ -51,7 +51,7 @@ final class ConcurrentSlots<T>: @unchecked Sendable {
 func forEachChunk<Partial: Sendable>(
   of tensors: [DecodableTensor], chunkSize: Int = 1 << 20, empty: Partial,
   progress: ProgressReporter? = nil,
-  work: @escaping @Sendable (DecodableTensor, Range<Int>, UnsafeBufferPointer<Float>) -> Partial
+  work: @escaping @Sendable (Int, Range<Int>, UnsafeBufferPointer<Float>) -> Partial
 ) -> [[Partial]] {
   var items: [(tensor: Int, range: Range<Int>)] = []
   for (t, tensor) in tensors.enumerated() {
@@ -72,7 +72,7 @@ func forEachChunk<Partial: Sendable>(
     scratch.withUnsafeMutableBufferPointer { buffer in
       tensor.decode(item.range, buffer)
     }
-    slots.values[i] = scratch.withUnsafeBufferPointer { work(tensor, item.range, $0) }
+    slots.values[i] = scratch.withUnsafeBufferPointer { work(item.tensor, item.range, $0) }
     progress?.advance(by: item.range.count)
   }
   var result = [[Partial]](repeating: [], count: tensors.count)

@@ -301,18 +301,7 @@ extension Merger {
 
   /// Regular files in a folder (not sub-folders), sorted.
   static func folderFiles(_ folder: String) -> [String] {
-    guard let dir = opendir(folder) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-      }
-      if name != "." && name != ".." && !name.hasPrefix(".") && !isDirectory("\(folder)/\(name)") {
-        names.append(name)
-      }
-    }
-    return names.sorted()
+    folderEntries(folder).filter { !$0.hasPrefix(".") && !isDirectory("\(folder)/\($0)") }.sorted()
   }
 
   /// Re-reads a merged output and checks every changed tensor against base + ΔW rounded once

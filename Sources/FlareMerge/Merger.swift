@@ -237,8 +237,7 @@ public enum Merger {
           "\(name) is replaced by the adapter's saved copy (modules_to_save), not added to")
       }
     }
-    for (index, input) in adapters.enumerated() {
-      _ = index
+    for input in adapters {
       for (hfName, view) in input.adapter.baseLayers {
         let name = baseName(hfName, base: base)
         guard let (target, _) = resolve(name) else {
