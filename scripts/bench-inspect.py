@@ -37,10 +37,8 @@ Usage:
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
 import struct
@@ -49,6 +47,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import die, fmt, machine_info, ratio, run_once  # noqa: E402  (scripts/ is on sys.path)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLARE_CACHE") or Path.home() / ".cache" / "flare")
@@ -101,11 +101,6 @@ save_file(tensors, out, metadata={"generator": "flare scripts/bench-inspect.py",
 """
 
 
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 def read_header(path):
     """Parse a safetensors header with the stdlib only; returns (tensor count, header bytes)."""
     with open(path, "rb") as f:
@@ -147,74 +142,6 @@ def ensure_big(path):
     return True
 
 
-def run_once(cmd, stdout=subprocess.DEVNULL):
-    """Run cmd; return (wall seconds, ru_maxrss KiB). Exits on failure."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            tail = err.read()[-2000:].decode(errors="replace")
-            die(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}\n{tail}")
-    return wall, usage.ru_maxrss
-
-
-def machine_info():
-    try:
-        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True,
-                                   check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        nproc = len(os.sched_getaffinity(0))
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = int(line.split()[1]) // 1024
-                    break
-    except OSError:
-        pass
-
-    def version(pkg):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "nproc": nproc,
-        "cpu_model": cpu,
-        "mem_total_mib": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "safetensors": version("safetensors"),
-        "numpy": version("numpy"),
-        "env": {k: os.environ.get(k) for k in
-                ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-    }
-
-
-def fmt(x, spec):
-    return "—" if x is None else format(x, spec)
-
-
-def ratio(py, fl):
-    return py / fl if (py is not None and fl) else None
-
-
 def main():
     ap = argparse.ArgumentParser(
         description="Compare flare-inspect with Python safetensors (wall time, peak RSS).")
@@ -253,7 +180,7 @@ def main():
         files.append({"label": label, "path": str(path), "bytes": path.stat().st_size,
                       "tensors": count, "header_bytes": header_len})
 
-    info = machine_info()
+    info = machine_info(['safetensors', 'numpy'])
     true_bin = shutil.which("true") or "/bin/true"
     floor_kib = max(run_once([true_bin])[1] for _ in range(3))
 
@@ -262,7 +189,7 @@ def main():
           f"RAM: {fmt(info['mem_total_mib'], 'd')} MiB, kernel {info['kernel']}")
     print(f"- Python {info['python']} ({info['python_executable']}), "
           f"safetensors {info['safetensors']}, numpy {info['numpy']}")
-    print(f"- thread env (left as is): " +
+    print("- thread env (left as is): " +
           ", ".join(f"{k}={v if v is not None else 'unset'}" for k, v in info["env"].items()))
     print(f"- flare binary: {'skipped (--python-only)' if args.python_only else flare}")
     for f in files:

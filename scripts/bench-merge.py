@@ -42,17 +42,16 @@ Usage:
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import die, executable, fmt, machine_info, run_once  # noqa: E402  (scripts/ is on sys.path)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLARE_CACHE") or Path.home() / ".cache" / "flare")
@@ -144,85 +143,8 @@ print(json.dumps(result))
 """
 
 
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run_once(cmd, stdout=subprocess.DEVNULL, hint=None):
-    """Run cmd; return (wall seconds, ru_maxrss KiB). Exits on failure."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            tail = err.read()[-3000:].decode(errors="replace")
-            die(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                f"{tail}" + (f"\n{hint}" if hint else ""))
-    return wall, usage.ru_maxrss
-
-
-def executable(path):
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def safetensors_bytes(folder):
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
-
-def machine_info():
-    try:
-        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True,
-                                   check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        nproc = len(os.sched_getaffinity(0))
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = int(line.split()[1]) // 1024
-                    break
-    except OSError:
-        pass
-
-    def version(pkg):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "nproc": nproc,
-        "cpu_model": cpu,
-        "mem_total_mib": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "torch": version("torch"),
-        "transformers": version("transformers"),
-        "peft": version("peft"),
-        "safetensors": version("safetensors"),
-        "numpy": version("numpy"),
-        "env": {k: os.environ.get(k) for k in
-                ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
-    }
-
-
-def fmt(x, spec):
-    return "—" if x is None else format(x, spec)
 
 
 def ensure_base(convert, gguf):
@@ -311,7 +233,7 @@ def main():
     made_adapter = ensure_adapter()
     adapter = adapter_summary()
 
-    info = machine_info()
+    info = machine_info(['torch', 'transformers', 'peft', 'safetensors', 'numpy'])
     true_bin = shutil.which("true") or "/bin/true"
     floor_kib = max(run_once([true_bin])[1] for _ in range(3))
 
