@@ -19,8 +19,6 @@ public final class AtomicFileWriter {
   private var buffer: [UInt8] = []
   private let bufferLimit = 1 << 20
   private var committed = false
-  /// Bytes written so far (including buffered ones).
-  public private(set) var bytesWritten = 0
 
   /// Creates the temporary file next to `destination`.
   /// - Throws: ``FlareError`` `.outputExists` if `destination` exists and `overwrite` is
@@ -63,7 +61,6 @@ public final class AtomicFileWriter {
       if buffer.count + bytes.count > bufferLimit { try flush() }
       buffer.append(contentsOf: bytes)
     }
-    bytesWritten += bytes.count
   }
 
   /// Appends `bytes`.

@@ -28,13 +28,6 @@ public enum JSONValue: Equatable, Sendable {
   /// An integer number value.
   public static func integer<T: BinaryInteger>(_ value: T) -> JSONValue { .number(String(value)) }
 
-  /// A floating-point number value; non-finite values become `null` (JSON has no NaN).
-  public static func double(_ value: Double) -> JSONValue {
-    guard value.isFinite else { return .null }
-    if value == value.rounded(), abs(value) < 1e15 { return .number(String(Int64(value))) }
-    return .number("\(value)")
-  }
-
   /// A `Float` as the shortest text that reads back to it; `null` for NaN, infinities or `nil`.
   public static func float(_ value: Float?) -> JSONValue {
     guard let value, value.isFinite else { return .null }

@@ -51,11 +51,6 @@ public final class MappedFile: @unchecked Sendable {
   /// The file size in bytes.
   public var count: Int { length }
 
-  /// Tells the kernel the whole file will be read in order (`madvise(MADV_SEQUENTIAL)`).
-  public func adviseSequential() {
-    if let base { _ = madvise(base, length, MADV_SEQUENTIAL) }
-  }
-
   /// Tells the kernel the bytes in `range` are no longer needed (`madvise(MADV_DONTNEED)` on
   /// the whole pages inside it), so a pass over a large file does not keep it all resident.
   /// The mapping is read-only and private: a later read simply faults the pages back in.

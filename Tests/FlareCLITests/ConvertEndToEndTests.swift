@@ -47,7 +47,9 @@ struct ConvertEndToEndTests {
     ] {
       #expect(config[key]?.intValue == value, "\(key)")
     }
-    #expect(config["rms_norm_eps"]?.doubleValue.map(Float.init) == Float(bitPattern: 0x3727_C5AC))
+    // The source's own float32 epsilon, written as the shortest decimal that reads back to it.
+    let epsilon = try GGUFFile(path: Self.source).value("llama.attention.layer_norm_rms_epsilon")
+    #expect(config["rms_norm_eps"]?.doubleValue.map { GGUFValue.float32(Float($0)) } == epsilon)
     #expect(config["rope_theta"]?.doubleValue == 100_000)
     #expect(config["tie_word_embeddings"] == .bool(true))
 
