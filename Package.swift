@@ -40,7 +40,8 @@ let package = Package(
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
     .executableTarget(name: "flare-convert", dependencies: ["FlareConvert", "FlareCLI"]),
-    .executableTarget(name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI"]),
+    .executableTarget(
+      name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI", "FlareTensor"]),
 
     // MARK: - Tests
     .target(

@@ -27,6 +27,14 @@ extension DType {
   ) {
     precondition(output.count >= count * floatsPerElement, "decode: output too small")
     precondition(raw.count * 8 >= count * bitWidth, "decode: input too small")
+    if (self == .f32 || self == .c64) && UInt32(littleEndian: 1) == 1 {
+      // Little-endian IEEE single precision: the bytes are already the values.
+      if let target = output.baseAddress, let source = raw.baseAddress, count > 0 {
+        UnsafeMutableRawPointer(target).copyMemory(
+          from: source, byteCount: count * floatsPerElement * 4)
+      }
+      return
+    }
     switch self {
     case .f32:
       for i in 0..<count { output[i] = Float(bitPattern: raw.loadLE(UInt32.self, at: i * 4)) }

@@ -51,8 +51,8 @@ extension Merger {
     }
     var summaries: [String: MergeReport.Tensor] = [:]
 
-    func summary(_ change: TensorChange, base: [Float], merged: [Float]) throws
-      -> MergeReport.Tensor
+    @Sendable func summary(_ change: TensorChange, base: UnsafeRawBufferPointer, merged: [Float])
+      throws -> MergeReport.Tensor
     {
       // One pass: the finite check (nothing is published if it fails) and the largest change.
       let (maxChange, finite) = changeAndFinite(base: base, merged: merged)
@@ -99,6 +99,27 @@ extension Merger {
         }
         return list
       }
+      // Merged tensors in the order they are written, computed one ahead of the writer.
+      nonisolated(unsafe) let source = model
+      let order = model.files.flatMap { specs($0).map(\.name) }.filter { changes[$0] != nil }
+      let ahead = ComputeAhead<([Float], MergeReport.Tensor)>(order: order) { name in
+        guard let change = changes[name], let view = source.view(change.source) else {
+          throw FlareError("merge", .invalidArgument, "no base tensor for '\(name)'")
+        }
+        // The base is decoded straight into the buffer the deltas are added to; the largest
+        // change is measured against the mapped F32 base (or a second decode of another type).
+        let merged = try mergedValues(
+          change, base: view.floats(), shape: view.shape, adapters: adapters, ropeHeads: nil,
+          threads: threads)
+        defer { view.releasePages(elements: 0..<view.info.elementCount) }
+        if view.dtype == .f32 && UInt32(littleEndian: 1) == 1 && !change.isNew {
+          return (merged, try summary(change, base: view.rawBytes, merged: merged))
+        }
+        let baseValues = view.floats()
+        return (
+          merged, try baseValues.withUnsafeBytes { try summary(change, base: $0, merged: merged) }
+        )
+      }
       func body(_ sink: TensorSink) throws {
         let change = changes[sink.spec.name]
         guard let view = model.view(change?.source ?? sink.spec.name) else { return }
@@ -117,12 +138,8 @@ extension Merger {
           progress?(done, total)
           return
         }
-        let baseValues = view.floats()
-        view.releasePages(elements: 0..<view.info.elementCount)
-        let merged = try mergedValues(
-          change, base: baseValues, shape: view.shape, adapters: adapters, ropeHeads: nil,
-          threads: threads)
-        summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
+        let (merged, tensorSummary) = try ahead.value(for: change.tensor)
+        summaries[change.tensor] = tensorSummary
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += view.info.byteCount
         progress?(done, total)
@@ -247,7 +264,9 @@ extension Merger {
         let merged = try mergedValues(
           change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
           ropeHeads: ropeHeads, threads: threads)
-        summaries[change.tensor] = try summary(change, base: baseValues, merged: merged)
+        summaries[change.tensor] = try baseValues.withUnsafeBytes {
+          try summary(change, base: $0, merged: merged)
+        }
         try merged.withUnsafeBufferPointer { try sink.write(floats: $0) }
         done += tensor.byteCount
         progress?(done, total)
@@ -270,32 +289,31 @@ extension Merger {
 
   /// The largest `|merged − base|` and whether every merged value is finite, in one vectorised
   /// pass (8 lanes, masks instead of NaN-aware max; `x·0` is NaN exactly when `x` is not finite).
-  static func changeAndFinite(base: [Float], merged: [Float]) -> (Float, Bool) {
-    base.withUnsafeBufferPointer { old in
-      merged.withUnsafeBufferPointer { new in
-        let count = min(old.count, new.count)
-        guard let o = old.baseAddress, let n = new.baseAddress else { return (0, true) }
-        var largest = SIMD8<Float>(repeating: 0)
-        var poison = SIMD8<Float>(repeating: 0)
-        var i = 0
-        while i + 8 <= count {
-          let x = UnsafeRawPointer(n + i).loadUnaligned(as: SIMD8<Float>.self)
-          let y = UnsafeRawPointer(o + i).loadUnaligned(as: SIMD8<Float>.self)
-          let d = x - y
-          let magnitude = d.replacing(with: -d, where: d .< 0)
-          largest.replace(with: magnitude, where: magnitude .> largest)
-          poison += x * 0
-          i += 8
-        }
-        var result = largest.max()
-        var finite = !poison.indices.contains { poison[$0].isNaN }
-        while i < count {
-          result = max(result, abs(n[i] - o[i]))
-          finite = finite && n[i].isFinite
-          i += 1
-        }
-        return (result, finite)
+  /// `base` holds F32 values in native byte order, at any alignment.
+  static func changeAndFinite(base old: UnsafeRawBufferPointer, merged: [Float]) -> (Float, Bool) {
+    merged.withUnsafeBufferPointer { new in
+      let count = min(old.count / 4, new.count)
+      guard let o = old.baseAddress, let n = new.baseAddress else { return (0, true) }
+      var largest = SIMD8<Float>(repeating: 0)
+      var poison = SIMD8<Float>(repeating: 0)
+      var i = 0
+      while i + 8 <= count {
+        let x = UnsafeRawPointer(n + i).loadUnaligned(as: SIMD8<Float>.self)
+        let y = o.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        let d = x - y
+        let magnitude = d.replacing(with: -d, where: d .< 0)
+        largest.replace(with: magnitude, where: magnitude .> largest)
+        poison += x * 0
+        i += 8
       }
+      var result = largest.max()
+      var finite = !poison.indices.contains { poison[$0].isNaN }
+      while i < count {
+        result = max(result, abs(n[i] - o.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)))
+        finite = finite && n[i].isFinite
+        i += 1
+      }
+      return (result, finite)
     }
   }
 

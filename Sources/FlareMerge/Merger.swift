@@ -283,7 +283,7 @@ public enum Merger {
   /// The merged values of one changed tensor, in F32, in the base's layout (GGUF row order for
   /// GGUF bases).
   static func mergedValues(
-    _ change: TensorChange, base: [Float], shape: [Int], adapters: [WeightedAdapter],
+    _ change: TensorChange, base: consuming [Float], shape: [Int], adapters: [WeightedAdapter],
     ropeHeads: Int?, threads: Int
   ) throws -> [Float] {
     switch change.kind {
@@ -301,7 +301,8 @@ public enum Merger {
       }
       return out
     case .lora:
-      var out = change.baseOverride?.floats() ?? base
+      var out: [Float]
+      if let override = change.baseOverride { out = override.floats() } else { out = consume base }
       let rows = shape[0]
       let cols = shape.count > 1 ? shape[1] : 1
       for (index, module) in change.sources {

@@ -28,3 +28,21 @@ struct BLASTests {
     #expect(y[10] == 27 + 10)
   }
 }
+
+@Suite("OpenBLAS kernel choice")
+struct BLASKernelTests {
+  // Oracle: OpenBLAS's own kernel requirements (SkylakeX needs AVX-512 F/BW/DQ/VL, Haswell
+  // needs AVX2 and FMA); the flags lines are abridged from real /proc/cpuinfo files.
+  @Test("the kernel set follows the CPU's feature flags")
+  func choice() {
+    let emerald =
+      "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 fma avx avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16\n"
+    #expect(BLAS.kernelsForThisCPU(cpuinfo: emerald) == "SkylakeX")
+    let haswell = "flags\t\t: fpu sse sse2 ssse3 fma avx avx2\n"
+    #expect(BLAS.kernelsForThisCPU(cpuinfo: haswell) == "Haswell")
+    let noFMA = "flags\t\t: fpu sse sse2 avx avx2 avx512f avx512dq avx512bw avx512vl\n"
+    #expect(BLAS.kernelsForThisCPU(cpuinfo: noFMA) == nil)
+    #expect(BLAS.kernelsForThisCPU(cpuinfo: "processor\t: 0\n") == nil)
+    #expect(!BLAS.coreName.isEmpty)
+  }
+}
