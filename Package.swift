@@ -7,6 +7,7 @@ let package = Package(
     .executable(name: "flare-inspect", targets: ["flare-inspect"]),
     .executable(name: "flare-convert", targets: ["flare-convert"]),
     .executable(name: "flare-merge", targets: ["flare-merge"]),
+    .executable(name: "flare-eval", targets: ["flare-eval"]),
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
     .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
@@ -30,6 +31,18 @@ let package = Package(
       dependencies: [
         "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI",
       ]),
+    .target(name: "FlareTokenizers", dependencies: ["FlareCore", "FlareGGUF"]),
+    .target(
+      name: "FlareModels",
+      dependencies: [
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareTensor", "FlareAdapters",
+        "FlareTokenizers",
+      ]),
+    .target(
+      name: "FlareEval",
+      dependencies: [
+        "FlareCore", "FlareGGUF", "FlareTensor", "FlareTokenizers", "FlareModels", "FlareCLI",
+      ]),
     .target(
       name: "FlareConvert",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),
@@ -40,6 +53,8 @@ let package = Package(
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
     .executableTarget(name: "flare-convert", dependencies: ["FlareConvert", "FlareCLI"]),
+    .executableTarget(
+      name: "flare-eval", dependencies: ["FlareEval", "FlareCLI", "FlareTensor"]),
     .executableTarget(
       name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI", "FlareTensor"]),
 
@@ -53,6 +68,12 @@ let package = Package(
     .testTarget(name: "FlareGGUFTests", dependencies: ["FlareGGUF", "_FlareTestSupport"]),
     .testTarget(name: "FlareAdaptersTests", dependencies: ["FlareAdapters"]),
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareTokenizersTests",
+      dependencies: ["FlareTokenizers", "FlareGGUF", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareModelsTests",
+      dependencies: ["FlareModels", "FlareTokenizers", "FlareGGUF", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareCLITests",
       dependencies: [

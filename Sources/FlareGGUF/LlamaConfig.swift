@@ -1,5 +1,4 @@
 import FlareCore
-import FlareGGUF
 
 /// The hyperparameters of a Llama-family model, as both `config.json` and GGUF keys hold them.
 public struct LlamaConfig: Equatable, Sendable {
@@ -23,7 +22,7 @@ public struct LlamaConfig: Equatable, Sendable {
   ///   architecture or RoPE scaling.
   public init(hfConfig json: JSONValue, path: String) throws {
     func bad(_ message: String) -> FlareError {
-      FlareError("convert", .invalidArgument, message, path: path)
+      FlareError("config", .invalidArgument, message, path: path)
     }
     func int(_ key: String, default value: Int? = nil) throws -> Int {
       if let number = json[key], number != .null {
@@ -39,18 +38,18 @@ public struct LlamaConfig: Equatable, Sendable {
     let modelType = json["model_type"]?.stringValue
     guard architectures.contains("LlamaForCausalLM") || modelType == "llama" else {
       throw FlareError(
-        "convert", .unsupported,
-        "architecture \(architectures.first ?? modelType ?? "unknown") is not supported; flare-convert handles LlamaForCausalLM",
+        "config", .unsupported,
+        "architecture \(architectures.first ?? modelType ?? "unknown") is not supported; Flare handles LlamaForCausalLM",
         path: path)
     }
     if let scaling = json["rope_scaling"], scaling != .null {
       throw FlareError(
-        "convert", .unsupported, "rope_scaling \(JSONWriter.compact(scaling)) is not supported",
+        "config", .unsupported, "rope_scaling \(JSONWriter.compact(scaling)) is not supported",
         path: path)
     }
     if json["attention_bias"]?.boolValue == true || json["mlp_bias"]?.boolValue == true {
       throw FlareError(
-        "convert", .unsupported, "attention or MLP biases are not supported", path: path)
+        "config", .unsupported, "attention or MLP biases are not supported", path: path)
     }
     embeddingLength = try int("hidden_size")
     feedForwardLength = try int("intermediate_size")
@@ -76,14 +75,14 @@ public struct LlamaConfig: Equatable, Sendable {
   public init(gguf file: GGUFFile) throws {
     guard file.value("general.architecture")?.stringValue == "llama" else {
       throw FlareError(
-        "convert", .unsupported,
-        "architecture '\(file.value("general.architecture")?.stringValue ?? "none")' is not supported; flare-convert handles llama",
+        "config", .unsupported,
+        "architecture '\(file.value("general.architecture")?.stringValue ?? "none")' is not supported; Flare handles llama",
         path: file.path)
     }
     func int(_ key: String) throws -> Int {
       guard let value = file.value(key)?.integerValue else {
         throw FlareError(
-          "convert", .invalidArgument, "key '\(key)' is missing or not an integer", path: file.path)
+          "config", .invalidArgument, "key '\(key)' is missing or not an integer", path: file.path)
       }
       return value
     }
@@ -101,7 +100,7 @@ public struct LlamaConfig: Equatable, Sendable {
     headCount = try int("llama.attention.head_count")
     headCountKV = file.value("llama.attention.head_count_kv")?.integerValue ?? headCount
     guard headCount > 0, headCountKV > 0 else {
-      throw FlareError("convert", .invalidArgument, "head counts must be positive", path: file.path)
+      throw FlareError("config", .invalidArgument, "head counts must be positive", path: file.path)
     }
     headDim =
       file.value("llama.attention.key_length")?.integerValue
@@ -113,7 +112,7 @@ public struct LlamaConfig: Equatable, Sendable {
     } else if case .array(_, let tokens) = file.value("tokenizer.ggml.tokens") {
       vocabSize = tokens.count
     } else {
-      throw FlareError("convert", .invalidArgument, "no vocabulary size", path: file.path)
+      throw FlareError("config", .invalidArgument, "no vocabulary size", path: file.path)
     }
     tieWordEmbeddings = file.tensor("output.weight") == nil
     bosTokenID = file.value("tokenizer.ggml.bos_token_id")?.integerValue
@@ -159,7 +158,7 @@ public struct LlamaConfig: Equatable, Sendable {
   }
 
   /// The `llama.*` GGUF keys, in the order llama.cpp's converter writes them.
-  func ggufKeys(fileType: UInt32) -> (beforeFileType: [GGUFKeyValue], afterFileType: [GGUFKeyValue])
+  public func ggufKeys(fileType: UInt32) -> (beforeFileType: [GGUFKeyValue], afterFileType: [GGUFKeyValue])
   {
     let before = [
       GGUFKeyValue(key: "llama.block_count", value: .uint32(UInt32(blockCount))),

@@ -1,0 +1,1 @@
+// The FlareTokenizers module.
