@@ -73,7 +73,10 @@ let package = Package(
       dependencies: ["FlareTokenizers", "FlareGGUF", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareModelsTests",
-      dependencies: ["FlareModels", "FlareTokenizers", "FlareGGUF", "_FlareTestSupport"]),
+      dependencies: [
+        "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareAdapters", "_FlareTestSupport",
+        "flare-convert", "flare-merge",
+      ]),
     .testTarget(
       name: "FlareCLITests",
       dependencies: [

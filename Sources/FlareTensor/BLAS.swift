@@ -102,3 +102,18 @@ public enum LAPACK {
     return (u, s, vt)
   }
 }
+
+extension BLAS {
+  /// `y = alpha · op(A)·x + beta · y` for a row-major `m × n` matrix `A` with row stride `lda`;
+  /// `op(A)` is `A` (`y` has `m` values) or `Aᵀ` (`y` has `n`).
+  public static func sgemv(
+    transA: Bool, m: Int, n: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+    x: UnsafePointer<Float>, beta: Float, y: UnsafeMutablePointer<Float>
+  ) {
+    precondition(
+      [m, n, lda].allSatisfy { $0 >= 0 && $0 <= Int(Int32.max) }, "sgemv: sizes exceed Int32")
+    cblas_sgemv(
+      CblasRowMajor, transA ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), alpha, a,
+      Int32(max(lda, 1)), x, 1, beta, y, 1)
+  }
+}

@@ -109,3 +109,23 @@ public func productsFolder() -> String {
   }
   return bundle.path
 }
+
+/// The real SmolLM2-135M-Instruct GGUF (Q4_1) fetched by `scripts/fetch-models.sh`.
+public var smolLM2GGUF: String {
+  "\(modelCache)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+}
+
+/// An F32 HF folder of SmolLM2 made by `flare-convert` from ``smolLM2GGUF``, under the model
+/// cache; made on first use (flare-convert writes it atomically, so a concurrent or interrupted
+/// run never leaves half a folder). `nil` if the GGUF is missing.
+public func smolLM2HFFolder() throws -> String? {
+  let folder = "\(modelCache)/models/smollm2-hf"
+  if FileManager.default.fileExists(atPath: "\(folder)/model.safetensors") { return folder }
+  guard FileManager.default.fileExists(atPath: smolLM2GGUF) else { return nil }
+  let result = try runTool("flare-convert", [smolLM2GGUF, folder, "-q"])
+  guard result.status == 0 || FileManager.default.fileExists(atPath: "\(folder)/model.safetensors")
+  else {
+    throw CocoaError(.fileWriteUnknown, userInfo: ["reason": result.stderr])
+  }
+  return folder
+}

@@ -1,0 +1,200 @@
+import FlareTensor
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// The forward functions every model is built from, in the style of llm.c: plain functions over
+/// row-major F32 buffers (`N` rows of `C` values), each writing its output and, where a backward
+/// pass will need it, the statistics it computed (`rstd`, `mean`, attention probabilities), so the
+/// training code can add the matching backward functions without recomputing anything.
+///
+/// Callers size every buffer; the functions do no allocation except where noted.
+public enum Kernels {
+  /// `out[N×OC] = inp[N×C] · Wᵀ (+ bias)`, `W` row-major `[OC, C]` (PyTorch's `nn.Linear`
+  /// layout). One row uses `sgemv`, more rows `sgemm`.
+  public static func matmul(
+    out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    bias: UnsafePointer<Float>?, rows n: Int, inFeatures c: Int, outFeatures oc: Int
+  ) {
+    if n == 1 {
+      BLAS.sgemv(
+        transA: false, m: oc, n: c, alpha: 1, a: weight, lda: c, x: inp, beta: 0, y: out)
+    } else {
+      BLAS.sgemm(
+        transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight,
+        ldb: c, beta: 0, c: out, ldc: oc)
+    }
+    if let bias {
+      for row in 0..<n {
+        let o = out + row * oc
+        for j in 0..<oc { o[j] += bias[j] }
+      }
+    }
+  }
+
+  /// RMSNorm as transformers' `LlamaRMSNorm` computes it in F32:
+  /// `out = weight · x / sqrt(mean(x²) + eps)`; `rstd[N]` receives `1/sqrt(mean(x²) + eps)`.
+  public static func rmsnorm(
+    out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>,
+    weight: UnsafePointer<Float>, rows n: Int, channels c: Int, eps: Float
+  ) {
+    for row in 0..<n {
+      let x = inp + row * c
+      var sum: Double = 0
+      for i in 0..<c { sum += Double(x[i]) * Double(x[i]) }
+      let scale = Float(1 / (sum / Double(c) + Double(eps)).squareRoot())
+      rstd?[row] = scale
+      let o = out + row * c
+      for i in 0..<c { o[i] = weight[i] * (x[i] * scale) }
+    }
+  }
+
+  /// LayerNorm (biased variance, as PyTorch): `out = (x − mean)·rstd·weight + bias`;
+  /// `mean[N]` and `rstd[N]` receive the row statistics.
+  public static func layernorm(
+    out: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>?,
+    rstd: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    bias: UnsafePointer<Float>, rows n: Int, channels c: Int, eps: Float
+  ) {
+    for row in 0..<n {
+      let x = inp + row * c
+      var sum: Double = 0
+      for i in 0..<c { sum += Double(x[i]) }
+      let m = sum / Double(c)
+      var variance: Double = 0
+      for i in 0..<c {
+        let d = Double(x[i]) - m
+        variance += d * d
+      }
+      let s = 1 / (variance / Double(c) + Double(eps)).squareRoot()
+      mean?[row] = Float(m)
+      rstd?[row] = Float(s)
+      let o = out + row * c
+      for i in 0..<c { o[i] = Float((Double(x[i]) - m) * s) * weight[i] + bias[i] }
+    }
+  }
+
+  /// How rotary embeddings pair the dimensions of a head.
+  public enum RopeStyle: Sendable {
+    /// transformers' `rotate_half`: dimension `i` pairs with `i + d/2` (HF checkpoints).
+    case halves
+    /// Adjacent pairs `(2i, 2i+1)`: llama.cpp's convention, which GGUF files' permuted Q/K
+    /// rows are laid out for.
+    case pairs
+  }
+
+  /// The cosine and sine tables for `positions`: `[P × d/2]` each, angle `p · θ^(−2i/d)`,
+  /// computed in double precision.
+  public static func ropeTables(positions: [Int], headDim d: Int, theta: Float) -> (
+    cos: [Float], sin: [Float]
+  ) {
+    let half = d / 2
+    var cosines = [Float](repeating: 0, count: positions.count * half)
+    var sines = cosines
+    for (row, position) in positions.enumerated() {
+      for i in 0..<half {
+        // transformers computes inv_freq in F32; rounding it first keeps the angles identical.
+        let inverse = Float(1 / pow(Double(theta), Double(2 * i) / Double(d)))
+        let angle = Double(position) * Double(inverse)
+        cosines[row * half + i] = Float(Glibc.cos(angle))
+        sines[row * half + i] = Float(Glibc.sin(angle))
+      }
+    }
+    return (cosines, sines)
+  }
+
+  /// Rotates every head of `x` (`N` rows of `heads × d` values, row stride `stride`) in place by
+  /// row `r`'s angles (`cos`/`sin` rows from ``ropeTables(positions:headDim:theta:)``).
+  public static func rope(
+    _ x: UnsafeMutablePointer<Float>, rows n: Int, stride: Int, heads: Int, headDim d: Int,
+    cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, style: RopeStyle
+  ) {
+    let half = d / 2
+    for row in 0..<n {
+      let c = cos + row * half
+      let s = sin + row * half
+      for head in 0..<heads {
+        let v = x + row * stride + head * d
+        for i in 0..<half {
+          let (a, b) = style == .halves ? (i, i + half) : (2 * i, 2 * i + 1)
+          let x0 = v[a]
+          let x1 = v[b]
+          v[a] = x0 * c[i] - x1 * s[i]
+          v[b] = x1 * c[i] + x0 * s[i]
+        }
+      }
+    }
+  }
+
+  /// Softmax of each of `N` rows of `C` values, in place (max subtracted first).
+  public static func softmax(_ x: UnsafeMutablePointer<Float>, rows n: Int, channels c: Int) {
+    for row in 0..<n {
+      let v = x + row * c
+      var largest = -Float.infinity
+      for i in 0..<c where v[i] > largest { largest = v[i] }
+      guard largest > -Float.infinity else {
+        for i in 0..<c { v[i] = 0 }
+        continue
+      }
+      var sum: Float = 0
+      for i in 0..<c {
+        let e = expf(v[i] - largest)
+        v[i] = e
+        sum += e
+      }
+      let inverse = 1 / sum
+      for i in 0..<c { v[i] *= inverse }
+    }
+  }
+
+  /// Scaled dot-product attention of one sequence and one query head against its key/value
+  /// head: `out[T×d] = softmax(Q·Kᵀ/√d + mask)·V`, where `Q` is `T` rows (stride `qStride`),
+  /// `K` and `V` are `S` rows (stride `kvStride`), and `allowed(t, s)` says whether query `t`
+  /// may see key `s`. `probs[T×S]` receives the attention probabilities (a backward pass needs
+  /// them). Masked-out keys get probability 0; a query that sees no key gets zeros.
+  public static func attentionHead(
+    out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
+    headDim d: Int, probs: UnsafeMutablePointer<Float>, allowed: (Int, Int) -> Bool
+  ) {
+    let scale = 1 / Float(d).squareRoot()
+    BLAS.sgemm(
+      transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
+      ldb: kvStride, beta: 0, c: probs, ldc: s)
+    for query in 0..<t {
+      let row = probs + query * s
+      for key in 0..<s where !allowed(query, key) { row[key] = -Float.infinity }
+    }
+    softmax(probs, rows: t, channels: s)
+    BLAS.sgemm(
+      transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: probs, lda: s, b: v,
+      ldb: kvStride, beta: 0, c: out, ldc: outStride)
+  }
+
+  /// SwiGLU: `out = silu(gate) · up`, elementwise over `count` values.
+  public static func swiglu(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+    count: Int
+  ) {
+    for i in 0..<count {
+      let g = gate[i]
+      out[i] = g / (1 + expf(-g)) * up[i]
+    }
+  }
+
+  /// GELU with the exact error function (PyTorch's default `gelu`), in place.
+  public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count {
+      let v = x[i]
+      x[i] = 0.5 * v * (1 + erff(v * 0.707_106_77))
+    }
+  }
+
+  /// `x += y` over `count` values.
+  public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+    for i in 0..<count { x[i] += y[i] }
+  }
+}

@@ -1,0 +1,356 @@
+import FlareAdapters
+import FlareCore
+import FlareGGUF
+
+/// A Llama-family decoder (SmolLM2, Llama 2/3, …) running in F32: token embedding, RMSNorm,
+/// RoPE, grouped-query attention, SwiGLU MLP, tied or untied output head, a KV cache, batched
+/// prefill with padding, and LoRA adapters applied unmerged.
+///
+/// HF folders use transformers' RoPE (`rotate_half`); GGUF files keep llama.cpp's permuted Q/K
+/// rows and use adjacent-pair RoPE, which computes the same function.
+public final class LlamaModel: @unchecked Sendable {
+  // @unchecked Sendable: immutable after load (adapters are attached before use).
+  /// One transformer block's weights.
+  public struct Block: Sendable {
+    public let attentionNorm: Weight
+    public var q: Linear
+    public var k: Linear
+    public var v: Linear
+    public var o: Linear
+    public let mlpNorm: Weight
+    public var gate: Linear
+    public var up: Linear
+    public var down: Linear
+  }
+
+  public let config: LlamaConfig
+  public let ropeStyle: Kernels.RopeStyle
+  public let source: WeightSource
+  public let embedding: Weight
+  public private(set) var blocks: [Block]
+  public let finalNorm: Weight
+  public private(set) var head: Linear
+
+  /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
+  /// (architecture `llama`; quantized tensors are dequantized to F32 once).
+  /// - Throws: ``FlareError`` naming the file and tensor for a missing tensor, a shape that
+  ///   disagrees with the config, or an unsupported architecture.
+  public init(path: String) throws {
+    let source = try WeightSource(path: path)
+    self.source = source
+    let config: LlamaConfig
+    let name: (String) -> String
+    if let gguf = source.gguf {
+      config = try LlamaConfig(gguf: gguf)
+      ropeStyle = .pairs
+      name = { LlamaLayout.ggufName(hf: $0) ?? $0 }
+    } else {
+      let folder = source.folder ?? AtomicFileWriter.parentFolder(of: path)
+      let configPath = "\(folder)/config.json"
+      config = try LlamaConfig(
+        hfConfig: try JSONParser.parse(try readSmallFile(configPath)), path: configPath)
+      ropeStyle = .halves
+      name = { $0 }
+    }
+    self.config = config
+    let c = config.embeddingLength
+    let qDim = config.headCount * config.headDim
+    let kvDim = config.headCountKV * config.headDim
+    let ff = config.feedForwardLength
+    func weight(_ hf: String, _ shape: [Int]) throws -> Weight {
+      try source.weight(name(hf), shape: shape)
+    }
+    func linear(_ path: String, _ shape: [Int]) throws -> Linear {
+      Linear(path: path, weight: try weight("\(path).weight", shape))
+    }
+    embedding = try weight("model.embed_tokens.weight", [config.vocabSize, c])
+    var blocks: [Block] = []
+    for i in 0..<config.blockCount {
+      let p = "model.layers.\(i)"
+      blocks.append(
+        Block(
+          attentionNorm: try weight("\(p).input_layernorm.weight", [c]),
+          q: try linear("\(p).self_attn.q_proj", [qDim, c]),
+          k: try linear("\(p).self_attn.k_proj", [kvDim, c]),
+          v: try linear("\(p).self_attn.v_proj", [kvDim, c]),
+          o: try linear("\(p).self_attn.o_proj", [c, qDim]),
+          mlpNorm: try weight("\(p).post_attention_layernorm.weight", [c]),
+          gate: try linear("\(p).mlp.gate_proj", [ff, c]),
+          up: try linear("\(p).mlp.up_proj", [ff, c]),
+          down: try linear("\(p).mlp.down_proj", [c, ff])))
+    }
+    self.blocks = blocks
+    finalNorm = try weight("model.norm.weight", [c])
+    if source.contains(name("lm_head.weight")) {
+      head = try linear("lm_head", [config.vocabSize, c])
+    } else {
+      // Tied: the head is the embedding matrix.
+      head = Linear(path: "lm_head", weight: embedding)
+    }
+  }
+
+  /// Every linear layer, in a fixed order (blocks' q, k, v, o, gate, up, down, then the head).
+  public var linears: [Linear] {
+    blocks.flatMap { [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] } + [head]
+  }
+
+  /// Applies PEFT LoRA adapters unmerged (`y = W·x + s·B·A·x`) to the layers they target.
+  /// For GGUF models, `B`'s rows of Q and K adapters are permuted to GGUF's order.
+  /// - Throws: ``FlareError`` as ``RuntimeAdapters/attach(_:to:permuteRows:)``.
+  public func attach(adapters: [(adapter: PEFTAdapter, weight: Double)]) throws {
+    var all = linears
+    let heads = config.headCount
+    let kvHeads = config.headCountKV
+    let gguf = ropeStyle == .pairs
+    try RuntimeAdapters.attach(adapters, to: &all) { path in
+      guard gguf else { return nil }
+      if path.hasSuffix(".self_attn.q_proj") { return heads }
+      if path.hasSuffix(".self_attn.k_proj") { return kvHeads }
+      return nil
+    }
+    for i in blocks.indices {
+      let s = i * 7
+      blocks[i].q = all[s]
+      blocks[i].k = all[s + 1]
+      blocks[i].v = all[s + 2]
+      blocks[i].o = all[s + 3]
+      blocks[i].gate = all[s + 4]
+      blocks[i].up = all[s + 5]
+      blocks[i].down = all[s + 6]
+    }
+    head = all[blocks.count * 7]
+  }
+
+  /// A cache for `batch` sequences of up to `capacity` tokens.
+  public func makeCache(batch: Int, capacity: Int) -> KVCache {
+    KVCache(
+      layers: config.blockCount, batch: batch, capacity: capacity,
+      kvDim: config.headCountKV * config.headDim)
+  }
+
+  /// Which positions' logits ``forward(tokens:mask:cache:logits:)`` returns.
+  public enum LogitRows: Sendable {
+    /// Each sequence's last real (unmasked) token in this call: `[B × vocab]`.
+    case last
+    /// Every position: `[B·T × vocab]`.
+    case all
+  }
+
+  /// Runs `tokens` (`B` sequences of `T` tokens, padded; `mask[b][t]` false marks padding)
+  /// through the model after what `cache` already holds, appends them to the cache and returns
+  /// logits.
+  ///
+  /// Positions count real tokens only (transformers' `cumsum(mask) − 1`), so left padding
+  /// gives the same logits as no padding. Padding keys are never attended to.
+  /// - Throws: ``FlareError`` for token ids outside the vocabulary, ragged or empty batches,
+  ///   or a cache that is full.
+  public func forward(
+    tokens: [[Int]], mask: [[Bool]]? = nil, cache: KVCache, logits rows: LogitRows = .last
+  ) throws -> [Float] {
+    let batch = tokens.count
+    guard batch == cache.batch, let t = tokens.first?.count, t > 0,
+      tokens.allSatisfy({ $0.count == t })
+    else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "a batch needs \(cache.batch) sequences of the same non-zero length")
+    }
+    let mask = mask ?? tokens.map { [Bool](repeating: true, count: $0.count) }
+    guard mask.count == batch, mask.allSatisfy({ $0.count == t }) else {
+      throw FlareError("model", .invalidArgument, "the mask does not match the tokens' shape")
+    }
+    guard cache.length + t <= cache.capacity else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "the context is full: \(cache.length) + \(t) tokens exceed the cache's \(cache.capacity)")
+    }
+    for sequence in tokens {
+      for id in sequence where id < 0 || id >= config.vocabSize {
+        throw FlareError(
+          "model", .invalidArgument,
+          "token id \(id) is outside the vocabulary (0..<\(config.vocabSize))")
+      }
+    }
+    let c = config.embeddingLength
+    let heads = config.headCount
+    let kvHeads = config.headCountKV
+    let d = config.headDim
+    let qDim = heads * d
+    let kvDim = kvHeads * d
+    let ff = config.feedForwardLength
+    let n = batch * t
+    let start = cache.length
+
+    // Positions and validity of the new slots.
+    var positions = [Int](repeating: 0, count: n)
+    for b in 0..<batch {
+      var next = cache.nextPosition[b]
+      for i in 0..<t {
+        positions[b * t + i] = next
+        if mask[b][i] { next += 1 }
+      }
+      cache.nextPosition[b] = next
+      cache.valid[b].replaceSubrange(start..<(start + t), with: mask[b])
+    }
+    let (cosines, sines) = Kernels.ropeTables(
+      positions: positions, headDim: d, theta: config.ropeFreqBase)
+
+    // Working buffers for this call (freed on return).
+    let keys = start + t
+    let buffers = Scratch([
+      n * c, n * c, n * qDim, n * kvDim, n * kvDim, n * qDim, n * c, n * ff, n * ff, t * keys,
+    ])
+    defer { buffers.free() }
+    let (x, h, q, k, v, attention, projected, gate, up, probs) = (
+      buffers[0], buffers[1], buffers[2], buffers[3], buffers[4], buffers[5], buffers[6],
+      buffers[7], buffers[8], buffers[9]
+    )
+    guard let table = embedding.values.baseAddress else { return [] }
+    for (row, id) in tokens.joined().enumerated() {
+      (x + row * c).update(from: table + id * c, count: c)
+    }
+    let valid = cache.valid
+    let group = heads / kvHeads
+    let eps = config.rmsNormEpsilon
+
+    for (layer, block) in blocks.enumerated() {
+      Kernels.rmsnorm(
+        out: h, rstd: nil, inp: x, weight: block.attentionNorm.pointer, rows: n, channels: c,
+        eps: eps)
+      block.q.forward(out: q, inp: h, rows: n)
+      block.k.forward(out: k, inp: h, rows: n)
+      block.v.forward(out: v, inp: h, rows: n)
+      cosines.withUnsafeBufferPointer { cs in
+        sines.withUnsafeBufferPointer { ss in
+          guard let cos = cs.baseAddress, let sin = ss.baseAddress else { return }
+          Kernels.rope(
+            q, rows: n, stride: qDim, heads: heads, headDim: d, cos: cos, sin: sin,
+            style: ropeStyle)
+          Kernels.rope(
+            k, rows: n, stride: kvDim, heads: kvHeads, headDim: d, cos: cos, sin: sin,
+            style: ropeStyle)
+        }
+      }
+      // Append this call's keys and values to the cache, then attend over all of it.
+      for b in 0..<batch {
+        let slot = cache.offset(layer: layer, sequence: b, slot: start)
+        (cache.keys + slot).update(from: k + b * t * kvDim, count: t * kvDim)
+        (cache.values + slot).update(from: v + b * t * kvDim, count: t * kvDim)
+      }
+      for b in 0..<batch {
+        let keyBase = cache.offset(layer: layer, sequence: b, slot: 0)
+        let seen = valid[b]
+        for head in 0..<heads {
+          let kvHead = head / group
+          Kernels.attentionHead(
+            out: attention + b * t * qDim + head * d, outStride: qDim,
+            q: q + b * t * qDim + head * d, qStride: qDim,
+            k: cache.keys + keyBase + kvHead * d, v: cache.values + keyBase + kvHead * d,
+            kvStride: kvDim, queries: t, keys: keys, headDim: d, probs: probs
+          ) { query, key in key <= start + query && seen[key] }
+        }
+      }
+      block.o.forward(out: projected, inp: attention, rows: n)
+      Kernels.add(x, projected, count: n * c)
+      Kernels.rmsnorm(
+        out: h, rstd: nil, inp: x, weight: block.mlpNorm.pointer, rows: n, channels: c, eps: eps)
+      block.gate.forward(out: gate, inp: h, rows: n)
+      block.up.forward(out: up, inp: h, rows: n)
+      Kernels.swiglu(out: gate, gate: gate, up: up, count: n * ff)
+      block.down.forward(out: projected, inp: gate, rows: n)
+      Kernels.add(x, projected, count: n * c)
+    }
+    cache.length += t
+
+    // The rows whose logits are wanted.
+    var selected: [Int]
+    switch rows {
+    case .all: selected = Array(0..<n)
+    case .last:
+      selected = (0..<batch).map { b in
+        let last = mask[b].lastIndex(of: true) ?? (t - 1)
+        return b * t + last
+      }
+    }
+    let m = selected.count
+    let final = Scratch([m * c])
+    defer { final.free() }
+    for (i, row) in selected.enumerated() {
+      Kernels.rmsnorm(
+        out: final[0] + i * c, rstd: nil, inp: x + row * c, weight: finalNorm.pointer, rows: 1,
+        channels: c, eps: eps)
+    }
+    var logits = [Float](repeating: 0, count: m * config.vocabSize)
+    logits.withUnsafeMutableBufferPointer { ls in
+      guard let out = ls.baseAddress else { return }
+      head.forward(out: out, inp: final[0], rows: m)
+    }
+    return logits
+  }
+}
+
+/// Keys and values of every layer for a batch of sequences, plus which slots hold real tokens
+/// and each sequence's next position.
+public final class KVCache: @unchecked Sendable {
+  // @unchecked Sendable: used by one forward pass at a time.
+  public let layers: Int
+  public let batch: Int
+  public let capacity: Int
+  public let kvDim: Int
+  /// Slots filled so far (the same for every sequence of the batch).
+  public internal(set) var length = 0
+  /// `valid[b][slot]`: the slot holds a real token (padding is never attended to).
+  public internal(set) var valid: [[Bool]]
+  /// The position the next real token of each sequence gets.
+  public internal(set) var nextPosition: [Int]
+  let keys: UnsafeMutablePointer<Float>
+  let values: UnsafeMutablePointer<Float>
+
+  init(layers: Int, batch: Int, capacity: Int, kvDim: Int) {
+    self.layers = layers
+    self.batch = batch
+    self.capacity = capacity
+    self.kvDim = kvDim
+    let count = max(1, layers * batch * capacity * kvDim)
+    keys = .allocate(capacity: count)
+    keys.initialize(repeating: 0, count: count)
+    values = .allocate(capacity: count)
+    values.initialize(repeating: 0, count: count)
+    valid = [[Bool]](repeating: [Bool](repeating: false, count: capacity), count: batch)
+    nextPosition = [Int](repeating: 0, count: batch)
+  }
+
+  deinit {
+    keys.deallocate()
+    values.deallocate()
+  }
+
+  /// The index of `slot` of sequence `sequence` in `layer`'s keys or values.
+  func offset(layer: Int, sequence: Int, slot: Int) -> Int {
+    ((layer * batch + sequence) * capacity + slot) * kvDim
+  }
+
+  /// Forgets everything (the memory is kept).
+  public func reset() {
+    length = 0
+    for b in 0..<batch { valid[b] = [Bool](repeating: false, count: capacity) }
+    nextPosition = [Int](repeating: 0, count: batch)
+  }
+}
+
+/// Zero-filled F32 buffers allocated together and freed together.
+struct Scratch {
+  private let pointers: [UnsafeMutablePointer<Float>]
+
+  init(_ counts: [Int]) {
+    pointers = counts.map { count in
+      let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+      p.initialize(repeating: 0, count: max(count, 1))
+      return p
+    }
+  }
+
+  subscript(_ i: Int) -> UnsafeMutablePointer<Float> { pointers[i] }
+
+  func free() { for p in pointers { p.deallocate() } }
+}

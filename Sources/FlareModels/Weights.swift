@@ -1,0 +1,191 @@
+import FlareCore
+import FlareGGUF
+import FlareSafetensors
+
+/// F32 values owned by the process (decoded, dequantized or computed at load).
+final class FloatStorage: @unchecked Sendable {
+  // @unchecked Sendable: written once at load, read-only afterwards.
+  let buffer: UnsafeMutableBufferPointer<Float>
+
+  init(count: Int) {
+    buffer = .allocate(capacity: max(count, 1))
+    buffer.initialize(repeating: 0)
+  }
+
+  convenience init(_ values: [Float]) {
+    self.init(count: values.count)
+    _ = buffer.initialize(from: values)
+  }
+
+  deinit { buffer.deallocate() }
+}
+
+/// One model tensor as F32 values in row-major order (outermost dimension first; a linear
+/// layer's weight is `[out, in]` whatever the file's convention).
+///
+/// F32 tensors stored little-endian and 4-byte aligned point straight into the memory-mapped
+/// file; every other type is decoded (or dequantized) once at load into memory the weight owns.
+public struct Weight: @unchecked Sendable {
+  // @unchecked Sendable: the values are never written after load; `owner` keeps them alive.
+  public let name: String
+  public let shape: [Int]
+  public let values: UnsafeBufferPointer<Float>
+  /// Whether the values are the mapped file's own bytes.
+  public let isMapped: Bool
+  let owner: AnyObject
+
+  /// Rows of the row-major matrix view (the first dimension).
+  public var rows: Int { shape.first ?? 1 }
+  /// Columns of the row-major matrix view (the product of the other dimensions).
+  public var cols: Int { shape.dropFirst().reduce(1, *) }
+  public var count: Int { values.count }
+  /// The first value (weights are never empty: shapes come from checked configs).
+  public var pointer: UnsafePointer<Float> {
+    values.baseAddress ?? UnsafePointer(Weight.empty)
+  }
+  nonisolated(unsafe) private static let empty = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+
+  init(
+    name: String, shape: [Int], values: UnsafeBufferPointer<Float>, mapped: Bool, owner: AnyObject
+  ) {
+    self.name = name
+    self.shape = shape
+    self.values = values
+    self.isMapped = mapped
+    self.owner = owner
+  }
+
+  /// A weight that owns `values` (used for tensors computed at load and in tests).
+  public init(name: String, shape: [Int], values: [Float]) {
+    let storage = FloatStorage(values)
+    self.init(
+      name: name, shape: shape, values: UnsafeBufferPointer(storage.buffer), mapped: false,
+      owner: storage)
+  }
+}
+
+/// The tensors of a model: an HF folder (`config.json` and `.safetensors` files, sharded or
+/// not), a single `.safetensors` file, or a GGUF file.
+public final class WeightSource: @unchecked Sendable {
+  // @unchecked Sendable: immutable after init.
+  enum Backing {
+    case safetensors(SafetensorsModel)
+    case gguf(GGUFFile)
+  }
+
+  /// The path given (folder or file).
+  public let path: String
+  /// The folder holding `config.json` and tokenizer files, for folder inputs.
+  public let folder: String?
+  let backing: Backing
+
+  /// Opens `path`: a `.gguf` file, a `.safetensors` file or shard index, or a folder with
+  /// `model.safetensors` or `model.safetensors.index.json`.
+  /// - Throws: ``FlareError`` if nothing loadable is found or a file is malformed.
+  public init(path: String) throws {
+    self.path = path
+    if path.hasSuffix(".gguf") {
+      backing = .gguf(try GGUFFile(path: path))
+      folder = nil
+      return
+    }
+    if isDirectory(path) {
+      folder = path
+      for name in ["model.safetensors.index.json", "model.safetensors"]
+      where fileExists("\(path)/\(name)") {
+        backing = .safetensors(try SafetensorsModel.open("\(path)/\(name)"))
+        return
+      }
+      let ggufs = folderEntries(path).filter { $0.hasSuffix(".gguf") }.sorted()
+      if ggufs.count == 1, let only = ggufs.first {
+        backing = .gguf(try GGUFFile(path: "\(path)/\(only)"))
+        return
+      }
+      throw FlareError(
+        "model", .invalidArgument,
+        "no model.safetensors, model.safetensors.index.json or single .gguf file in the folder",
+        path: path)
+    }
+    folder = nil
+    backing = .safetensors(try SafetensorsModel.open(path))
+  }
+
+  /// The GGUF file, for GGUF inputs.
+  public var gguf: GGUFFile? {
+    if case .gguf(let file) = backing { return file }
+    return nil
+  }
+
+  /// Whether a tensor of this name exists.
+  public func contains(_ name: String) -> Bool {
+    switch backing {
+    case .safetensors(let model): model.view(name) != nil
+    case .gguf(let file): file.tensor(name) != nil
+    }
+  }
+
+  /// The tensor `name` as F32, checked to have `shape` (row-major) when given.
+  /// - Throws: ``FlareError`` naming the file and tensor if it is missing, has another shape,
+  ///   or has a type Flare cannot decode.
+  public func weight(_ name: String, shape expected: [Int]? = nil) throws -> Weight {
+    switch backing {
+    case .safetensors(let model):
+      guard let view = model.view(name) else {
+        throw FlareError("model", .tensorNotFound, "tensor is missing", path: path, tensor: name)
+      }
+      try check(view.shape, expected, name: name, file: view.file.path)
+      guard view.dtype != .bool else {
+        throw FlareError(
+          "model", .unsupported, "\(view.dtype) cannot be used as model weights",
+          path: view.file.path, tensor: name)
+      }
+      let count = view.info.elementCount
+      if view.dtype == .f32 && view.isAligned && UInt32(littleEndian: 1) == 1,
+        let base = view.rawBytes.baseAddress
+      {
+        let pointer = base.assumingMemoryBound(to: Float.self)
+        return Weight(
+          name: name, shape: view.shape, values: UnsafeBufferPointer(start: pointer, count: count),
+          mapped: true, owner: view.file)
+      }
+      let storage = FloatStorage(count: count * view.dtype.floatsPerElement)
+      view.decode(elements: 0..<count, into: storage.buffer)
+      return Weight(
+        name: name, shape: view.shape, values: UnsafeBufferPointer(storage.buffer), mapped: false,
+        owner: storage)
+    case .gguf(let file):
+      guard let tensor = file.tensor(name) else {
+        throw FlareError("model", .tensorNotFound, "tensor is missing", path: path, tensor: name)
+      }
+      let shape = Array(tensor.dims.reversed())
+      try check(shape, expected, name: name, file: file.path)
+      let count = tensor.elementCount
+      let raw = file.bytes(of: tensor)
+      if tensor.type == .f32 && UInt32(littleEndian: 1) == 1, let base = raw.baseAddress,
+        Int(bitPattern: base) % 4 == 0
+      {
+        let pointer = base.assumingMemoryBound(to: Float.self)
+        return Weight(
+          name: name, shape: shape, values: UnsafeBufferPointer(start: pointer, count: count),
+          mapped: true, owner: file)
+      }
+      guard tensor.type.canDequantize else {
+        throw FlareError(
+          "model", .unsupported, "\(tensor.type.name) cannot be dequantized by Flare",
+          path: file.path, tensor: name)
+      }
+      let storage = FloatStorage(count: count)
+      try tensor.type.dequantizeParallel(raw, count: count, into: storage.buffer)
+      return Weight(
+        name: name, shape: shape, values: UnsafeBufferPointer(storage.buffer), mapped: false,
+        owner: storage)
+    }
+  }
+
+  private func check(_ shape: [Int], _ expected: [Int]?, name: String, file: String) throws {
+    guard let expected, shape != expected else { return }
+    throw FlareError(
+      "model", .invalidArgument,
+      "tensor has shape \(shape), the model's config needs \(expected)", path: file, tensor: name)
+  }
+}
