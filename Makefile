@@ -6,6 +6,8 @@ FLARE_CACHE ?= $(HOME)/.cache/flare
 export FLARE_CACHE
 MINILM := $(FLARE_CACHE)/models/all-MiniLM-L6-v2
 SMOLLM2 := $(FLARE_CACHE)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+E5 := $(FLARE_CACHE)/models/multilingual-e5-small
+DEMO_PROMPT := Once upon a time, there was a little
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
 .PHONY: all deps build build-debug models demo test unit lint format man-check bench clean
@@ -31,9 +33,12 @@ build: deps
 build-debug: deps
 	$(SWIFT) build
 
-## Fetch the real models into $(FLARE_CACHE) (outside git).
+## Fetch the real models, the XLM-R encoder and the tokenizer test vectors into $(FLARE_CACHE)
+## (outside git).
 models:
 	@scripts/fetch-models.sh
+	@scripts/fetch-encoders.sh
+	@scripts/fetch-tokenizer-tests.sh
 
 ## The main job on the default real models: inspect all-MiniLM-L6-v2 (list, check, statistics);
 ## list SmolLM2's GGUF, convert it to an HF folder and prove the two hold the same weights; then
@@ -51,6 +56,18 @@ demo: build models
 	  --output $(FLARE_CACHE)/demo/smollm2-merged-hf --verify --force | tail -n 3
 	.build/release/flare-merge --base $(SMOLLM2) --adapter Fixtures/peft/smollm2-demo-lora \
 	  --output $(FLARE_CACHE)/demo/smollm2-merged.Q4_1.gguf --verify --force | tail -n 3
+	@echo "--- greedy continuation: base model"
+	.build/release/flare-eval generate --model $(FLARE_CACHE)/demo/smollm2-hf --prompt "$(DEMO_PROMPT)" --max-tokens 24
+	@echo "--- base + adapter applied unmerged"
+	.build/release/flare-eval generate --model $(FLARE_CACHE)/demo/smollm2-hf --adapter Fixtures/peft/smollm2-demo-lora --prompt "$(DEMO_PROMPT)" --max-tokens 24
+	@echo "--- merged model"
+	.build/release/flare-eval generate --model $(FLARE_CACHE)/demo/smollm2-merged-hf --prompt "$(DEMO_PROMPT)" --max-tokens 24
+	@echo "--- merged vs base + adapter, every position of Fixtures/llama/prompts.txt"
+	.build/release/flare-eval compare --model $(FLARE_CACHE)/demo/smollm2-merged-hf --model $(FLARE_CACHE)/demo/smollm2-hf \
+	  --adapter Fixtures/peft/smollm2-demo-lora --file Fixtures/llama/prompts.txt
+	@echo "--- sentence embeddings (all-MiniLM-L6-v2 and multilingual-e5-small)"
+	.build/release/flare-eval embed --model $(MINILM) --text "The movie was wonderful." --text "La película fue maravillosa." --normalize
+	.build/release/flare-eval embed --model $(E5) --text "query: The movie was wonderful." --text "query: La película fue maravillosa." --normalize
 
 lint:
 	$(SWIFT) format lint --strict --configuration $(SWIFT_FORMAT_CONFIG) -r Sources Tests Package.swift
@@ -70,6 +87,8 @@ test: deps models lint man-check unit
 bench: build models
 	python3 scripts/bench-inspect.py
 	python3 scripts/bench-gguf.py
+	python3 scripts/bench-merge.py
+	python3 scripts/bench-eval.py
 
 clean:
 	rm -rf .build

@@ -30,6 +30,7 @@ let package = Package(
       name: "FlareMerge",
       dependencies: [
         "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI",
+        "FlareModels", "FlareTokenizers",
       ]),
     .target(name: "FlareTokenizers", dependencies: ["FlareCore", "FlareGGUF"]),
     .target(
@@ -81,7 +82,7 @@ let package = Package(
       name: "FlareCLITests",
       dependencies: [
         "FlareCLI", "FlareInspect", "FlareConvert", "_FlareTestSupport", "flare-inspect",
-        "flare-convert",
+        "flare-convert", "flare-merge", "flare-eval",
       ]),
   ],
   swiftLanguageModes: [.v6]

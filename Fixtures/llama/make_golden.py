@@ -15,6 +15,11 @@ Writes, next to this script:
   smollm2-lora.json     the same model with the PEFT adapter Fixtures/peft/smollm2-demo-lora
                         applied unmerged by PEFT: top-10 at the last position per prompt.
 
+  The golden JSON also holds "perplexity": the perplexity of Fixtures/llama/prompts.txt with
+  flare-eval's rule (the whole file tokenized without special tokens, cut into windows of 32
+  tokens that do not overlap, every token of a window but its first scored given the ones
+  before it in the window), computed from transformers' logits in float64.
+
 Usage: python3 Fixtures/llama/make_golden.py HF_FOLDER
 """
 
@@ -64,6 +69,20 @@ def main() -> None:
                 new = generated[0, len(ids):].tolist()
                 case["greedy"] = {"ids": new, "text": tokenizer.decode(new)}
             cases.append(case)
+        text = (HERE / "prompts.txt").read_text()
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        context, nll, scored = 32, 0.0, 0
+        for start in range(0, len(ids) - 1, context):
+            window = ids[start:start + context]
+            if len(window) < 2:
+                break
+            logits = model(torch.tensor([window])).logits[0].double()
+            logp = torch.log_softmax(logits, dim=-1)
+            for i in range(len(window) - 1):
+                nll -= float(logp[i, window[i + 1]])
+                scored += 1
+        perplexity = {"file": "Fixtures/llama/prompts.txt", "context": context, "tokens": len(ids),
+                      "scored": scored, "perplexity": float(np.exp(nll / scored))}
     (HERE / "smollm2-logits.f32").write_bytes(bytes(logits_blob))
     golden = {
         "oracle": f"transformers {transformers.__version__} LlamaForCausalLM, torch "
@@ -71,6 +90,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct Q4_1 GGUF converted to F32 by flare-convert",
         "vocab": int(model.config.vocab_size),
         "cases": cases,
+        "perplexity": perplexity,
     }
     (HERE / "smollm2-golden.json").write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n")
 

@@ -1,14 +1,564 @@
+import FlareAdapters
 import FlareCLI
 import FlareCore
+import FlareModels
+import FlareTensor
+import FlareTokenizers
 
-/// `flare-eval`: run models in-process (generate, score, embed, compare).
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// `flare-eval`: run models in-process: generate, score, tokenize, embed, compare, benchmark.
 public enum EvalCommand {
+  static let model = OptionSpec(
+    "--model", value: "path", help: "An HF model folder or a .gguf file.")
+  static let adapter = OptionSpec(
+    "--adapter", value: "path[:weight]",
+    help: "A PEFT LoRA adapter applied unmerged, optionally weighted (repeatable).")
+  static let threads = OptionSpec(
+    "--threads", value: "n", help: "OpenBLAS threads (default: all cores).")
+  static let json = OptionSpec("--json", help: "Print JSON.")
+  static let quiet = OptionSpec("--quiet", short: "-q", help: "No progress output.")
+  static let exitStatus = """
+    EXIT STATUS:
+      0 on success, 1 on a failure, 64 on a usage error.
+    """
+
+  /// Every subcommand: name, spec, implementation.
+  static let subcommands:
+    [(name: String, spec: CommandSpec, run: @Sendable (ParsedArguments) throws -> ExitStatus)] = [
+      ("generate", generateSpec, generate),
+      ("logits", logitsSpec, logits),
+      ("tokenize", tokenizeSpec, tokenize),
+      ("embed", embedSpec, embed),
+      ("perplexity", perplexitySpec, perplexity),
+      ("compare", compareSpec, compare),
+      ("bench", benchSpec, bench),
+    ]
+
   public static let spec = CommandSpec(
     name: "flare-eval",
     overview: "Run Llama and BERT/XLM-R models in-process: generate, score, embed, compare.",
-    positionals: [], options: [], discussion: "")
+    positionals: [PositionalSpec("subcommand", help: "One of the subcommands below.")],
+    options: [],
+    discussion: """
+      SUBCOMMANDS:
+        generate    Continue a prompt (greedy by default).
+        logits      The prompt's ids and the top logits at its last position.
+        tokenize    The token ids of a text.
+        embed       One vector per text from an encoder (mean or CLS pooling).
+        perplexity  Perplexity of a text file.
+        compare     Logit differences and top-1 agreement between two models.
+        bench       Prefill and decode speed.
+
+      See 'flare-eval <subcommand> --help'.
+
+      \(exitStatus)
+      """)
+
+  /// Dispatches to the subcommand named by the first argument; never returns.
+  public static func main(arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+    guard let first = arguments.first else {
+      ToolMain.reportUsage(UsageError("missing expected argument '<subcommand>'"), spec: spec)
+      exit(ExitStatus.usage.rawValue)
+    }
+    if first == "--help" || first == "-h" || first == "help" {
+      Console.out(spec.helpText)
+      exit(ExitStatus.success.rawValue)
+    }
+    guard let sub = subcommands.first(where: { $0.name == first }) else {
+      let names = subcommands.map(\.name)
+      let near = names.min {
+        ArgumentParser.editDistance($0, first) < ArgumentParser.editDistance($1, first)
+      }
+      var message = "unknown subcommand '\(first)'"
+      if let near, ArgumentParser.editDistance(near, first) <= 2 {
+        message += "; did you mean '\(near)'?"
+      }
+      ToolMain.reportUsage(UsageError(message), spec: spec)
+      exit(ExitStatus.usage.rawValue)
+    }
+    ToolMain.run(sub.spec, arguments: Array(arguments.dropFirst()), body: sub.run)
+  }
 
   public static func run(_ arguments: ParsedArguments) throws -> ExitStatus {
-    throw FlareError("eval", .unsupported, "flare-eval is being built")
+    throw UsageError("missing expected argument '<subcommand>'")
+  }
+
+  // MARK: - Shared pieces
+
+  static func required(_ arguments: ParsedArguments, _ option: OptionSpec) throws -> String {
+    guard let value = arguments.value(option.name) else {
+      throw UsageError("missing expected option '\(option.label)'")
+    }
+    return value
+  }
+
+  static func adapters(_ arguments: ParsedArguments) throws -> [(
+    adapter: PEFTAdapter, weight: Double
+  )] {
+    try arguments.allValues("--adapter").map { text in
+      var path = text
+      var weight = 1.0
+      if let colon = text.lastIndex(of: ":"), let w = Double(text[text.index(after: colon)...]),
+        w.isFinite
+      {
+        path = String(text[..<colon])
+        weight = w
+      }
+      return (try PEFTAdapter(folder: path), weight)
+    }
+  }
+
+  static func applyThreads(_ arguments: ParsedArguments, spec: CommandSpec) throws {
+    if let n = try arguments.int("--threads", spec: spec) {
+      guard n > 0 else { throw UsageError("'--threads' must be at least 1") }
+      BLAS.setThreads(n)
+    }
+  }
+
+  static func double(_ value: Double) -> JSONValue { .exact(value) }
+
+  // MARK: - generate
+
+  static let generateSpec = CommandSpec(
+    name: "flare-eval generate",
+    overview: "Continue a prompt with a Llama model; prints the continuation only.",
+    positionals: [],
+    options: [
+      model, adapter,
+      OptionSpec("--prompt", value: "text", help: "The prompt."),
+      OptionSpec("--max-tokens", value: "n", default: "64", help: "Tokens to generate at most."),
+      OptionSpec(
+        "--temperature", value: "t", default: "0", help: "0 is greedy; above 0 samples."),
+      OptionSpec(
+        "--top-k", value: "k", default: "0", help: "Sample among the k likeliest (0: all)."),
+      OptionSpec(
+        "--top-p", value: "p", default: "1", help: "Sample within probability mass p (1: all)."),
+      OptionSpec("--seed", value: "s", default: "0", help: "Seed of the sampler."),
+      OptionSpec(
+        "--no-special", help: "Do not add the model's special tokens (BOS) to the prompt."),
+      OptionSpec("--ignore-eos", help: "Keep generating after the end-of-text token."),
+      threads, json,
+    ],
+    discussion: exitStatus)
+
+  static func generate(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: generateSpec)
+    let (model, tokenizer) = try LoadedModel.llama(
+      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let prompt = try required(arguments, OptionSpec("--prompt", value: "text", help: ""))
+    let maxTokens = try arguments.int("--max-tokens", spec: generateSpec) ?? 64
+    guard maxTokens >= 0 else { throw UsageError("'--max-tokens' must not be negative") }
+    var options = SamplingOptions()
+    options.temperature = Float(try arguments.double("--temperature", spec: generateSpec) ?? 0)
+    options.topK = try arguments.int("--top-k", spec: generateSpec) ?? 0
+    options.topP = Float(try arguments.double("--top-p", spec: generateSpec) ?? 1)
+    options.seed = UInt64(max(0, try arguments.int("--seed", spec: generateSpec) ?? 0))
+    guard options.temperature >= 0, options.topK >= 0, options.topP > 0, options.topP <= 1 else {
+      throw UsageError("'--temperature' and '--top-k' must not be negative; '--top-p' is in (0, 1]")
+    }
+    let ids = tokenizer.encode(prompt, addSpecial: !arguments.flag("--no-special"))
+    var stop = Set<Int>()
+    if !arguments.flag("--ignore-eos") {
+      if let eos = tokenizer.eos { stop.insert(eos) }
+      if let eos = model.config.eosTokenID { stop.insert(eos) }
+    }
+    let streaming = !arguments.flag("--json")
+    var printed = ""
+    var generated: [Int] = []
+    let out = try model.generate(prompt: ids, maxTokens: maxTokens, sampling: options, stop: stop) {
+      token in
+      generated.append(token)
+      if streaming {
+        // Print the text as it grows (a token can end in the middle of a character).
+        let text = tokenizer.decode(generated.filter { !stop.contains($0) }, skipSpecial: true)
+        if text.hasPrefix(printed), !text.hasSuffix("\u{FFFD}") {
+          Console.out(String(text.dropFirst(printed.count)))
+          printed = text
+        }
+      }
+      return true
+    }
+    let visible = out.filter { !stop.contains($0) }
+    let text = tokenizer.decode(visible, skipSpecial: true)
+    if streaming {
+      if text.hasPrefix(printed) { Console.out(String(text.dropFirst(printed.count))) }
+      Console.out("\n")
+    } else {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("prompt_ids", .array(ids.map { .integer($0) })),
+            ("generated_ids", .array(out.map { .integer($0) })),
+            ("text", .string(text)),
+          ])) + "\n")
+    }
+    return .success
+  }
+
+  // MARK: - logits
+
+  static let logitsSpec = CommandSpec(
+    name: "flare-eval logits",
+    overview: "The prompt's token ids and the top logits at its last position.",
+    positionals: [],
+    options: [
+      model, adapter, OptionSpec("--prompt", value: "text", help: "The prompt."),
+      OptionSpec("--top", value: "k", default: "10", help: "How many logits to show."),
+      OptionSpec("--no-special", help: "Do not add the model's special tokens (BOS)."),
+      threads, json,
+    ],
+    discussion: exitStatus)
+
+  static func logits(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: logitsSpec)
+    let (model, tokenizer) = try LoadedModel.llama(
+      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let prompt = try required(arguments, OptionSpec("--prompt", value: "text", help: ""))
+    let k = try arguments.int("--top", spec: logitsSpec) ?? 10
+    guard k > 0 else { throw UsageError("'--top' must be at least 1") }
+    let ids = tokenizer.encode(prompt, addSpecial: !arguments.flag("--no-special"))
+    guard !ids.isEmpty else {
+      throw FlareError("eval", .invalidArgument, "the prompt has no tokens")
+    }
+    let logits = try model.forward(
+      tokens: [ids], cache: model.makeCache(batch: 1, capacity: ids.count))
+    let order = logits.indices.sorted {
+      logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1)
+    }
+    let top = order.prefix(k)
+    if arguments.flag("--json") {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("ids", .array(ids.map { .integer($0) })),
+            (
+              "top",
+              .array(top.map { .object([("id", .integer($0)), ("logit", .float(logits[$0]))]) })
+            ),
+          ])) + "\n")
+    } else {
+      Console.out("ids: \(ids.map(String.init).joined(separator: " "))\n")
+      for id in top {
+        let piece = tokenizer.decode([id])
+        Console.out("\(id)\t\(logits[id])\t\(piece.debugDescription)\n")
+      }
+    }
+    return .success
+  }
+
+  // MARK: - tokenize
+
+  static let tokenizeSpec = CommandSpec(
+    name: "flare-eval tokenize",
+    overview: "The token ids of a text, with the model's tokenizer.",
+    positionals: [],
+    options: [
+      model, OptionSpec("--text", value: "text", help: "The text."),
+      OptionSpec("--no-special", help: "Do not add the model's special tokens."),
+      OptionSpec("--parse-special", help: "Read special-token strings in the text as such."),
+      json,
+    ],
+    discussion: exitStatus)
+
+  static func tokenize(_ arguments: ParsedArguments) throws -> ExitStatus {
+    let tokenizer = try LoadedModel.tokenizer(try required(arguments, EvalCommand.model))
+    let text = try required(arguments, OptionSpec("--text", value: "text", help: ""))
+    let ids = tokenizer.encode(
+      text, addSpecial: !arguments.flag("--no-special"),
+      parseSpecial: arguments.flag("--parse-special"))
+    if arguments.flag("--json") {
+      Console.out(JSONWriter.compact(.array(ids.map { .integer($0) })) + "\n")
+    } else {
+      for id in ids { Console.out("\(id)\t\((tokenizer.piece(id) ?? "").debugDescription)\n") }
+    }
+    return .success
+  }
+
+  // MARK: - embed
+
+  static let embedSpec = CommandSpec(
+    name: "flare-eval embed",
+    overview: "One embedding vector per text from a BERT or XLM-R encoder.",
+    positionals: [],
+    options: [
+      model, adapter, OptionSpec("--text", value: "text", help: "A text (repeatable)."),
+      OptionSpec("--pooling", value: "mean|cls", default: "mean", help: "How tokens are pooled."),
+      OptionSpec("--normalize", help: "Scale each vector to unit length."), threads, json,
+    ],
+    discussion: exitStatus)
+
+  static func embed(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: embedSpec)
+    let texts = arguments.allValues("--text")
+    guard !texts.isEmpty else { throw UsageError("missing expected option '--text <text>'") }
+    let pooling: BERTModel.Pooling
+    switch arguments.value("--pooling") ?? "mean" {
+    case "mean": pooling = .mean
+    case "cls": pooling = .cls
+    case let other: throw UsageError("the value '\(other)' is invalid for '--pooling <mean|cls>'")
+    }
+    let (model, tokenizer) = try LoadedModel.encoder(
+      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let limit = model.config.maxPositions - (model.config.kind == .xlmRoberta ? 2 : 0)
+    let ids = texts.map { Array(tokenizer.encode($0).prefix(max(1, limit))) }
+    let vectors = try model.embed(
+      tokens: ids, pooling: pooling, normalize: arguments.flag("--normalize"))
+    if arguments.flag("--json") {
+      Console.out(
+        JSONWriter.compact(.array(vectors.map { .array($0.map { JSONValue.float($0) }) })) + "\n")
+    } else {
+      for (text, vector) in zip(texts, vectors) {
+        let head = vector.prefix(4).map { "\($0)" }.joined(separator: " ")
+        Console.out("\(text.debugDescription): \(vector.count) values [\(head) …]\n")
+      }
+      if vectors.count > 1 {
+        Console.out("cosine similarity:\n")
+        for (i, a) in vectors.enumerated() {
+          let row = vectors.map { b in String(fourDecimals(cosine(a, b))) }
+          Console.out("  \(i + 1): \(row.joined(separator: " "))\n")
+        }
+      }
+    }
+    return .success
+  }
+
+  static func cosine(_ a: [Float], _ b: [Float]) -> Double {
+    var dot = 0.0
+    var na = 0.0
+    var nb = 0.0
+    for (x, y) in zip(a, b) {
+      dot += Double(x) * Double(y)
+      na += Double(x) * Double(x)
+      nb += Double(y) * Double(y)
+    }
+    return na > 0 && nb > 0 ? dot / (na.squareRoot() * nb.squareRoot()) : 0
+  }
+
+  /// `value` with 4 decimals.
+  static func fourDecimals(_ value: Double) -> String {
+    let scaled = (value * 10_000).rounded()
+    let sign = scaled < 0 ? "-" : ""
+    let magnitude = Int(abs(scaled))
+    let fraction = String(magnitude % 10_000)
+    return
+      "\(sign)\(magnitude / 10_000).\(String(repeating: "0", count: 4 - fraction.count))\(fraction)"
+  }
+
+  // MARK: - perplexity
+
+  static let perplexitySpec = CommandSpec(
+    name: "flare-eval perplexity",
+    overview: "Perplexity of a UTF-8 text file under a Llama model.",
+    positionals: [],
+    options: [
+      model, adapter, OptionSpec("--file", value: "path", help: "The text file."),
+      OptionSpec(
+        "--context", value: "n", default: "512",
+        help: "Tokens per window; windows do not overlap."),
+      threads, json, quiet,
+    ],
+    discussion: """
+      The file is tokenized whole (with the model's BOS if it adds one) and cut into windows of
+      --context tokens; every token of a window except its first is scored given the tokens
+      before it in the window. Perplexity is exp of the mean negative log-likelihood.
+
+      \(exitStatus)
+      """)
+
+  static func perplexity(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: perplexitySpec)
+    let path = try required(arguments, OptionSpec("--file", value: "path", help: ""))
+    let context = try arguments.int("--context", spec: perplexitySpec) ?? 512
+    guard context >= 2 else { throw UsageError("'--context' must be at least 2") }
+    let (model, tokenizer) = try LoadedModel.llama(
+      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let text = String(decoding: try readSmallFile(path), as: UTF8.self)
+    let ids = tokenizer.encode(text)
+    guard ids.count >= 2 else {
+      throw FlareError("eval", .invalidArgument, "the file has fewer than 2 tokens", path: path)
+    }
+    let vocab = model.config.vocabSize
+    var nll = 0.0
+    var scored = 0
+    var start = 0
+    let bar = ProgressBar(
+      label: "scoring", total: ids.count, enabled: !arguments.flag("--quiet"))
+    while start + 1 < ids.count {
+      let window = Array(ids[start..<min(ids.count, start + context)])
+      let logits = try model.forward(
+        tokens: [window], cache: model.makeCache(batch: 1, capacity: window.count), logits: .all)
+      for i in 0..<(window.count - 1) {
+        let row = logits[(i * vocab)..<((i + 1) * vocab)]
+        let largest = row.max() ?? 0
+        var sum = 0.0
+        for value in row { sum += exp(Double(value - largest)) }
+        let logProbability = Double(row[row.startIndex + window[i + 1]] - largest) - log(sum)
+        nll -= logProbability
+        scored += 1
+      }
+      start += window.count
+      bar.set(done: start, of: ids.count)
+    }
+    bar.finish()
+    let value = exp(nll / Double(scored))
+    if arguments.flag("--json") {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("perplexity", .exact(value)), ("tokens", .integer(ids.count)),
+            ("scored", .integer(scored)), ("context", .integer(context)),
+          ])) + "\n")
+    } else {
+      Console.out("perplexity: \(value) (\(scored) tokens scored, windows of \(context))\n")
+    }
+    return .success
+  }
+
+  // MARK: - compare
+
+  static let compareSpec = CommandSpec(
+    name: "flare-eval compare",
+    overview: "Logit differences and top-1 agreement between two Llama models.",
+    positionals: [],
+    options: [
+      OptionSpec(
+        "--model", value: "path",
+        help: "Give it twice: the reference model, then the candidate."),
+      OptionSpec(
+        "--adapter", value: "path[:weight]",
+        help: "Applied unmerged to the candidate (the second --model) (repeatable)."),
+      OptionSpec("--file", value: "path", help: "Prompts, one per line."),
+      threads, json,
+    ],
+    discussion: """
+      Every position of every prompt is compared: the largest and the mean absolute logit
+      difference, and how often the two models' most likely next token agrees. A typical use:
+      flare-eval compare --model merged --model base --adapter lora --file prompts.txt
+
+      \(exitStatus)
+      """)
+
+  static func compare(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: compareSpec)
+    let models = arguments.allValues("--model")
+    guard models.count == 2 else {
+      throw UsageError("'--model' must be given twice (reference, then candidate)")
+    }
+    let path = try required(arguments, OptionSpec("--file", value: "path", help: ""))
+    let (reference, tokenizer) = try LoadedModel.llama(models[0], adapters: [])
+    let (candidate, _) = try LoadedModel.llama(models[1], adapters: try adapters(arguments))
+    let prompts = String(decoding: try readSmallFile(path), as: UTF8.self)
+      .split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+    guard !prompts.isEmpty else {
+      throw FlareError("eval", .invalidArgument, "no prompts in the file", path: path)
+    }
+    let ids = prompts.map { tokenizer.encode($0) }
+    let result = try reference.compare(with: candidate, prompts: ids)
+    printComparison(result, prompts: prompts.count, json: arguments.flag("--json"))
+    return .success
+  }
+
+  static func printComparison(_ result: LogitComparison, prompts: Int, json: Bool) {
+    if json {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("prompts", .integer(prompts)), ("positions", .integer(result.positions)),
+            ("max_abs_diff", .float(result.maxAbsDifference)),
+            ("mean_abs_diff", .exact(result.meanAbsDifference)),
+            ("top1_agreement", .exact(result.top1Agreement)),
+          ])) + "\n")
+    } else {
+      Console.out(
+        """
+        positions compared: \(result.positions) (\(prompts) prompts)
+        max abs logit difference: \(result.maxAbsDifference) (prompt \(result.worst.prompt + 1), position \(result.worst.position), token \(result.worst.id))
+        mean abs logit difference: \(result.meanAbsDifference)
+        top-1 agreement: \(result.top1Agreements)/\(result.positions)
+
+        """)
+    }
+  }
+
+  // MARK: - bench
+
+  static let benchSpec = CommandSpec(
+    name: "flare-eval bench",
+    overview: "Prefill and decode speed of a Llama model.",
+    positionals: [],
+    options: [
+      model,
+      OptionSpec("--prompt-tokens", value: "n", default: "128", help: "Prompt length."),
+      OptionSpec("--gen-tokens", value: "n", default: "64", help: "Tokens decoded one by one."),
+      OptionSpec("--repeat", value: "n", default: "1", help: "Runs; the best is reported."),
+      threads, json,
+    ],
+    discussion: """
+      The prompt is made of fixed token ids (no tokenizer involved). Prefill: one forward pass
+      over the prompt; decode: greedy tokens one at a time with the KV cache. Load time is
+      reported separately.
+
+      \(exitStatus)
+      """)
+
+  static func bench(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: benchSpec)
+    let promptTokens = try arguments.int("--prompt-tokens", spec: benchSpec) ?? 128
+    let genTokens = try arguments.int("--gen-tokens", spec: benchSpec) ?? 64
+    let repeats = try arguments.int("--repeat", spec: benchSpec) ?? 1
+    guard promptTokens > 0, genTokens >= 0, repeats > 0 else {
+      throw UsageError("'--prompt-tokens' and '--repeat' must be positive")
+    }
+    let loadStart = now()
+    let model = try LlamaModel(path: try required(arguments, EvalCommand.model))
+    let loadSeconds = now() - loadStart
+    let vocab = model.config.vocabSize
+    let prompt = (0..<promptTokens).map { ($0 * 7919 + 13) % vocab }
+    var bestPrefill = Double.infinity
+    var bestDecode = Double.infinity
+    for _ in 0..<repeats {
+      let cache = model.makeCache(batch: 1, capacity: promptTokens + genTokens)
+      let t0 = now()
+      var logits = try model.forward(tokens: [prompt], cache: cache)
+      let t1 = now()
+      for _ in 0..<genTokens {
+        logits = try model.forward(tokens: [[Sampler.argmax(logits[...])]], cache: cache)
+      }
+      let t2 = now()
+      bestPrefill = min(bestPrefill, t1 - t0)
+      bestDecode = min(bestDecode, t2 - t1)
+    }
+    let prefillRate = Double(promptTokens) / bestPrefill
+    let decodeRate = genTokens == 0 ? 0 : Double(genTokens) / bestDecode
+    if arguments.flag("--json") {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("model", .string(model.source.path)), ("prompt_tokens", .integer(promptTokens)),
+            ("gen_tokens", .integer(genTokens)), ("threads", .integer(BLAS.threads)),
+            ("kernels", .string(BLAS.coreName)), ("load_s", .exact(loadSeconds)),
+            ("prefill_s", .exact(bestPrefill)), ("prefill_tok_s", .exact(prefillRate)),
+            ("decode_s", .exact(bestDecode)), ("decode_tok_s", .exact(decodeRate)),
+          ])) + "\n")
+    } else {
+      Console.out(
+        """
+        load: \(loadSeconds) s
+        prefill: \(promptTokens) tokens in \(bestPrefill) s = \(prefillRate) tok/s
+        decode: \(genTokens) tokens in \(bestDecode) s = \(decodeRate) tok/s
+        threads: \(BLAS.threads), OpenBLAS kernels: \(BLAS.coreName)
+
+        """)
+    }
+    return .success
+  }
+
+  static func now() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
   }
 }

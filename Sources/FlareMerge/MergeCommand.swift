@@ -150,12 +150,20 @@ public enum MergeCommand {
       progress: { done, total in bar.set(done: done, of: total) })
     bar.finish()
     var verified: Float?
+    var forward: (check: ForwardCheck?, reason: String?) = (nil, nil)
     if arguments.flag("--verify") {
       verified = try Merger.verify(
         output: output, base: base, adapters: adapters, plan: plan, threads: threads)
+      forward = try Merger.verifyForward(
+        output: output, basePath: basePath, adapters: adapters, report: report)
     }
     if arguments.flag("--json") {
-      Console.out(JSONWriter.compact(reportJSON(report, verified: verified)) + "\n")
+      var json = reportJSON(report, verified: verified)
+      if arguments.flag("--verify"), case .object(var members) = json {
+        members.append(("forward", forwardJSON(forward)))
+        json = .object(members)
+      }
+      Console.out(JSONWriter.compact(json) + "\n")
     } else if !quiet {
       Console.out(
         "merged \(report.tensors.count) tensors from \(adapters.count) adapter\(adapters.count == 1 ? "" : "s") into \(output) (\(report.untouched) copied unchanged, \(report.bytes) bytes of tensor data)\n"
@@ -172,6 +180,14 @@ public enum MergeCommand {
         Console.out(
           "verified: every merged tensor equals base + ΔW rounded once (max |stored − F32 merge| \(verified))\n"
         )
+      }
+      if let check = forward.check {
+        let c = check.comparison
+        Console.out(
+          "verified forward pass: merged vs base + adapters unmerged on \(check.prompts) prompts (\(c.positions) positions): max |logit difference| \(c.maxAbsDifference), mean \(c.meanAbsDifference), top-1 agreement \(c.top1Agreements)/\(c.positions)\(check.exact ? " (F32 output: bound \(ForwardCheck.exactTolerance))" : " (rounded output: reported, not bounded)")\n"
+        )
+      } else if let reason = forward.reason {
+        Console.out("note: no forward-pass check: \(reason)\n")
       }
     }
     return .success
@@ -229,6 +245,19 @@ public enum MergeCommand {
         "  \(change.tensor) \(kind) \(sources.joined(separator: " + ")) -> \(change.outputType)\n")
     }
     for note in plan.notes { Console.out("note: \(note)\n") }
+  }
+
+  static func forwardJSON(_ forward: (check: ForwardCheck?, reason: String?)) -> JSONValue {
+    guard let check = forward.check else {
+      return .object([("checked", .bool(false)), ("reason", .string(forward.reason ?? ""))])
+    }
+    let c = check.comparison
+    return .object([
+      ("checked", .bool(true)), ("prompts", .integer(check.prompts)),
+      ("positions", .integer(c.positions)), ("max_abs_diff", .float(c.maxAbsDifference)),
+      ("mean_abs_diff", .exact(c.meanAbsDifference)), ("top1_agreement", .exact(c.top1Agreement)),
+      ("bounded", .bool(check.exact)),
+    ])
   }
 
   static func reportJSON(_ report: MergeReport, verified: Float?) -> JSONValue {

@@ -209,7 +209,8 @@ public final class LlamaModel: @unchecked Sendable {
     for (row, id) in tokens.joined().enumerated() {
       (x + row * c).update(from: table + id * c, count: c)
     }
-    let valid = cache.valid
+    // The padding slots each sequence must not attend to (usually none).
+    let padding = cache.valid.map { slots in (0..<keys).filter { !slots[$0] } }
     let group = heads / kvHeads
     let eps = config.rmsNormEpsilon
 
@@ -239,15 +240,14 @@ public final class LlamaModel: @unchecked Sendable {
       }
       for b in 0..<batch {
         let keyBase = cache.offset(layer: layer, sequence: b, slot: 0)
-        let seen = valid[b]
         for head in 0..<heads {
           let kvHead = head / group
-          Kernels.attentionHead(
+          Kernels.causalAttentionHead(
             out: attention + b * t * qDim + head * d, outStride: qDim,
             q: q + b * t * qDim + head * d, qStride: qDim,
             k: cache.keys + keyBase + kvHead * d, v: cache.values + keyBase + kvHead * d,
-            kvStride: kvDim, queries: t, keys: keys, headDim: d, probs: probs
-          ) { query, key in key <= start + query && seen[key] }
+            kvStride: kvDim, queries: t, keys: keys, headDim: d, probs: probs,
+            causalOffset: start, padding: padding[b])
         }
       }
       block.o.forward(out: projected, inp: attention, rows: n)

@@ -117,3 +117,11 @@ extension BLAS {
       Int32(max(lda, 1)), x, 1, beta, y, 1)
   }
 }
+
+extension BLAS {
+  /// Sets how many threads OpenBLAS uses for one call.
+  public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+
+  /// How many threads OpenBLAS uses for one call.
+  public static var threads: Int { Int(openblas_get_num_threads()) }
+}

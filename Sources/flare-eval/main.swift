@@ -1,6 +1,5 @@
-import FlareCLI
 import FlareEval
 import FlareTensor
 
 BLAS.selectKernelsForThisCPU()
-ToolMain.run(EvalCommand.spec) { arguments in try EvalCommand.run(arguments) }
+EvalCommand.main()

@@ -1,0 +1,117 @@
+/// Applies BPE merges to a word, lowest rank first, as llama.cpp's `llm_tokenizer_bpe_session`
+/// and HF `tokenizers`' `BPE::merge_word` do.
+///
+/// Symbols are token ids; a pair `(left, right)` that has a merge rule becomes the rule's result
+/// token. Among pairs of equal rank the leftmost merges first. Symbols that are not in the
+/// vocabulary (`-1`) never merge.
+struct BytePairMerger: Sendable {
+  /// `left << 32 | right` to `rank << 32 | result`, all non-negative `Int32` values.
+  let rules: [UInt64: UInt64]
+
+  init(rules: [UInt64: UInt64]) { self.rules = rules }
+
+  static func key(_ left: Int32, _ right: Int32) -> UInt64 {
+    UInt64(UInt32(bitPattern: left)) << 32 | UInt64(UInt32(bitPattern: right))
+  }
+
+  private struct Candidate {
+    var rank: Int32
+    var left: Int32
+    var right: Int32
+    var leftID: Int32
+    var rightID: Int32
+    var result: Int32
+
+    /// Heap order: lower rank first, then the leftmost pair.
+    func precedes(_ other: Candidate) -> Bool {
+      rank != other.rank ? rank < other.rank : left < other.left
+    }
+  }
+
+  /// A binary min-heap of candidates.
+  private struct Heap {
+    var items: [Candidate] = []
+
+    mutating func push(_ item: Candidate) {
+      items.append(item)
+      var child = items.count - 1
+      while child > 0 {
+        let parent = (child - 1) / 2
+        guard items[child].precedes(items[parent]) else { break }
+        items.swapAt(child, parent)
+        child = parent
+      }
+    }
+
+    mutating func pop() -> Candidate? {
+      guard let first = items.first else { return nil }
+      let last = items.removeLast()
+      if !items.isEmpty {
+        items[0] = last
+        var parent = 0
+        while true {
+          let left = 2 * parent + 1
+          let right = left + 1
+          var best = parent
+          if left < items.count && items[left].precedes(items[best]) { best = left }
+          if right < items.count && items[right].precedes(items[best]) { best = right }
+          if best == parent { break }
+          items.swapAt(parent, best)
+          parent = best
+        }
+      }
+      return first
+    }
+  }
+
+  /// The merged symbols of `word`, in order (`-1` for symbols outside the vocabulary).
+  func merge(_ word: [Int32]) -> [Int32] {
+    guard word.count > 1 else { return word }
+    var ids = word
+    var next = [Int32](unsafeUninitializedCapacity: word.count) { buffer, count in
+      for i in 0..<word.count { buffer[i] = Int32(i + 1) }
+      count = word.count
+    }
+    next[word.count - 1] = -1
+    var previous = (0..<word.count).map { Int32($0) - 1 }
+    var alive = [Bool](repeating: true, count: word.count)
+    var heap = Heap()
+    heap.items.reserveCapacity(word.count)
+
+    func consider(_ left: Int32, _ right: Int32) {
+      guard left >= 0, right >= 0 else { return }
+      let a = ids[Int(left)]
+      let b = ids[Int(right)]
+      guard a >= 0, b >= 0, let rule = rules[BytePairMerger.key(a, b)] else { return }
+      heap.push(
+        Candidate(
+          rank: Int32(truncatingIfNeeded: rule >> 32), left: left, right: right, leftID: a,
+          rightID: b, result: Int32(truncatingIfNeeded: rule & 0xFFFF_FFFF)))
+    }
+
+    for i in 1..<word.count { consider(Int32(i - 1), Int32(i)) }
+    while let candidate = heap.pop() {
+      let left = Int(candidate.left)
+      let right = Int(candidate.right)
+      // Skip pairs one of whose symbols has since merged into something else.
+      guard alive[left], alive[right], ids[left] == candidate.leftID,
+        ids[right] == candidate.rightID
+      else { continue }
+      ids[left] = candidate.result
+      alive[right] = false
+      let after = next[right]
+      next[left] = after
+      if after >= 0 { previous[Int(after)] = candidate.left }
+      consider(previous[left], candidate.left)
+      consider(candidate.left, after)
+    }
+    var result: [Int32] = []
+    result.reserveCapacity(word.count)
+    var index: Int32 = 0
+    while index >= 0 {
+      result.append(ids[Int(index)])
+      index = next[Int(index)]
+    }
+    return result
+  }
+}

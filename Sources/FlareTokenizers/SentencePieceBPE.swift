@@ -1,0 +1,118 @@
+/// SentencePiece BPE as llama.cpp's `llm_tokenizer_spm_session` runs it (Llama 2, Phi-3).
+///
+/// The text (spaces already escaped to "▁") starts as one symbol per UTF-8 character; the
+/// adjacent pair whose concatenation is the vocabulary piece with the highest score merges
+/// first (ties: the leftmost), until no pair forms a piece. Symbols left that are not pieces are
+/// spelled as byte tokens (`<0xXX>`).
+struct SentencePieceBPE: Sendable {
+  let scores: [Float]
+
+  private struct Candidate {
+    var score: Float
+    var left: Int32
+    var right: Int32
+    var size: Int32
+
+    /// Heap order: higher score first, then the leftmost pair.
+    func precedes(_ other: Candidate) -> Bool {
+      score != other.score ? score > other.score : left < other.left
+    }
+  }
+
+  /// Tokenizes `text` (UTF-8), appending ids to `output`.
+  ///
+  /// - Parameters:
+  ///   - lookup: The id of a piece, or `nil`.
+  ///   - byteToken: The token for a byte that no piece covers, or `nil` to drop it.
+  func encode(
+    _ text: [UInt8], lookup: (ArraySlice<UInt8>) -> Int32?, byteToken: (UInt8) -> Int32?,
+    into output: inout [Int]
+  ) {
+    guard !text.isEmpty else { return }
+    // One symbol per UTF-8 character (llama.cpp's `unicode_len_utf8` on the lead byte).
+    var starts: [Int32] = []
+    var lengths: [Int32] = []
+    var offset = 0
+    while offset < text.count {
+      let lead = text[offset]
+      let length = lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
+      let n = min(length, text.count - offset)
+      starts.append(Int32(offset))
+      lengths.append(Int32(n))
+      offset += n
+    }
+    let count = starts.count
+    var next = (0..<count).map { Int32($0 + 1) }
+    next[count - 1] = -1
+    var previous = (0..<count).map { Int32($0) - 1 }
+    var heap: [Candidate] = []
+
+    func push(_ item: Candidate) {
+      heap.append(item)
+      var child = heap.count - 1
+      while child > 0 {
+        let parent = (child - 1) / 2
+        guard heap[child].precedes(heap[parent]) else { break }
+        heap.swapAt(child, parent)
+        child = parent
+      }
+    }
+    func pop() -> Candidate? {
+      guard let first = heap.first else { return nil }
+      let last = heap.removeLast()
+      if !heap.isEmpty {
+        heap[0] = last
+        var parent = 0
+        while true {
+          let l = 2 * parent + 1
+          let r = l + 1
+          var best = parent
+          if l < heap.count && heap[l].precedes(heap[best]) { best = l }
+          if r < heap.count && heap[r].precedes(heap[best]) { best = r }
+          if best == parent { break }
+          heap.swapAt(parent, best)
+          parent = best
+        }
+      }
+      return first
+    }
+    func consider(_ left: Int32, _ right: Int32) {
+      guard left >= 0, right >= 0 else { return }
+      let start = Int(starts[Int(left)])
+      let size = Int(lengths[Int(left)] + lengths[Int(right)])
+      guard let id = lookup(text[start..<(start + size)]), Int(id) < scores.count else { return }
+      push(Candidate(score: scores[Int(id)], left: left, right: right, size: Int32(size)))
+    }
+
+    for i in 1..<count { consider(Int32(i - 1), Int32(i)) }
+    while let candidate = pop() {
+      let left = Int(candidate.left)
+      let right = Int(candidate.right)
+      // A pair is stale once either side has merged with something else.
+      guard lengths[left] > 0, lengths[right] > 0,
+        lengths[left] + lengths[right] == candidate.size
+      else { continue }
+      lengths[left] += lengths[right]
+      lengths[right] = 0
+      let after = next[right]
+      next[left] = after
+      if after >= 0 { previous[Int(after)] = candidate.left }
+      consider(previous[left], candidate.left)
+      consider(candidate.left, after)
+    }
+
+    var index: Int32 = 0
+    while index >= 0 {
+      let start = Int(starts[Int(index)])
+      let range = start..<(start + Int(lengths[Int(index)]))
+      if let id = lookup(text[range]) {
+        output.append(Int(id))
+      } else {
+        for byte in text[range] {
+          if let id = byteToken(byte) { output.append(Int(id)) }
+        }
+      }
+      index = next[Int(index)]
+    }
+  }
+}

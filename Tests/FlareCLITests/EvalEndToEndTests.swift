@@ -1,0 +1,187 @@
+import FlareCore
+import FlareSafetensors
+import Foundation
+import Testing
+import _FlareTestSupport
+
+/// flare-eval and flare-merge --verify run as a user runs them, on the real models.
+@Suite("flare-eval end to end", .serialized)
+struct EvalEndToEndTests {
+  static func smolLM2() throws -> String? {
+    if offline && !FileManager.default.fileExists(atPath: smolLM2GGUF) { return nil }
+    return try #require(try smolLM2HFFolder(), "run scripts/fetch-models.sh (or make models)")
+  }
+
+  static func json(_ result: ToolResult) throws -> JSONValue {
+    try JSONParser.parse(Array(result.stdout.utf8))
+  }
+
+  // Oracle: transformers (Fixtures/llama/smollm2-golden.json): the prompt's ids (the issue's
+  // [6403, 1980, 253, 655, 28, 665, 436, 253, 1838]) and the exact 15-token greedy
+  // continuation, from both the GGUF and the F32 folder.
+  @Test("tokenize and generate on SmolLM2 (GGUF and HF folder) reproduce transformers")
+  func generate() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    let golden = try loadFixtureJSON("llama/smollm2-golden.json")
+    let english = try #require(golden["cases"]?.arrayValue?.first)
+    let prompt = try #require(english["text"]?.stringValue)
+    let ids = english["ids"]?.arrayValue?.compactMap(\.intValue) ?? []
+    #expect(ids == [6403, 1980, 253, 655, 28, 665, 436, 253, 1838])
+    let continuation = english["greedy"]?["ids"]?.arrayValue?.compactMap { $0.intValue } ?? []
+    #expect(continuation.count == 15)
+    let text = try #require(english["greedy"]?["text"]?.stringValue)
+    #expect(text == " girl named Emma who loved to play in the sun. She would often go")
+    for model in [smolLM2GGUF, folder] {
+      let tokens = try runTool(
+        "flare-eval", ["tokenize", "--model", model, "--text", prompt, "--json"])
+      #expect(tokens.status == 0, "\(tokens.stderr)")
+      #expect(try Self.json(tokens).arrayValue?.compactMap(\.intValue) == ids)
+      let run = try runTool(
+        "flare-eval",
+        ["generate", "--model", model, "--prompt", prompt, "--max-tokens", "15", "--json"])
+      #expect(run.status == 0, "\(run.stderr)")
+      let out = try Self.json(run)
+      #expect(out["prompt_ids"]?.arrayValue?.compactMap(\.intValue) == ids)
+      #expect(out["generated_ids"]?.arrayValue?.compactMap(\.intValue) == continuation)
+      #expect(out["text"]?.stringValue == text)
+      // The plain form prints the continuation only.
+      let plain = try runTool(
+        "flare-eval", ["generate", "--model", model, "--prompt", prompt, "--max-tokens", "15"])
+      #expect(plain.stdout == text + "\n")
+    }
+  }
+
+  // Oracle: transformers' top-10 at the last position (1e-3 on each logit, same ids in order).
+  @Test("logits --json gives transformers' top logits for every golden prompt")
+  func logits() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    let golden = try loadFixtureJSON("llama/smollm2-golden.json")
+    for item in golden["cases"]?.arrayValue ?? [] {
+      let text = try #require(item["text"]?.stringValue)
+      let run = try runTool(
+        "flare-eval", ["logits", "--model", folder, "--prompt", text, "--top", "5", "--json"])
+      #expect(run.status == 0, "\(run.stderr)")
+      let out = try Self.json(run)
+      #expect(out["ids"] == item["ids"], "\(text)")
+      let got = out["top"]?.arrayValue ?? []
+      let expected = Array((item["top"]?.arrayValue ?? []).prefix(5))
+      #expect(got.count == 5)
+      for (g, e) in zip(got, expected) {
+        #expect(g["id"]?.intValue == e["id"]?.intValue, "\(text)")
+        let difference = abs((g["logit"]?.doubleValue ?? 0) - (e["logit"]?.doubleValue ?? 0))
+        #expect(difference < 1e-3, "\(text)")
+      }
+    }
+  }
+
+  // Oracle: transformers' logits turned into a perplexity with the same windows, in float64
+  // (Fixtures/llama/make_golden.py); relative tolerance 1e-4.
+  @Test("perplexity equals the transformers figure")
+  func perplexity() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    let golden = try #require(try loadFixtureJSON("llama/smollm2-golden.json")["perplexity"])
+    let run = try runTool(
+      "flare-eval",
+      [
+        "perplexity", "--model", folder, "--file", fixturePath("llama/prompts.txt"), "--context",
+        "32", "--json",
+      ])
+    #expect(run.status == 0, "\(run.stderr)")
+    let out = try Self.json(run)
+    #expect(out["scored"]?.intValue == golden["scored"]?.intValue)
+    let value = try #require(out["perplexity"]?.doubleValue)
+    let expected = try #require(golden["perplexity"]?.doubleValue)
+    #expect(abs(value - expected) / expected < 1e-4, "\(value) vs \(expected)")
+  }
+
+  // Oracle: sentence-transformers' embeddings (Fixtures/encoders/minilm.json and
+  // minilm.safetensors). Text in, vector out: Flare's WordPiece tokenizer and encoder
+  // together; cosine ≥ 0.9999.
+  @Test("embed on all-MiniLM-L6-v2 equals sentence-transformers")
+  func embed() throws {
+    guard FileManager.default.fileExists(atPath: "\(miniLMFolder)/model.safetensors") || !offline
+    else { return }
+    let golden = try loadFixtureJSON("encoders/minilm.json")
+    let texts = golden["texts"]?.arrayValue?.compactMap(\.stringValue) ?? []
+    let file = try SafetensorsFile(path: fixturePath("encoders/minilm.safetensors"))
+    let expected = try file.view("embeddings").floats()
+    var arguments = ["embed", "--model", miniLMFolder, "--normalize", "--json"]
+    for text in texts { arguments += ["--text", text] }
+    let run = try runTool("flare-eval", arguments)
+    #expect(run.status == 0, "\(run.stderr)")
+    let vectors = try Self.json(run).arrayValue ?? []
+    #expect(vectors.count == texts.count)
+    let width = expected.count / max(texts.count, 1)
+    for (i, vector) in vectors.enumerated() {
+      let got = vector.arrayValue?.compactMap(\.doubleValue) ?? []
+      let want = expected[(i * width)..<((i + 1) * width)].map(Double.init)
+      let dot = zip(got, want).reduce(0) { $0 + $1.0 * $1.1 }
+      let norms =
+        (got.reduce(0) { $0 + $1 * $1 }).squareRoot()
+        * (want.reduce(0) { $0 + $1 * $1 }).squareRoot()
+      #expect(dot / norms >= 0.9999, "\(texts[i]): cosine \(dot / norms)")
+    }
+  }
+
+  // Oracle: the unmerged model itself. A merge into F32 must reproduce base + adapter to float
+  // rounding: top-1 agreement everywhere and a largest logit difference under 1e-4 (the
+  // issue's bound), through `compare` and through `flare-merge --verify`.
+  @Test("compare and merge --verify: merged equals base + adapter unmerged")
+  func compareAndVerify() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let adapter = fixturePath("peft/smollm2-demo-lora")
+    let merge = try runTool(
+      "flare-merge",
+      ["--base", folder, "--adapter", adapter, "--output", "\(work)/merged", "--verify", "--json"])
+    #expect(merge.status == 0, "\(merge.stderr)")
+    let forward = try #require(try Self.json(merge)["forward"])
+    #expect(forward["checked"]?.boolValue == true)
+    #expect(forward["bounded"]?.boolValue == true)
+    #expect(forward["top1_agreement"]?.doubleValue == 1)
+    #expect((forward["max_abs_diff"]?.doubleValue ?? 1) < 1e-4)
+    let compare = try runTool(
+      "flare-eval",
+      [
+        "compare", "--model", "\(work)/merged", "--model", folder, "--adapter", adapter, "--file",
+        fixturePath("llama/prompts.txt"), "--json",
+      ])
+    #expect(compare.status == 0, "\(compare.stderr)")
+    let result = try Self.json(compare)
+    #expect(result["prompts"]?.intValue == 7)
+    #expect(result["top1_agreement"]?.doubleValue == 1)
+    #expect((result["max_abs_diff"]?.doubleValue ?? 1) < 1e-4)
+    // Without the adapter the two models differ: the comparison can fail.
+    let without = try runTool(
+      "flare-eval",
+      [
+        "compare", "--model", "\(work)/merged", "--model", folder, "--file",
+        fixturePath("llama/prompts.txt"), "--json",
+      ])
+    #expect((try Self.json(without)["max_abs_diff"]?.doubleValue ?? 0) > 0.01)
+  }
+
+  @Test("usage errors exit 64, bad models exit 1, --help exits 0")
+  func errors() throws {
+    let none = try runTool("flare-eval", [])
+    #expect(none.status == 64)
+    let typo = try runTool("flare-eval", ["genrate"])
+    #expect(typo.status == 64)
+    #expect(typo.stderr.contains("did you mean 'generate'"))
+    let missing = try runTool("flare-eval", ["generate", "--prompt", "hi"])
+    #expect(missing.status == 64)
+    #expect(missing.stderr.contains("--model"))
+    let help = try runTool("flare-eval", ["generate", "--help"])
+    #expect(help.status == 0)
+    #expect(help.stdout.contains("--max-tokens"))
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let bad = try runTool("flare-eval", ["generate", "--model", work, "--prompt", "hi"])
+    #expect(bad.status == 1)
+    #expect(bad.stderr.contains(work))
+    let compareOne = try runTool(
+      "flare-eval", ["compare", "--model", work, "--file", fixturePath("llama/prompts.txt")])
+    #expect(compareOne.status == 64)
+  }
+}
