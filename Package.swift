@@ -71,7 +71,7 @@ let package = Package(
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareTokenizersTests",
-      dependencies: ["FlareTokenizers", "FlareGGUF", "_FlareTestSupport"]),
+      dependencies: ["FlareTokenizers", "FlareGGUF", "_FlareTestSupport", "flare-convert"]),
     .testTarget(
       name: "FlareModelsTests",
       dependencies: [

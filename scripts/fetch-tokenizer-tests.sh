@@ -106,7 +106,6 @@ with tarfile.open(sdist, "r:gz") as tar:
         count += 1
 if count == 0:
     sys.exit(f"no files under {prefix}* in {sdist}")
-print(count)
 PY
     touch "$STAGING/out/.complete"
     # Replace whatever stale copy is there (an older or hand-made folder).

@@ -16,8 +16,8 @@ struct BytePairMerger: Sendable {
 
   private struct Candidate {
     var rank: Int32
-    var left: Int32
-    var right: Int32
+    var left: Int
+    var right: Int
     var leftID: Int32
     var rightID: Int32
     var result: Int32
@@ -65,23 +65,23 @@ struct BytePairMerger: Sendable {
   }
 
   /// The merged symbols of `word`, in order (`-1` for symbols outside the vocabulary).
-  func merge(_ word: [Int32]) -> [Int32] {
-    guard word.count > 1 else { return word }
+  func merge(_ word: [Int32]) -> [Int32] { symbols(word).map(\.id) }
+
+  /// The merged symbols of `word` with the index in `word` of each one's first symbol.
+  func symbols(_ word: [Int32]) -> [(id: Int32, start: Int)] {
+    guard word.count > 1 else { return word.enumerated().map { ($1, $0) } }
     var ids = word
-    var next = [Int32](unsafeUninitializedCapacity: word.count) { buffer, count in
-      for i in 0..<word.count { buffer[i] = Int32(i + 1) }
-      count = word.count
-    }
+    var next = Array(1...word.count)
     next[word.count - 1] = -1
-    var previous = (0..<word.count).map { Int32($0) - 1 }
+    var previous = Array(-1..<(word.count - 1))
     var alive = [Bool](repeating: true, count: word.count)
     var heap = Heap()
     heap.items.reserveCapacity(word.count)
 
-    func consider(_ left: Int32, _ right: Int32) {
+    func consider(_ left: Int, _ right: Int) {
       guard left >= 0, right >= 0 else { return }
-      let a = ids[Int(left)]
-      let b = ids[Int(right)]
+      let a = ids[left]
+      let b = ids[right]
       guard a >= 0, b >= 0, let rule = rules[BytePairMerger.key(a, b)] else { return }
       heap.push(
         Candidate(
@@ -89,10 +89,10 @@ struct BytePairMerger: Sendable {
           rightID: b, result: Int32(truncatingIfNeeded: rule & 0xFFFF_FFFF)))
     }
 
-    for i in 1..<word.count { consider(Int32(i - 1), Int32(i)) }
+    for i in 1..<word.count { consider(i - 1, i) }
     while let candidate = heap.pop() {
-      let left = Int(candidate.left)
-      let right = Int(candidate.right)
+      let left = candidate.left
+      let right = candidate.right
       // Skip pairs one of whose symbols has since merged into something else.
       guard alive[left], alive[right], ids[left] == candidate.leftID,
         ids[right] == candidate.rightID
@@ -101,16 +101,16 @@ struct BytePairMerger: Sendable {
       alive[right] = false
       let after = next[right]
       next[left] = after
-      if after >= 0 { previous[Int(after)] = candidate.left }
-      consider(previous[left], candidate.left)
-      consider(candidate.left, after)
+      if after >= 0 { previous[after] = left }
+      consider(previous[left], left)
+      consider(left, after)
     }
-    var result: [Int32] = []
+    var result: [(id: Int32, start: Int)] = []
     result.reserveCapacity(word.count)
-    var index: Int32 = 0
+    var index = 0
     while index >= 0 {
-      result.append(ids[Int(index)])
-      index = next[Int(index)]
+      result.append((ids[index], index))
+      index = next[index]
     }
     return result
   }

@@ -9,9 +9,9 @@ struct SentencePieceBPE: Sendable {
 
   private struct Candidate {
     var score: Float
-    var left: Int32
-    var right: Int32
-    var size: Int32
+    var left: Int
+    var right: Int
+    var size: Int
 
     /// Heap order: higher score first, then the leftmost pair.
     func precedes(_ other: Candidate) -> Bool {
@@ -30,21 +30,21 @@ struct SentencePieceBPE: Sendable {
   ) {
     guard !text.isEmpty else { return }
     // One symbol per UTF-8 character (llama.cpp's `unicode_len_utf8` on the lead byte).
-    var starts: [Int32] = []
-    var lengths: [Int32] = []
+    var starts: [Int] = []
+    var lengths: [Int] = []
     var offset = 0
     while offset < text.count {
       let lead = text[offset]
       let length = lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
       let n = min(length, text.count - offset)
-      starts.append(Int32(offset))
-      lengths.append(Int32(n))
+      starts.append(offset)
+      lengths.append(n)
       offset += n
     }
     let count = starts.count
-    var next = (0..<count).map { Int32($0 + 1) }
+    var next = Array(1...count)
     next[count - 1] = -1
-    var previous = (0..<count).map { Int32($0) - 1 }
+    var previous = Array(-1..<(count - 1))
     var heap: [Candidate] = []
 
     func push(_ item: Candidate) {
@@ -76,18 +76,19 @@ struct SentencePieceBPE: Sendable {
       }
       return first
     }
-    func consider(_ left: Int32, _ right: Int32) {
+    func consider(_ left: Int, _ right: Int) {
       guard left >= 0, right >= 0 else { return }
-      let start = Int(starts[Int(left)])
-      let size = Int(lengths[Int(left)] + lengths[Int(right)])
-      guard let id = lookup(text[start..<(start + size)]), Int(id) < scores.count else { return }
-      push(Candidate(score: scores[Int(id)], left: left, right: right, size: Int32(size)))
+      let start = starts[left]
+      let size = lengths[left] + lengths[right]
+      guard let id = lookup(text[start..<(start + size)]), id >= 0, Int(id) < scores.count
+      else { return }
+      push(Candidate(score: scores[Int(id)], left: left, right: right, size: size))
     }
 
-    for i in 1..<count { consider(Int32(i - 1), Int32(i)) }
+    for i in 1..<count { consider(i - 1, i) }
     while let candidate = pop() {
-      let left = Int(candidate.left)
-      let right = Int(candidate.right)
+      let left = candidate.left
+      let right = candidate.right
       // A pair is stale once either side has merged with something else.
       guard lengths[left] > 0, lengths[right] > 0,
         lengths[left] + lengths[right] == candidate.size
@@ -96,15 +97,15 @@ struct SentencePieceBPE: Sendable {
       lengths[right] = 0
       let after = next[right]
       next[left] = after
-      if after >= 0 { previous[Int(after)] = candidate.left }
-      consider(previous[left], candidate.left)
-      consider(candidate.left, after)
+      if after >= 0 { previous[after] = left }
+      consider(previous[left], left)
+      consider(left, after)
     }
 
-    var index: Int32 = 0
+    var index = 0
     while index >= 0 {
-      let start = Int(starts[Int(index)])
-      let range = start..<(start + Int(lengths[Int(index)]))
+      let start = starts[index]
+      let range = start..<(start + lengths[index])
       if let id = lookup(text[range]) {
         output.append(Int(id))
       } else {
@@ -112,7 +113,7 @@ struct SentencePieceBPE: Sendable {
           if let id = byteToken(byte) { output.append(Int(id)) }
         }
       }
-      index = next[Int(index)]
+      index = next[index]
     }
   }
 }

@@ -56,7 +56,9 @@ struct SpecialTokenSplitter: Sendable {
     return true
   }
 
-  private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || (0x09...0x0D).contains(byte) }
+  private static func isSpace(_ byte: UInt8) -> Bool {
+    byte == 0x20 || (0x09...0x0D).contains(byte)
+  }
 
   /// The fragments of `text`.
   func split(_ text: [UInt8], parseSpecial: Bool) -> [Fragment] {

@@ -106,7 +106,9 @@ struct Metaspace: Sendable {
     var view = String.UnicodeScalarView()
     for scalar in text.unicodeScalars { view.append(scalar == " " ? replacement : scalar) }
     if let first = view.first, first != replacement {
-      if prepend == .always || (prepend == .first && atStart) { view.insert(replacement, at: view.startIndex) }
+      if prepend == .always || (prepend == .first && atStart) {
+        view.insert(replacement, at: view.startIndex)
+      }
     }
     let bytes = Array(String(view).utf8)
     guard split else { return bytes.isEmpty ? [] : [bytes] }

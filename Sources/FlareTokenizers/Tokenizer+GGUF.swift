@@ -1,19 +1,24 @@
 import FlareCore
 import FlareGGUF
 
-// Vocabularies checked against llama.cpp's own test vectors (`ggml-vocab-*.gguf.inp/.out`):
-// supported: llama-spm, phi-3 (llama); gpt-2, mpt, llama-bpe, qwen2, qwen35, starcoder, refact,
-// command-r, falcon, deepseek-coder, deepseek-llm (gpt2); bert-bge (bert); Unigram (t5) without
-// test cases. Refused: `gemma4` and other tokenizer models, and gpt2 vocabularies whose
-// `tokenizer.ggml.pre` is missing or not one of `PreTokenizer.supportedNames`.
+// Vocabularies checked against llama.cpp's own test vectors (`ggml-vocab-*.gguf.inp/.out`),
+// every case exact: llama-spm, phi-3 (`llama`); gpt-2, mpt, llama-bpe, qwen2, qwen35,
+// starcoder, refact, command-r, falcon, deepseek-coder, deepseek-llm (`gpt2`); gemma-4
+// (`gemma4`); bert-bge (`bert`). The `t5` Unigram path (nomic-bert-moe, no vectors) is checked
+// against HF's XLM-R ids. Refused: other tokenizer models (`rwkv`, `plamo2`, …) and `gpt2`
+// vocabularies whose `tokenizer.ggml.pre` is missing (aquila, gpt-neox: llama.cpp guesses) or
+// not in `PreTokenizer.supportedNames`.
 
 extension Tokenizer {
   /// Reads the tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys.
   ///
   /// Supports `tokenizer.ggml.model` `gpt2` (byte-level BPE with the pre-tokenizer named by
-  /// `tokenizer.ggml.pre`), `llama` (SentencePiece BPE), `t5` (SentencePiece Unigram, with
-  /// `tokenizer.ggml.precompiled_charsmap`) and `bert` (WordPiece, llama.cpp's "▁"-prefixed
-  /// spelling). Defaults for missing keys follow llama.cpp (`llama_vocab::impl::load`).
+  /// `tokenizer.ggml.pre`), `llama` (SentencePiece BPE), `gemma4` (BPE merges over
+  /// SentencePiece pieces, reported as ``Tokenizer/Kind/sentencePieceBPE``), `t5`
+  /// (SentencePiece Unigram, with `tokenizer.ggml.precompiled_charsmap`) and `bert` (WordPiece,
+  /// llama.cpp's "▁"-prefixed spelling). Defaults for missing keys follow llama.cpp
+  /// (`llama_vocab::impl::load`); special token ids outside the vocabulary are errors, where
+  /// llama.cpp only warns.
   /// - Parameter gguf: An open GGUF file (a vocabulary-only file is fine).
   /// - Returns: The tokenizer.
   /// - Throws: ``FlareError`` naming the file and key: `.missingKey`, `.invalidValue`,
@@ -84,7 +89,7 @@ private struct GGUFVocabularyReader {
     guard let model = try string(modelKey) else {
       throw fail(.missingKey, "the file has no tokenizer (key is missing)", key: modelKey)
     }
-    let supportedModels = ["gpt2", "llama", "t5", "bert"]
+    let supportedModels = ["gpt2", "llama", "t5", "bert", "gemma4"]
     guard supportedModels.contains(model) else {
       throw fail(
         .unsupported,
@@ -156,6 +161,8 @@ private struct GGUFVocabularyReader {
     case "t5":
       (eos, unknown, pad) = (inRange(1), inRange(2), inRange(0))
       addEOS = true
+    case "gemma4":
+      addBOS = true
     default:
       (bos, eos) = (inRange(11), inRange(11))
       if let pre, ["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"].contains(pre) {
@@ -170,6 +177,7 @@ private struct GGUFVocabularyReader {
     separator = try tokenID("tokenizer.ggml.seperator_token_id", count: count) ?? separator
     addBOS = try bool("tokenizer.ggml.add_bos_token") ?? addBOS
     addEOS = try bool("tokenizer.ggml.add_eos_token") ?? addEOS
+    if model == "gemma4" { addBOS = true }  // llama.cpp overrides it for Gemma 4
 
     // llama.cpp marks Phi-3's special tokens to swallow the whitespace after them.
     let name = (try string("general.name") ?? "").lowercased()
@@ -209,11 +217,15 @@ private struct GGUFVocabularyReader {
       engine = .bytePair(try bytePairEngine(pre: pre, pieces: pieces, pieceIDs: pieceIDs))
       if addBOS, let bos { prefix = [bos] }
       if addEOS, let eos { suffix = [eos] }
+    case "gemma4":
+      kind = .sentencePieceBPE
+      engine = .pieceMerges(try pieceMergeEngine(pieces: pieces, pieceIDs: pieceIDs))
+      if addBOS, let bos { prefix = [bos] }
+      if addEOS, let eos { suffix = [eos] }
     case "llama":
       kind = .sentencePieceBPE
       let byteTokens = (0..<256).map { byte -> Int32 in
-        let hex = String(byte, radix: 16, uppercase: true)
-        let name = "<0x\(hex.count == 1 ? "0" + hex : hex)>"
+        let name = "<0x\(String(byte, radix: 16, uppercase: true).leftPadded(2))>"
         if let id = pieceIDs[name] { return id }
         if byte < 0x80, let id = pieceIDs[String(Unicode.Scalar(UInt8(byte)))] { return id }
         return -1
@@ -234,7 +246,8 @@ private struct GGUFVocabularyReader {
       if addEOS, let eos { suffix = [eos] }
     default:
       kind = .wordPiece
-      engine = .wordPiece(try wordPieceEngine(pieces: pieces, attributes: attributes, unknown: unknown))
+      engine = .wordPiece(
+        try wordPieceEngine(pieces: pieces, attributes: attributes, unknown: unknown))
       if let bos { prefix = [bos] }
       if let separator { suffix = [separator] }
     }
@@ -260,25 +273,43 @@ private struct GGUFVocabularyReader {
         "pre-tokenizer '\(pre)' is not supported; supported: \(PreTokenizer.supportedNames.joined(separator: ", "))",
         key: preKey)
     }
-    let mergesKey = "tokenizer.ggml.merges"
-    guard let merges = try strings(mergesKey) else {
-      throw fail(.missingKey, "byte-level BPE needs merges", key: mergesKey)
-    }
-    let rules = try MergeTable.build(
-      merges.lazy.map { merge -> (String, String)? in
-        let bytes = Array(merge.utf8)
-        guard bytes.count > 1, let space = bytes[1...].firstIndex(of: 0x20) else { return nil }
-        return (
-          String(decoding: bytes[..<space], as: UTF8.self),
-          String(decoding: bytes[(space + 1)...], as: UTF8.self)
-        )
-      }, pieceIDs: pieceIDs, path: path, key: mergesKey)
+    // Byte-level pieces are GPT-2 byte characters, none of them canonically equivalent to
+    // another, so `String` keys are exact here.
+    let rules = try merges(lookup: { pieceIDs[$0] })
     let byteTokens = ByteMap.byteToScalar.map { pieceIDs[String($0)] ?? -1 }
     let ignoreMerges = ["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"].contains(pre)
     return BytePairEngine(
       preTokenizer: preTokenizer, merger: BytePairMerger(rules: rules),
       ignoreMerges: ignoreMerges, byteTokens: byteTokens, pieceIDs: pieceIDs, unknownID: nil,
       normalizers: [], addPrefixSpace: false)
+  }
+
+  /// The merge table; `lookup` finds a piece's id by its exact bytes.
+  func merges(lookup: (String) -> Int32?) throws -> [UInt64: UInt64] {
+    let mergesKey = "tokenizer.ggml.merges"
+    guard let merges = try strings(mergesKey) else {
+      throw fail(.missingKey, "a BPE vocabulary needs merges", key: mergesKey)
+    }
+    return try MergeTable.build(
+      merges.lazy.map { merge -> (String, String)? in
+        // llama.cpp splits at the first space after the first byte.
+        let bytes = Array(merge.utf8)
+        guard bytes.count > 1, let space = bytes[1...].firstIndex(of: 0x20) else { return nil }
+        return (
+          String(decoding: bytes[..<space], as: UTF8.self),
+          String(decoding: bytes[(space + 1)...], as: UTF8.self)
+        )
+      }, lookup: lookup, path: path, key: mergesKey)
+  }
+
+  func pieceMergeEngine(pieces: [String], pieceIDs: [String: Int32]) throws -> PieceMergeEngine {
+    let byteTokens = (0..<256).map { byte -> Int32 in
+      pieceIDs["<0x\(String(byte, radix: 16, uppercase: true).leftPadded(2))>"] ?? -1
+    }
+    let trie = ByteTrie(pieces.enumerated().map { (Array($1.utf8), Int32($0)) })
+    return PieceMergeEngine(
+      merger: BytePairMerger(rules: try merges(lookup: { trie.value(of: $0.utf8) })),
+      pieces: trie, byteTokens: byteTokens)
   }
 
   func unigramEngine(
@@ -309,7 +340,8 @@ private struct GGUFVocabularyReader {
     var charsmap: PrecompiledCharsmap?
     if let (type, values) = try array(charsmapKey) {
       guard type == .uint8 || type == .int8 else {
-        throw fail(.invalidValue, "must be an array of UINT8 or INT8, not of \(type.name)", key: charsmapKey)
+        throw fail(
+          .invalidValue, "must be an array of UINT8 or INT8, not of \(type.name)", key: charsmapKey)
       }
       let blob = values.map { value -> UInt8 in
         switch value {
@@ -366,7 +398,7 @@ enum MergeTable {
   /// - Throws: ``FlareError`` `.invalidMerge` for a rule that is not `left right` or names a
   ///   piece, or forms a piece, the vocabulary lacks.
   static func build<S: Sequence>(
-    _ merges: S, pieceIDs: [String: Int32], path: String?, key: String
+    _ merges: S, lookup: (String) -> Int32?, path: String?, key: String
   ) throws -> [UInt64: UInt64] where S.Element == (String, String)? {
     var rules: [UInt64: UInt64] = [:]
     var rank: UInt64 = 0
@@ -377,9 +409,8 @@ enum MergeTable {
           .invalidMerge, "merge \(rank) is not two pieces separated by a space", path: path,
           key: key)
       }
-      guard let a = pieceIDs[left], let b = pieceIDs[right], let result = pieceIDs[left + right]
-      else {
-        let missing = pieceIDs[left] == nil ? left : pieceIDs[right] == nil ? right : left + right
+      guard let a = lookup(left), let b = lookup(right), let result = lookup(left + right) else {
+        let missing = lookup(left) == nil ? left : lookup(right) == nil ? right : left + right
         throw FlareError.tokenizer(
           .invalidMerge,
           "merge \(rank) ('\(left.escapedForMessage) \(right.escapedForMessage)') needs token '\(missing.escapedForMessage)', which is not in the vocabulary",
@@ -389,5 +420,12 @@ enum MergeTable {
       if rules[pair] == nil { rules[pair] = rank << 32 | UInt64(UInt32(bitPattern: result)) }
     }
     return rules
+  }
+}
+
+extension String {
+  /// The string with leading zeros up to `width` characters.
+  fileprivate func leftPadded(_ width: Int) -> String {
+    count >= width ? self : String(repeating: "0", count: width - count) + self
   }
 }

@@ -262,7 +262,8 @@ private struct HFTokenizerReader {
     let eos = try configToken("eos_token") ?? configToken("sep_token") ?? suffix.last
     let unknown = try configToken("unk_token") ?? modelUnknown
     var pad = try configToken("pad_token")
-    if pad == nil, let padID = root["padding"]?["pad_id"]?.intValue, pieces.indices.contains(padID) {
+    if pad == nil, let padID = root["padding"]?["pad_id"]?.intValue, pieces.indices.contains(padID)
+    {
       pad = padID
     }
     if pad == nil {
@@ -304,11 +305,14 @@ private struct HFTokenizerReader {
       let parts = text.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
       return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
     }
-    let rules = try MergeTable.build(merges, pieceIDs: ids, path: path, key: "model.merges")
+    let rules = try MergeTable.build(
+      merges, lookup: { ids[$0] }, path: path, key: "model.merges")
     var unknown: Int32?
     if let name = model["unk_token"]?.stringValue {
       guard let id = ids[name] else {
-        throw fail(.tokenOutOfRange, "'\(name.escapedForMessage)' is not in the vocabulary", key: "model.unk_token")
+        throw fail(
+          .tokenOutOfRange, "'\(name.escapedForMessage)' is not in the vocabulary",
+          key: "model.unk_token")
       }
       unknown = id
     }
@@ -332,7 +336,7 @@ private struct HFTokenizerReader {
     guard let last = steps.last, last["type"]?.stringValue == "ByteLevel" else {
       throw fail(
         .unsupported,
-        "BPE without a ByteLevel pre-tokenizer (SentencePiece-style BPE) is not supported in tokenizer.json",
+        "only byte-level BPE is supported in tokenizer.json; this one has no ByteLevel pre-tokenizer (SentencePiece-style BPE)",
         key: key)
     }
     let useRegex = last["use_regex"]?.boolValue ?? true
@@ -379,12 +383,13 @@ private struct HFTokenizerReader {
     }
     guard unknown >= 0 && unknown < modelCount else {
       throw fail(
-        .tokenOutOfRange, "\(unknown) is outside the vocabulary of \(modelCount)",
+        .tokenOutOfRange, "id \(unknown) is outside the vocabulary of \(modelCount)",
         key: "model.unk_id")
     }
     let pre = root["pre_tokenizer"]
     guard try type(of: pre, "pre_tokenizer") == "Metaspace", let pre else {
-      throw fail(.unsupported, "a Unigram model needs a Metaspace pre-tokenizer", key: "pre_tokenizer")
+      throw fail(
+        .unsupported, "a Unigram model needs a Metaspace pre-tokenizer", key: "pre_tokenizer")
     }
     var metaspace = Metaspace()
     if let replacement = pre["replacement"]?.stringValue {
@@ -428,7 +433,8 @@ private struct HFTokenizerReader {
     -> (Engine, Int?)
   {
     let normalizer = root["normalizer"]
-    guard let normalizer, normalizer != .null, try type(of: normalizer, "normalizer") == "BertNormalizer"
+    guard let normalizer, normalizer != .null,
+      try type(of: normalizer, "normalizer") == "BertNormalizer"
     else {
       throw fail(.unsupported, "WordPiece is supported with BertNormalizer only", key: "normalizer")
     }
@@ -455,7 +461,8 @@ private struct HFTokenizerReader {
     let cleanup = decoder?["cleanup"]?.boolValue ?? true
     let decoderPrefix = decoder?["prefix"]?.stringValue ?? prefix
     return (
-      .wordPiece(WordPieceEngine(model: wordPiece, continuationPrefix: decoderPrefix, cleanup: cleanup)),
+      .wordPiece(
+        WordPieceEngine(model: wordPiece, continuationPrefix: decoderPrefix, cleanup: cleanup)),
       Int(unknown)
     )
   }
@@ -481,7 +488,8 @@ private struct HFTokenizerReader {
     case "Strip":
       return [
         .strip(
-          left: value["strip_left"]?.boolValue ?? true, right: value["strip_right"]?.boolValue ?? true)
+          left: value["strip_left"]?.boolValue ?? true,
+          right: value["strip_right"]?.boolValue ?? true)
       ]
     case "Prepend":
       return [.prepend(value["prepend"]?.stringValue ?? "")]
@@ -501,7 +509,8 @@ private struct HFTokenizerReader {
         return [.replaceRuns(runs.0, minimum: runs.1, content)]
       }
       throw fail(
-        .unsupported, "Replace pattern \(JSONWriter.compact(value["pattern"] ?? .null)) is not supported",
+        .unsupported,
+        "the Replace pattern \(JSONWriter.compact(value["pattern"] ?? .null)) is not supported",
         key: key)
     default:
       throw fail(.unsupported, "normalizer '\(type)' is not supported", key: key)
@@ -547,7 +556,7 @@ private struct HFTokenizerReader {
       return (prefix, suffix)
     case "TemplateProcessing":
       guard let single = value["single"]?.arrayValue else {
-        throw fail(.missingKey, "TemplateProcessing needs a single template", key: key)
+        throw fail(.missingKey, "the TemplateProcessing has no single template", key: key)
       }
       var prefix: [Int] = []
       var suffix: [Int] = []

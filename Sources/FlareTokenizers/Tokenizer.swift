@@ -7,7 +7,8 @@ import Foundation
 /// Four algorithms, each checked against its reference implementation:
 /// - ``Kind/byteLevelBPE``: GPT-2 style byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2, …),
 ///   with the pre-tokenizer the vocabulary names, written by hand after llama.cpp and HF;
-/// - ``Kind/sentencePieceBPE``: SentencePiece BPE driven by piece scores (Llama 2, Phi-3);
+/// - ``Kind/sentencePieceBPE``: SentencePiece BPE driven by piece scores (Llama 2, Phi-3), or
+///   by merge ranks over "▁"-spelled pieces (Gemma 4);
 /// - ``Kind/unigram``: SentencePiece Unigram, Viterbi over piece log probabilities (XLM-R, T5);
 /// - ``Kind/wordPiece``: BERT's greedy longest-match WordPiece.
 ///
@@ -70,8 +71,9 @@ public final class Tokenizer: Sendable {
   /// - Parameters:
   ///   - text: The text.
   ///   - addSpecial: Add the tokens the model adds around a sequence: BOS for Llama-style
-  ///     SentencePiece (per `tokenizer.ggml.add_bos_token`), `[CLS]` … `[SEP]` for BERT, `<s>` …
-  ///   `</s>` for XLM-R, nothing for GPT-2 and SmolLM2 unless their configuration says so.
+  ///     SentencePiece (per `tokenizer.ggml.add_bos_token`), `[CLS]` and `[SEP]` for BERT,
+  ///     `<s>` and `</s>` for XLM-R, nothing for GPT-2 and SmolLM2 unless their configuration
+  ///     (`add_bos_token`, `add_eos_token`, the post-processor) says so.
   ///   - parseSpecial: Recognise special (control) token strings such as `<|im_start|>` in
   ///     `text`. Added tokens that are not special are always recognised.
   /// - Returns: The token ids.
@@ -121,6 +123,7 @@ public final class Tokenizer: Sendable {
 /// The algorithm-specific part of a tokenizer.
 enum Engine: Sendable {
   case bytePair(BytePairEngine)
+  case pieceMerges(PieceMergeEngine)
   case sentencePiece(SentencePieceEngine)
   case unigram(UnigramEngine)
   case wordPiece(WordPieceEngine)
@@ -131,6 +134,7 @@ enum Engine: Sendable {
   ) {
     switch self {
     case .bytePair(let engine): engine.encode(text, into: &output)
+    case .pieceMerges(let engine): engine.encode(text, into: &output)
     case .sentencePiece(let engine):
       engine.encode(text, afterSpecial: afterSpecial, into: &output)
     case .unigram(let engine): engine.encode(text, atStart: atStart, into: &output)
@@ -141,6 +145,7 @@ enum Engine: Sendable {
   func decode(_ ids: [Int], vocabulary: Tokenizer) -> String {
     switch self {
     case .bytePair(let engine): engine.decode(ids, vocabulary)
+    case .pieceMerges: Engine.decodeSentencePiece(ids, vocabulary, stripLeadingSpace: false)
     case .sentencePiece(let engine):
       Engine.decodeSentencePiece(ids, vocabulary, stripLeadingSpace: engine.addSpacePrefix)
     case .unigram(let engine):
@@ -248,6 +253,58 @@ struct BytePairEngine: Sendable {
   }
 }
 
+/// BPE merges over UTF-8 characters with SentencePiece spelling, as llama.cpp runs Gemma 4
+/// (`tokenizer.ggml.model = "gemma4"`): spaces become "▁", the text is split into runs of
+/// newlines and of everything else, each run is merged by rank, and characters the vocabulary
+/// lacks are spelled as `<0xXX>` byte tokens.
+struct PieceMergeEngine: Sendable {
+  let merger: BytePairMerger
+  let pieces: ByteTrie
+  /// The `<0xXX>` token of each byte (`-1` if missing).
+  let byteTokens: [Int32]
+
+  func encode(_ text: String, into output: inout [Int]) {
+    let escaped = replacingBytes(Array(text.utf8), [0x20], Array("\u{2581}".utf8))
+    var start = 0
+    while start < escaped.count {
+      let newline = escaped[start] == 0x0A
+      var end = start
+      while end < escaped.count && (escaped[end] == 0x0A) == newline { end += 1 }
+      encodeRun(escaped, start..<end, newlines: newline, into: &output)
+      start = end
+    }
+  }
+
+  private func encodeRun(
+    _ bytes: [UInt8], _ run: Range<Int>, newlines: Bool, into output: inout [Int]
+  ) {
+    if newlines, let id = pieces.value(of: bytes[run]) {
+      output.append(Int(id))
+      return
+    }
+    var characters: [Range<Int>] = []
+    var offset = run.lowerBound
+    while offset < run.upperBound {
+      let lead = bytes[offset]
+      let length = lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
+      let end = min(offset + length, run.upperBound)
+      characters.append(offset..<end)
+      offset = end
+    }
+    let ids = characters.map { pieces.value(of: bytes[$0]) ?? -1 }
+    for symbol in merger.symbols(ids) {
+      if symbol.id >= 0 {
+        output.append(Int(symbol.id))
+      } else {
+        // Only single characters stay outside the vocabulary: they never merge.
+        for byte in bytes[characters[symbol.start]] where byteTokens[Int(byte)] >= 0 {
+          output.append(Int(byteTokens[Int(byte)]))
+        }
+      }
+    }
+  }
+}
+
 /// SentencePiece BPE as llama.cpp runs it for `tokenizer.ggml.model = "llama"`.
 struct SentencePieceEngine: Sendable {
   let model: SentencePieceBPE
@@ -348,8 +405,9 @@ struct LlamaUnigramNormalizer: Sendable {
 
   /// The normalized bytes for the input at `offset` and how many input bytes they replace.
   private func prefix(_ input: [UInt8], at offset: Int) -> ([UInt8], Int) {
-    if let userDefined, let (length, _) = userDefined.longestPrefix(
-      of: input, from: offset, limit: input.count)
+    if let userDefined,
+      let (length, _) = userDefined.longestPrefix(
+        of: input, from: offset, limit: input.count)
     {
       return (Array(input[offset..<(offset + length)]), length)
     }

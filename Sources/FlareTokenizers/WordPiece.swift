@@ -97,7 +97,9 @@ struct WordPiece: Sendable {
       var view = String.UnicodeScalarView()
       view.append(contentsOf: scalars)
       let decomposed = String(view).decomposedStringWithCanonicalMapping
-      scalars = decomposed.unicodeScalars.filter { $0.properties.generalCategory != .nonspacingMark }
+      scalars = decomposed.unicodeScalars.filter {
+        $0.properties.generalCategory != .nonspacingMark
+      }
     }
     if lowercase {
       scalars = scalars.flatMap { Array($0.properties.lowercaseMapping.unicodeScalars) }
@@ -156,7 +158,8 @@ struct WordPiece: Sendable {
 /// The simple (one-to-one) lowercase mapping of a scalar, as llama.cpp's `unicode_tolower`.
 func simpleLowercase(_ scalar: Unicode.Scalar) -> Unicode.Scalar {
   if scalar.isASCII {
-    return (0x41...0x5A).contains(scalar.value) ? Unicode.Scalar(scalar.value + 0x20) ?? scalar : scalar
+    return (0x41...0x5A).contains(scalar.value)
+      ? Unicode.Scalar(scalar.value + 0x20) ?? scalar : scalar
   }
   let mapped = scalar.properties.lowercaseMapping.unicodeScalars
   if mapped.count == 1, let first = mapped.first { return first }

@@ -77,7 +77,8 @@ struct HuggingFaceGoldenTests {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
     writeBytes(fileBytes("\(miniLMFolder)/vocab.txt"), to: "\(folder)/vocab.txt")
-    writeBytes(fileBytes("\(miniLMFolder)/tokenizer_config.json"), to: "\(folder)/tokenizer_config.json")
+    writeBytes(
+      fileBytes("\(miniLMFolder)/tokenizer_config.json"), to: "\(folder)/tokenizer_config.json")
     let tokenizer = try Tokenizer.load(folder: folder)
     #expect(tokenizer.kind == .wordPiece && tokenizer.vocabularySize == 30522)
     #expect(tokenizer.bos == 101 && tokenizer.eos == 102 && tokenizer.unknown == 100)
@@ -98,17 +99,17 @@ struct HuggingFaceGoldenTests {
       tokenizer.encode("Once upon a time, there was a little", addSpecial: false)
         == [6403, 1980, 253, 655, 28, 665, 436, 253, 1838])
     // add_bos_token is false: nothing is added.
-    #expect(tokenizer.encode("Once upon a time") == tokenizer.encode("Once upon a time", addSpecial: false))
+    #expect(
+      tokenizer.encode("Once upon a time")
+        == tokenizer.encode("Once upon a time", addSpecial: false))
     try Self.check(tokenizer, "smollm2")
   }
 
-  /// The HF folder flare-convert writes (made by `make demo` or `make bench`), when present.
+  /// The HF folder flare-convert writes from the SmolLM2 GGUF (made on first use).
   @Test("SmolLM2 tokenizer.json written by flare-convert")
   func smolLM2JSON() throws {
-    let candidates = ["\(modelCache)/demo/smollm2-hf", "\(modelCache)/bench/smollm2-hf"]
-    guard let folder = candidates.first(where: { fileExists("\($0)/tokenizer.json") }) else {
-      return
-    }
+    if offline && !fileExists(_FlareTestSupport.smolLM2GGUF) { return }
+    let folder = try #require(try smolLM2HFFolder(), "run scripts/fetch-models.sh")
     let tokenizer = try Tokenizer.load(folder: folder)
     #expect(tokenizer.kind == .byteLevelBPE)
     #expect(tokenizer.bos == 1 && tokenizer.eos == 2 && tokenizer.unknown == 0)
@@ -116,6 +117,32 @@ struct HuggingFaceGoldenTests {
       tokenizer.encode("Once upon a time, there was a little", addSpecial: false)
         == [6403, 1980, 253, 655, 28, 665, 436, 253, 1838])
     try Self.check(tokenizer, "smollm2")
+  }
+
+  /// llama.cpp ships no test vectors for its XLM-R-vocabulary GGUF (`nomic-bert-moe`, `t5`
+  /// model, 250,048 pieces whose first 250,002 are XLM-R's). Its ids must equal the HF XLM-R
+  /// goldens, except that llama.cpp's `remove_extra_whitespaces` drops text that is only
+  /// spaces (HF keeps a "▁", id 6) and its `<mask>` swallows the space before it.
+  @Test("XLM-R GGUF (nomic-bert-moe, llama.cpp's Unigram) against the HF goldens")
+  func xlmrGGUF() throws {
+    let path = "\(modelCache)/tokenizer-tests/ggml-vocab-nomic-bert-moe.gguf"
+    guard Self.present(path, fetch: "scripts/fetch-tokenizer-tests.sh") else { return }
+    let tokenizer = try Tokenizer.load(gguf: try GGUFFile(path: path))
+    #expect(tokenizer.kind == .unigram && tokenizer.vocabularySize == 250_048)
+    #expect(tokenizer.bos == 0 && tokenizer.eos == 2 && tokenizer.unknown == 3)
+    let cases = try #require(Self.golden["tokenizers"]?["xlmr"]?["cases"]?.arrayValue)
+    let spaceOnly: Set<String> = [
+      " Hello  world  ", "   leading and trailing spaces   ",
+      "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n",
+      "<s>hello</s> <mask> <unk> <pad>",
+    ]
+    for (text, expected) in zip(Self.strings, cases) {
+      var want = expected["ids"]?.arrayValue?.compactMap(\.intValue) ?? []
+      if spaceOnly.contains(text) { want.removeAll { $0 == 6 } }
+      #expect(
+        tokenizer.encode(text, addSpecial: true, parseSpecial: true) == want,
+        "\(text.debugDescription)")
+    }
   }
 
   @Test("XLM-R tokenizer.json (SentencePiece Unigram, precompiled charsmap)")

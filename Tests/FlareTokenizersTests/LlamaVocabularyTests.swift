@@ -19,12 +19,13 @@ struct LlamaVocabularyTests {
     ("llama-spm", 46), ("phi-3", 46), ("llama-bpe", 46), ("gpt-2", 46), ("qwen2", 46),
     ("qwen35", 50), ("bert-bge", 46), ("falcon", 46), ("mpt", 46), ("starcoder", 46),
     ("refact", 46), ("deepseek-coder", 46), ("deepseek-llm", 46), ("command-r", 46),
+    ("gemma-4", 46),
   ]
 
   /// Byte-level and SentencePiece BPE vocabularies are lossless: `decode(encode(x)) == x`.
   static let lossless: Set<String> = [
     "llama-spm", "phi-3", "llama-bpe", "gpt-2", "qwen2", "qwen35", "falcon", "mpt", "starcoder",
-    "refact", "deepseek-coder", "deepseek-llm", "command-r",
+    "refact", "deepseek-coder", "deepseek-llm", "command-r", "gemma-4",
   ]
 
   /// Whether the test files are there; fails the test (or skips it when `FLARE_OFFLINE=1`).
@@ -37,8 +38,10 @@ struct LlamaVocabularyTests {
 
   /// The cases of `name`, split exactly as `read_tests` in `test-tokenizer-0.cpp` does.
   static func cases(_ name: String) throws -> [(String, [Int])] {
-    let input = String(decoding: try readSmallFile("\(folder)/ggml-vocab-\(name).gguf.inp"), as: UTF8.self)
-    let output = String(decoding: try readSmallFile("\(folder)/ggml-vocab-\(name).gguf.out"), as: UTF8.self)
+    let input = String(
+      decoding: try readSmallFile("\(folder)/ggml-vocab-\(name).gguf.inp"), as: UTF8.self)
+    let output = String(
+      decoding: try readSmallFile("\(folder)/ggml-vocab-\(name).gguf.out"), as: UTF8.self)
     let separator = "\n__ggml_vocab_test__\n"
     var inputs: [String] = []
     var rest = Substring(input)
@@ -77,10 +80,10 @@ struct LlamaVocabularyTests {
     #expect(passed == cases.count, "\(name): \(passed)/\(cases.count) cases")
   }
 
-  /// Vocabularies Flare refuses, and why: the pre-tokenizer is not named (llama.cpp falls back
-  /// to a guess) or the tokenizer model is not implemented.
+  /// Vocabularies Flare refuses, and why: their pre-tokenizer is not named, so llama.cpp falls
+  /// back to a guess ("default") that Flare does not make.
   static let refused: [(String, FlareError.Code)] = [
-    ("aquila", .missingKey), ("gpt-neox", .missingKey), ("gemma-4", .unsupported),
+    ("aquila", .missingKey), ("gpt-neox", .missingKey),
   ]
 
   @Test("unsupported vocabularies are refused with a clear error", arguments: refused)

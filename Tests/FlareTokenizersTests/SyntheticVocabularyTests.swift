@@ -4,16 +4,15 @@ import FlareTokenizers
 import Testing
 import _FlareTestSupport
 
-/// Tiny vocabularies written by the tests themselves, with expectations worked out by hand
-/// from the algorithms' definitions (BPE: lowest merge rank first; SentencePiece BPE: highest
-/// piece score first; Unigram: best total log probability; WordPiece: longest match first),
-/// and malformed files that must fail with a clear error. Tolerance: none.
+/// Tiny vocabulary-only GGUF files written by the tests themselves.
 enum Vocabularies {
   /// The GPT-2 byte characters, in byte order.
   static let byteCharacters: [String] = {
     var next: UInt32 = 256
     return (0..<256).map { byte -> String in
-      if (0x21...0x7E).contains(byte) || (0xA1...0xAC).contains(byte) || (0xAE...0xFF).contains(byte) {
+      if (0x21...0x7E).contains(byte) || (0xA1...0xAC).contains(byte)
+        || (0xAE...0xFF).contains(byte)
+      {
         return String(Unicode.Scalar(UInt8(byte)))
       }
       defer { next += 1 }
@@ -21,9 +20,15 @@ enum Vocabularies {
     }
   }()
 
-  static func strings(_ values: [String]) -> GGUFValue { .array(.string, values.map { .string($0) }) }
-  static func int32s(_ values: [Int]) -> GGUFValue { .array(.int32, values.map { .int32(Int32($0)) }) }
-  static func floats(_ values: [Float]) -> GGUFValue { .array(.float32, values.map { .float32($0) }) }
+  static func strings(_ values: [String]) -> GGUFValue {
+    .array(.string, values.map { .string($0) })
+  }
+  static func int32s(_ values: [Int]) -> GGUFValue {
+    .array(.int32, values.map { .int32(Int32($0)) })
+  }
+  static func floats(_ values: [Float]) -> GGUFValue {
+    .array(.float32, values.map { .float32($0) })
+  }
 
   /// A byte-level BPE vocabulary: the 256 byte characters, then "Ġt", "he", "Ġthe", "<|end|>".
   static func bytePairKeys() -> [GGUFKeyValue] {
@@ -45,7 +50,8 @@ enum Vocabularies {
     let bytes = (0..<256).map { "<0x\(String(format2: $0))>" }
     let pieces = ["\u{2581}", "h", "e", "l", "o", "he", "\u{2581}he", "ll", "llo", "\u{2581}hello"]
     let tokens = ["<unk>", "<s>", "</s>"] + bytes + pieces
-    let types = [2, 3, 3] + [Int](repeating: 6, count: 256) + [Int](repeating: 1, count: pieces.count)
+    let types =
+      [2, 3, 3] + [Int](repeating: 6, count: 256) + [Int](repeating: 1, count: pieces.count)
     let pieceScores: [Float] = [-2, -3, -3, -3, -3, -1, -0.5, -1.5, -1, -9]
     let scores = [Float](repeating: 0, count: 259) + pieceScores
     return [
@@ -62,13 +68,16 @@ enum Vocabularies {
   /// A llama.cpp-style BERT vocabulary ("▁" marks word starts).
   static func wordPieceKeys() -> [GGUFKeyValue] {
     let tokens = [
-      "[PAD]", "[UNK]", "[CLS]", "[SEP]", "\u{2581}hello", "\u{2581}he", "llo", "\u{2581},", "\u{2581}un",
+      "[PAD]", "[UNK]", "[CLS]", "[SEP]", "\u{2581}hello", "\u{2581}he", "llo", "\u{2581},",
+      "\u{2581}un",
       "aff", "able",
     ]
     return [
       GGUFKeyValue(key: "tokenizer.ggml.model", value: .string("bert")),
       GGUFKeyValue(key: "tokenizer.ggml.tokens", value: strings(tokens)),
-      GGUFKeyValue(key: "tokenizer.ggml.token_type", value: int32s([3, 3, 3, 3] + [Int](repeating: 1, count: 7))),
+      GGUFKeyValue(
+        key: "tokenizer.ggml.token_type",
+        value: int32s([3, 3, 3, 3] + [Int](repeating: 1, count: 7))),
       GGUFKeyValue(key: "tokenizer.ggml.unknown_token_id", value: .uint32(1)),
       GGUFKeyValue(key: "tokenizer.ggml.cls_token_id", value: .uint32(2)),
       GGUFKeyValue(key: "tokenizer.ggml.seperator_token_id", value: .uint32(3)),
@@ -104,13 +113,18 @@ extension String {
   }
 }
 
+/// Oracle: expectations worked out by hand from the algorithms' definitions (BPE: lowest merge
+/// rank first; SentencePiece BPE: highest piece score first; Unigram: best total log
+/// probability; WordPiece: longest match first), and for seeded random text the identity
+/// `decode(encode(x)) == x` of the lossless algorithms. Tolerance: none.
 @Suite("tiny vocabularies")
 struct SyntheticVocabularyTests {
   @Test("byte-level BPE merges by rank and round-trips any text")
   func bytePair() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    let tokenizer = try Tokenizer.load(gguf: try Vocabularies.gguf(Vocabularies.bytePairKeys(), in: folder))
+    let tokenizer = try Tokenizer.load(
+      gguf: try Vocabularies.gguf(Vocabularies.bytePairKeys(), in: folder))
     #expect(tokenizer.kind == .byteLevelBPE && tokenizer.vocabularySize == 260)
     // " the": "Ġ t" (rank 0), then "h e" (rank 1), then "Ġt he" (rank 2).
     #expect(tokenizer.encode(" the", addSpecial: false) == [258])
@@ -133,7 +147,8 @@ struct SyntheticVocabularyTests {
   func sentencePiece() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    let tokenizer = try Tokenizer.load(gguf: try Vocabularies.gguf(Vocabularies.sentencePieceKeys(), in: folder))
+    let tokenizer = try Tokenizer.load(
+      gguf: try Vocabularies.gguf(Vocabularies.sentencePieceKeys(), in: folder))
     #expect(tokenizer.kind == .sentencePieceBPE && tokenizer.bos == 1 && tokenizer.eos == 2)
     // "▁hello": "he" (-1) merges first, then "▁he" (-0.5), "ll" (-1.5), "llo" (-1) and at
     // last "▁hello" (-9): every merge that forms a piece happens, best score first.
@@ -145,7 +160,9 @@ struct SyntheticVocabularyTests {
     #expect(tokenizer.decode([259, 3 + 0x78]) == "x")
     #expect(tokenizer.decode([3 + 0xC3, 3 + 0xA9]) == "é")
     for text in FuzzText.samples(seed: 11, count: 200) {
-      #expect(tokenizer.decode(tokenizer.encode(text, addSpecial: false)) == text, "\(text.debugDescription)")
+      #expect(
+        tokenizer.decode(tokenizer.encode(text, addSpecial: false)) == text,
+        "\(text.debugDescription)")
     }
   }
 
@@ -171,7 +188,8 @@ struct SyntheticVocabularyTests {
   func wordPiece() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
-    let tokenizer = try Tokenizer.load(gguf: try Vocabularies.gguf(Vocabularies.wordPieceKeys(), in: folder))
+    let tokenizer = try Tokenizer.load(
+      gguf: try Vocabularies.gguf(Vocabularies.wordPieceKeys(), in: folder))
     #expect(tokenizer.kind == .wordPiece && tokenizer.bos == 2 && tokenizer.eos == 3)
     #expect(tokenizer.encode("HELLO, unaffable") == [2, 4, 7, 8, 9, 10, 3])
     #expect(tokenizer.encode("hexyz", addSpecial: false) == [1])
@@ -183,8 +201,8 @@ struct SyntheticVocabularyTests {
   }
 }
 
-/// Seeded random text mixing scripts, marks, controls, whitespace and emoji; the seed is in
-/// the test name, so a failure is reproducible.
+/// Seeded random text mixing scripts, marks, controls, whitespace and emoji; the seeds are
+/// fixed in the tests, so a failure is reproducible.
 enum FuzzText {
   struct Generator: RandomNumberGenerator {
     var state: UInt64
