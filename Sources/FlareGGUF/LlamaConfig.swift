@@ -158,8 +158,9 @@ public struct LlamaConfig: Equatable, Sendable {
   }
 
   /// The `llama.*` GGUF keys, in the order llama.cpp's converter writes them.
-  public func ggufKeys(fileType: UInt32) -> (beforeFileType: [GGUFKeyValue], afterFileType: [GGUFKeyValue])
-  {
+  public func ggufKeys(fileType: UInt32) -> (
+    beforeFileType: [GGUFKeyValue], afterFileType: [GGUFKeyValue]
+  ) {
     let before = [
       GGUFKeyValue(key: "llama.block_count", value: .uint32(UInt32(blockCount))),
       GGUFKeyValue(key: "llama.context_length", value: .uint32(UInt32(contextLength))),

@@ -220,12 +220,13 @@ public enum Kernels {
   }
 
   /// `e^x` for 8 lanes: Cody–Waite range reduction to `|r| ≤ ln2/2` and a degree-7 Taylor
-  /// polynomial (checked against `expf` to a few ulp by the tests), `x` clamped to
-  /// [−87.3, 88.3] so the result stays a normal finite float.
+  /// polynomial (checked against `expf` to a few ulp by the tests). Above 88.3 `x` is clamped
+  /// (a large finite result); below −87.3 the result is 0.
   @inline(__always)
   static func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
     var v = x
-    v.replace(with: SIMD8(repeating: -87.3), where: v .< -87.3)
+    let underflow = v .< -87.3
+    v.replace(with: SIMD8(repeating: -87.3), where: underflow)
     v.replace(with: SIMD8(repeating: 88.3), where: v .> 88.3)
     // Adding 1.5·2²³ rounds to the nearest integer and leaves it in the low mantissa bits.
     let magic = SIMD8<Float>(repeating: 12_582_912)
@@ -243,7 +244,10 @@ public enum Kernels {
     let shiftedBits = unsafeBitCast(shifted, to: SIMD8<UInt32>.self)
     let magicBits = unsafeBitCast(magic, to: SIMD8<UInt32>.self)
     let exponent = (shiftedBits &- magicBits &+ 127) &<< 23
-    return p * unsafeBitCast(exponent, to: SIMD8<Float>.self)
+    // Below the clamp the result is exactly 0, as expf gives for −∞ (masked attention scores):
+    // tiny non-zero weights would become subnormal probabilities, which make matrix products
+    // crawl.
+    return (p * unsafeBitCast(exponent, to: SIMD8<Float>.self)).replacing(with: 0, where: underflow)
   }
 
   /// SwiGLU: `out = silu(gate) · up = gate / (1 + e^−gate) · up`, elementwise over `count`

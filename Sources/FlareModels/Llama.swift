@@ -1,6 +1,8 @@
+import Dispatch
 import FlareAdapters
 import FlareCore
 import FlareGGUF
+import FlareTensor
 
 /// A Llama-family decoder (SmolLM2, Llama 2/3, …) running in F32: token embedding, RMSNorm,
 /// RoPE, grouped-query attention, SwiGLU MLP, tied or untied output head, a KV cache, batched
@@ -197,8 +199,10 @@ public final class LlamaModel: @unchecked Sendable {
 
     // Working buffers for this call (freed on return).
     let keys = start + t
+    let workers = max(1, min(BLAS.threads, batch * heads))
     let buffers = Scratch([
-      n * c, n * c, n * qDim, n * kvDim, n * kvDim, n * qDim, n * c, n * ff, n * ff, t * keys,
+      n * c, n * c, n * qDim, n * kvDim, n * kvDim, n * qDim, n * c, n * ff, n * ff,
+      workers * t * keys,
     ])
     defer { buffers.free() }
     let (x, h, q, k, v, attention, projected, gate, up, probs) = (
@@ -211,7 +215,6 @@ public final class LlamaModel: @unchecked Sendable {
     }
     // The padding slots each sequence must not attend to (usually none).
     let padding = cache.valid.map { slots in (0..<keys).filter { !slots[$0] } }
-    let group = heads / kvHeads
     let eps = config.rmsNormEpsilon
 
     for (layer, block) in blocks.enumerated() {
@@ -238,18 +241,9 @@ public final class LlamaModel: @unchecked Sendable {
         (cache.keys + slot).update(from: k + b * t * kvDim, count: t * kvDim)
         (cache.values + slot).update(from: v + b * t * kvDim, count: t * kvDim)
       }
-      for b in 0..<batch {
-        let keyBase = cache.offset(layer: layer, sequence: b, slot: 0)
-        for head in 0..<heads {
-          let kvHead = head / group
-          Kernels.causalAttentionHead(
-            out: attention + b * t * qDim + head * d, outStride: qDim,
-            q: q + b * t * qDim + head * d, qStride: qDim,
-            k: cache.keys + keyBase + kvHead * d, v: cache.values + keyBase + kvHead * d,
-            kvStride: kvDim, queries: t, keys: keys, headDim: d, probs: probs,
-            causalOffset: start, padding: padding[b])
-        }
-      }
+      attend(
+        layer: layer, cache: cache, q: q, out: attention, batch: batch, queries: t, keys: keys,
+        start: start, padding: padding, probs: probs, workers: workers)
       block.o.forward(out: projected, inp: attention, rows: n)
       Kernels.add(x, projected, count: n * c)
       Kernels.rmsnorm(
@@ -286,6 +280,51 @@ public final class LlamaModel: @unchecked Sendable {
       head.forward(out: out, inp: final[0], rows: m)
     }
     return logits
+  }
+}
+
+extension LlamaModel {
+  /// Attention of every (sequence, head) pair of one layer over the cache, spread over
+  /// `workers` threads, each running single-threaded BLAS on its own pairs with its own
+  /// `t × keys` slice of `probs` (the pairs are independent, so the result does not depend on
+  /// the split).
+  func attend(
+    layer: Int, cache: KVCache, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+    batch: Int, queries t: Int, keys: Int, start: Int, padding: [[Int]],
+    probs: UnsafeMutablePointer<Float>, workers: Int
+  ) {
+    let heads = config.headCount
+    let d = config.headDim
+    let qDim = heads * d
+    let kvDim = config.headCountKV * d
+    let group = heads / config.headCountKV
+    let pairs = batch * heads
+    nonisolated(unsafe) let (qs, outs, ps, keyStore, valueStore) = (
+      q, out, probs, cache.keys, cache.values
+    )
+    let offsets = (0..<batch).map { cache.offset(layer: layer, sequence: $0, slot: 0) }
+    let work: @Sendable (Int) -> Void = { worker in
+      var pair = worker
+      while pair < pairs {
+        let b = pair / heads
+        let head = pair % heads
+        let kvHead = head / group
+        Kernels.causalAttentionHead(
+          out: outs + b * t * qDim + head * d, outStride: qDim, q: qs + b * t * qDim + head * d,
+          qStride: qDim, k: keyStore + offsets[b] + kvHead * d,
+          v: valueStore + offsets[b] + kvHead * d, kvStride: kvDim, queries: t, keys: keys,
+          headDim: d, probs: ps + worker * t * keys, causalOffset: start, padding: padding[b])
+        pair += workers
+      }
+    }
+    if workers == 1 {
+      work(0)
+      return
+    }
+    let saved = BLAS.threads
+    BLAS.setThreads(1)
+    DispatchQueue.concurrentPerform(iterations: workers, execute: work)
+    BLAS.setThreads(saved)
   }
 }
 
