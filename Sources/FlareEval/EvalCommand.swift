@@ -15,7 +15,9 @@ public enum EvalCommand {
     "--model", value: "path", help: "An HF model folder or a .gguf file.")
   static let adapter = OptionSpec(
     "--adapter", value: "path[:weight]",
-    help: "A PEFT LoRA adapter applied unmerged, optionally weighted (repeatable).")
+    help:
+      "A PEFT LoRA folder or llama.cpp LoRA GGUF applied unmerged, optionally weighted (repeatable)."
+  )
   static let threads = OptionSpec(
     "--threads", value: "n", help: "OpenBLAS threads (default: all cores).")
   static let json = OptionSpec("--json", help: "Print JSON.")
@@ -107,7 +109,10 @@ public enum EvalCommand {
         path = String(text[..<colon])
         weight = w
       }
-      return (try PEFTAdapter(folder: path), weight)
+      let adapter =
+        path.lowercased().hasSuffix(".gguf")
+        ? try PEFTAdapter(ggufAdapter: path) : try PEFTAdapter(folder: path)
+      return (adapter, weight)
     }
   }
 

@@ -53,10 +53,10 @@ enum LoadedModel {
     )
   {
     let kind = try architecture(path)
-    guard kind == "bert" || kind == "xlm-roberta" else {
+    guard ["bert", "roberta", "xlm-roberta"].contains(kind) else {
       throw FlareError(
         "eval", .unsupported,
-        "'embed' runs BERT and XLM-R encoders; the model is '\(kind)'", path: path)
+        "'embed' runs BERT, RoBERTa and XLM-R encoders; the model is '\(kind)'", path: path)
     }
     let model = try BERTModel.load(path: path)
     if !adapters.isEmpty { try model.attach(adapters: adapters) }

@@ -63,7 +63,18 @@ public struct LlamaConfig: Equatable, Sendable {
     contextLength = try int("max_position_embeddings", default: 2048)
     vocabSize = try int("vocab_size")
     rmsNormEpsilon = Float(json["rms_norm_eps"]?.doubleValue ?? 1e-6)
-    ropeFreqBase = Float(json["rope_theta"]?.doubleValue ?? 10000)
+    // transformers 5 writes RoPE settings as rope_parameters {rope_type, rope_theta, …}.
+    if let parameters = json["rope_parameters"], parameters != .null {
+      let type = parameters["rope_type"]?.stringValue ?? "default"
+      guard type == "default" else {
+        throw FlareError(
+          "config", .unsupported, "rope_parameters.rope_type '\(type)' is not supported",
+          path: path)
+      }
+    }
+    ropeFreqBase = Float(
+      json["rope_parameters"]?["rope_theta"]?.doubleValue ?? json["rope_theta"]?.doubleValue
+        ?? 10000)
     tieWordEmbeddings = json["tie_word_embeddings"]?.boolValue ?? false
     bosTokenID = json["bos_token_id"]?.intValue
     eosTokenID = json["eos_token_id"]?.intValue

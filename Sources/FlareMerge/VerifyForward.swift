@@ -45,7 +45,12 @@ extension Merger {
       isLlama = config?["model_type"]?.stringValue == "llama"
     }
     guard isLlama else { return (nil, "the forward-pass check runs Llama models") }
-    let base = try LlamaModel(path: basePath)
+    let base: LlamaModel
+    do {
+      base = try LlamaModel(path: basePath)
+    } catch let error as FlareError {
+      return (nil, "Flare cannot run this base model (\(error.message))")
+    }
     do {
       try base.attach(adapters: adapters.map { ($0.adapter, $0.weight) })
     } catch let error as FlareError {

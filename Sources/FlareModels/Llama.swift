@@ -99,7 +99,31 @@ public final class LlamaModel: @unchecked Sendable {
   /// Applies PEFT LoRA adapters unmerged (`y = W·x + s·B·A·x`) to the layers they target.
   /// For GGUF models, `B`'s rows of Q and K adapters are permuted to GGUF's order.
   /// - Throws: ``FlareError`` as ``RuntimeAdapters/attach(_:to:permuteRows:)``.
-  public func attach(adapters: [(adapter: PEFTAdapter, weight: Double)]) throws {
+  public func attach(adapters given: [(adapter: PEFTAdapter, weight: Double)]) throws {
+    // llama.cpp LoRA GGUFs name modules as GGUF tensors (blk.0.attn_q): use the HF paths.
+    let adapters = given.map { entry in
+      var adapter = entry.adapter
+      for i in adapter.modules.indices {
+        let path = adapter.modules[i].path
+        if let hf = LlamaLayout.hfName(gguf: "\(path).weight"), hf.hasSuffix(".weight") {
+          adapter.modules[i].path = String(hf.dropLast(".weight".count))
+        }
+      }
+      return (adapter: adapter, weight: entry.weight)
+    }
+    if ropeStyle == .halves {
+      for (adapter, _) in adapters {
+        for module in adapter.modules
+        where module.rowsInGGUFOrder
+          && (module.path.hasSuffix(".q_proj") || module.path.hasSuffix(".k_proj"))
+        {
+          throw FlareError(
+            "adapter", .unsupported,
+            "this llama.cpp LoRA GGUF holds \(module.path) in GGUF's permuted row order; apply it to the GGUF model (or use the PEFT adapter with this HF folder)",
+            path: adapter.path)
+        }
+      }
+    }
     var all = linears
     let heads = config.headCount
     let kvHeads = config.headCountKV

@@ -1,5 +1,6 @@
 import FlareAdapters
 import FlareCore
+import FlareGGUF
 import Foundation
 import Testing
 import _FlareTestSupport
@@ -211,6 +212,14 @@ struct LlamaTests {
     let first = try #require(json["cases"]?.arrayValue?.first)
     let ids = first["ids"]?.arrayValue?.compactMap(\.intValue) ?? []
     #expect(maxAbsDifference(try lastLogits(ggufModel, ids), unmerged[0]) < 1e-4)
+    // llama.cpp's LoRA GGUF of the same adapter (Fixtures/peft/make_gguf_lora.sh) on the GGUF
+    // gives the same logits; on the HF folder it is refused (its Q/K rows are permuted).
+    let ggufAdapter = try PEFTAdapter(ggufAdapter: fixturePath("peft/smollm2-demo-lora.gguf"))
+    let withGGUFAdapter = try LlamaModel(path: smolLM2GGUF)
+    try withGGUFAdapter.attach(adapters: [(ggufAdapter, 1)])
+    #expect(maxAbsDifference(try lastLogits(withGGUFAdapter, ids), unmerged[0]) < 1e-4)
+    let hf = try LlamaModel(path: folder)
+    #expect(throws: FlareError.self) { try hf.attach(adapters: [(ggufAdapter, 1)]) }
   }
 
   @Test("bad input: ids outside the vocabulary, ragged batches, a missing tensor")
@@ -237,6 +246,31 @@ struct LlamaTests {
       Issue.record("a missing layer was not reported")
     } catch let error as FlareError {
       #expect("\(error)".contains("model.layers.30"), "\(error)")
+    }
+  }
+}
+
+@Suite("Llama config")
+struct LlamaConfigTests {
+  static func config(_ extra: String) throws -> LlamaConfig {
+    let text = """
+      {"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+       "num_attention_heads":4,"vocab_size":32\(extra)}
+      """
+    return try LlamaConfig(hfConfig: try JSONParser.parse(Array(text.utf8)), path: "config.json")
+  }
+
+  // Oracle: transformers 5's LlamaConfig, which keeps rope_theta inside rope_parameters (the
+  // tiny bases in Fixtures/peft were saved that way) and older files with a top-level key.
+  @Test("rope_theta is read from rope_parameters (transformers 5) or the top level")
+  func ropeTheta() throws {
+    #expect(try Self.config("").ropeFreqBase == 10000)
+    #expect(try Self.config(#","rope_theta":500000.0"#).ropeFreqBase == 500_000)
+    #expect(
+      try Self.config(#","rope_parameters":{"rope_type":"default","rope_theta":100000.0}"#)
+        .ropeFreqBase == 100_000)
+    #expect(throws: FlareError.self) {
+      try Self.config(#","rope_parameters":{"rope_type":"llama3","rope_theta":500000.0}"#)
     }
   }
 }
