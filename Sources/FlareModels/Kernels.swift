@@ -181,18 +181,15 @@ public enum Kernels {
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
     headDim d: Int, probs: UnsafeMutablePointer<Float>, allowed: (Int, Int) -> Bool
   ) {
-    let scale = 1 / Float(d).squareRoot()
-    BLAS.sgemm(
-      transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
-      ldb: kvStride, beta: 0, c: probs, ldc: s)
-    for query in 0..<t {
-      let row = probs + query * s
-      for key in 0..<s where !allowed(query, key) { row[key] = -Float.infinity }
+    attention(
+      out: out, outStride: outStride, q: q, qStride: qStride, k: k, v: v, kvStride: kvStride,
+      queries: t, keys: s, headDim: d, probs: probs
+    ) { scores in
+      for query in 0..<t {
+        let row = scores + query * s
+        for key in 0..<s where !allowed(query, key) { row[key] = -Float.infinity }
+      }
     }
-    softmax(probs, rows: t, channels: s)
-    BLAS.sgemm(
-      transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: probs, lda: s, b: v,
-      ldb: kvStride, beta: 0, c: out, ldc: outStride)
   }
 
   /// Attention as ``attentionHead(out:outStride:q:qStride:k:v:kvStride:queries:keys:headDim:probs:allowed:)``
@@ -203,16 +200,31 @@ public enum Kernels {
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
     headDim d: Int, probs: UnsafeMutablePointer<Float>, causalOffset: Int, padding: [Int]
   ) {
+    attention(
+      out: out, outStride: outStride, q: q, qStride: qStride, k: k, v: v, kvStride: kvStride,
+      queries: t, keys: s, headDim: d, probs: probs
+    ) { scores in
+      for query in 0..<t {
+        let row = scores + query * s
+        let visible = min(s, causalOffset + query + 1)
+        if visible < s { (row + visible).update(repeating: -Float.infinity, count: s - visible) }
+        for key in padding where key < visible { row[key] = -Float.infinity }
+      }
+    }
+  }
+
+  /// Scores `Q·Kᵀ/√d` into `probs`, lets `mask` set −∞ where a key is hidden, applies softmax
+  /// per row and mixes `V` into `out`.
+  private static func attention(
+    out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
+    k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
+    headDim d: Int, probs: UnsafeMutablePointer<Float>, mask: (UnsafeMutablePointer<Float>) -> Void
+  ) {
     let scale = 1 / Float(d).squareRoot()
     BLAS.sgemm(
       transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
       ldb: kvStride, beta: 0, c: probs, ldc: s)
-    for query in 0..<t {
-      let row = probs + query * s
-      let visible = min(s, causalOffset + query + 1)
-      if visible < s { (row + visible).update(repeating: -Float.infinity, count: s - visible) }
-      for key in padding where key < visible { row[key] = -Float.infinity }
-    }
+    mask(probs)
     softmax(probs, rows: t, channels: s)
     BLAS.sgemm(
       transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: probs, lda: s, b: v,

@@ -14,7 +14,7 @@ struct BytePairMerger: Sendable {
     UInt64(UInt32(bitPattern: left)) << 32 | UInt64(UInt32(bitPattern: right))
   }
 
-  private struct Candidate {
+  private struct Candidate: HeapOrdered {
     var rank: Int32
     var left: Int
     var right: Int
@@ -25,42 +25,6 @@ struct BytePairMerger: Sendable {
     /// Heap order: lower rank first, then the leftmost pair.
     func precedes(_ other: Candidate) -> Bool {
       rank != other.rank ? rank < other.rank : left < other.left
-    }
-  }
-
-  /// A binary min-heap of candidates.
-  private struct Heap {
-    var items: [Candidate] = []
-
-    mutating func push(_ item: Candidate) {
-      items.append(item)
-      var child = items.count - 1
-      while child > 0 {
-        let parent = (child - 1) / 2
-        guard items[child].precedes(items[parent]) else { break }
-        items.swapAt(child, parent)
-        child = parent
-      }
-    }
-
-    mutating func pop() -> Candidate? {
-      guard let first = items.first else { return nil }
-      let last = items.removeLast()
-      if !items.isEmpty {
-        items[0] = last
-        var parent = 0
-        while true {
-          let left = 2 * parent + 1
-          let right = left + 1
-          var best = parent
-          if left < items.count && items[left].precedes(items[best]) { best = left }
-          if right < items.count && items[right].precedes(items[best]) { best = right }
-          if best == parent { break }
-          items.swapAt(parent, best)
-          parent = best
-        }
-      }
-      return first
     }
   }
 
@@ -75,8 +39,8 @@ struct BytePairMerger: Sendable {
     next[word.count - 1] = -1
     var previous = Array(-1..<(word.count - 1))
     var alive = [Bool](repeating: true, count: word.count)
-    var heap = Heap()
-    heap.items.reserveCapacity(word.count)
+    var heap = MinHeap<Candidate>()
+    heap.reserveCapacity(word.count)
 
     func consider(_ left: Int, _ right: Int) {
       guard left >= 0, right >= 0 else { return }

@@ -7,7 +7,7 @@
 struct SentencePieceBPE: Sendable {
   let scores: [Float]
 
-  private struct Candidate {
+  private struct Candidate: HeapOrdered {
     var score: Float
     var left: Int
     var right: Int
@@ -45,48 +45,18 @@ struct SentencePieceBPE: Sendable {
     var next = Array(1...count)
     next[count - 1] = -1
     var previous = Array(-1..<(count - 1))
-    var heap: [Candidate] = []
-
-    func push(_ item: Candidate) {
-      heap.append(item)
-      var child = heap.count - 1
-      while child > 0 {
-        let parent = (child - 1) / 2
-        guard heap[child].precedes(heap[parent]) else { break }
-        heap.swapAt(child, parent)
-        child = parent
-      }
-    }
-    func pop() -> Candidate? {
-      guard let first = heap.first else { return nil }
-      let last = heap.removeLast()
-      if !heap.isEmpty {
-        heap[0] = last
-        var parent = 0
-        while true {
-          let l = 2 * parent + 1
-          let r = l + 1
-          var best = parent
-          if l < heap.count && heap[l].precedes(heap[best]) { best = l }
-          if r < heap.count && heap[r].precedes(heap[best]) { best = r }
-          if best == parent { break }
-          heap.swapAt(parent, best)
-          parent = best
-        }
-      }
-      return first
-    }
+    var heap = MinHeap<Candidate>()
     func consider(_ left: Int, _ right: Int) {
       guard left >= 0, right >= 0 else { return }
       let start = starts[left]
       let size = lengths[left] + lengths[right]
       guard let id = lookup(text[start..<(start + size)]), id >= 0, Int(id) < scores.count
       else { return }
-      push(Candidate(score: scores[Int(id)], left: left, right: right, size: size))
+      heap.push(Candidate(score: scores[Int(id)], left: left, right: right, size: size))
     }
 
     for i in 1..<count { consider(i - 1, i) }
-    while let candidate = pop() {
+    while let candidate = heap.pop() {
       let left = candidate.left
       let right = candidate.right
       // A pair is stale once either side has merged with something else.
