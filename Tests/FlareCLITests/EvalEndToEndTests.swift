@@ -162,6 +162,46 @@ struct EvalEndToEndTests {
     #expect((try Self.json(without)["max_abs_diff"]?.doubleValue ?? 0) > 0.01)
   }
 
+  // Oracle: the definitions. A seeded sampler repeats itself; top-k 1 is greedy whatever the
+  // temperature; a different seed gives a different continuation at a high temperature.
+  @Test("sampling is repeatable by seed, and top-k 1 equals greedy")
+  func sampling() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    func run(_ extra: [String]) throws -> [Int] {
+      let result = try runTool(
+        "flare-eval",
+        [
+          "generate", "--model", folder, "--prompt", "The weather today", "--max-tokens", "12",
+          "--json",
+        ]
+          + extra)
+      #expect(result.status == 0, "\(result.stderr)")
+      return try Self.json(result)["generated_ids"]?.arrayValue?.compactMap(\.intValue) ?? []
+    }
+    let greedy = try run([])
+    let hot = ["--temperature", "1.5", "--top-p", "0.95"]
+    let first = try run(hot + ["--seed", "7"])
+    #expect(first == (try run(hot + ["--seed", "7"])))
+    #expect(first != (try run(hot + ["--seed", "8"])))
+    #expect(try run(["--temperature", "0.9", "--top-k", "1", "--seed", "3"]) == greedy)
+    let bad = try runTool(
+      "flare-eval", ["generate", "--model", folder, "--prompt", "x", "--top-p", "0"])
+    #expect(bad.status == 64)
+  }
+
+  @Test("bench reports prefill and decode rates")
+  func bench() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    let result = try runTool(
+      "flare-eval",
+      ["bench", "--model", folder, "--prompt-tokens", "8", "--gen-tokens", "2", "--json"])
+    #expect(result.status == 0, "\(result.stderr)")
+    let out = try Self.json(result)
+    #expect(out["prompt_tokens"]?.intValue == 8)
+    #expect((out["prefill_tok_s"]?.doubleValue ?? 0) > 0)
+    #expect((out["decode_tok_s"]?.doubleValue ?? 0) > 0)
+  }
+
   @Test("usage errors exit 64, bad models exit 1, --help exits 0")
   func errors() throws {
     let none = try runTool("flare-eval", [])
