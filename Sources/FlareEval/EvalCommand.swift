@@ -380,6 +380,10 @@ public enum EvalCommand {
     guard context >= 2 else { throw UsageError("'--context' must be at least 2") }
     let (model, tokenizer) = try LoadedModel.llama(
       try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    guard context <= model.config.contextLength else {
+      throw UsageError(
+        "'--context' is \(context); the model's context holds \(model.config.contextLength) tokens")
+    }
     let text = String(decoding: try readSmallFile(path), as: UTF8.self)
     let ids = tokenizer.encode(text)
     guard ids.count >= 2 else {
@@ -520,6 +524,11 @@ public enum EvalCommand {
     let loadStart = now()
     let model = try LlamaModel(path: try required(arguments, EvalCommand.model))
     let loadSeconds = now() - loadStart
+    guard promptTokens + genTokens <= model.config.contextLength else {
+      throw UsageError(
+        "'--prompt-tokens' + '--gen-tokens' exceed the model's context of \(model.config.contextLength) tokens"
+      )
+    }
     let vocab = model.config.vocabSize
     let prompt = (0..<promptTokens).map { ($0 * 7919 + 13) % vocab }
     var bestPrefill = Double.infinity

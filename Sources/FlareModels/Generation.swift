@@ -99,7 +99,7 @@ public struct Sampler: Sendable {
 
 extension LlamaModel {
   /// Generates up to `maxTokens` tokens after `prompt` (one sequence, KV cache), stopping
-  /// after any of `stop`. `onToken` sees each new token and may return `false` to stop.
+  /// after any of `stop` or at the end of the model's context. `onToken` sees each new token and may return `false` to stop.
   /// - Returns: The generated ids (a stop token included when it ended the run).
   public func generate(
     prompt: [Int], maxTokens: Int, sampling: SamplingOptions = SamplingOptions(),
@@ -108,7 +108,14 @@ extension LlamaModel {
     guard !prompt.isEmpty else {
       throw FlareError("model", .invalidArgument, "the prompt has no tokens")
     }
-    let cache = makeCache(batch: 1, capacity: prompt.count + max(maxTokens, 0))
+    guard prompt.count <= config.contextLength else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "the prompt has \(prompt.count) tokens; the model's context holds \(config.contextLength)")
+    }
+    // Generation stops at the end of the context, as llama.cpp's does.
+    let maxTokens = min(max(maxTokens, 0), config.contextLength - prompt.count)
+    let cache = makeCache(batch: 1, capacity: prompt.count + maxTokens)
     var sampler = Sampler(sampling)
     var logits = try forward(tokens: [prompt], cache: cache)
     var out: [Int] = []

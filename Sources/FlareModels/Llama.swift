@@ -54,6 +54,14 @@ public final class LlamaModel: @unchecked Sendable {
       ropeStyle = .halves
       name = { $0 }
     }
+    guard config.headCount % config.headCountKV == 0, config.headDim > 0,
+      config.headDim % 2 == 0, config.vocabSize > 0, config.contextLength > 0
+    else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "the config's attention shape cannot be run: \(config.headCount) query heads over \(config.headCountKV) key/value heads of size \(config.headDim) (the query heads must be a multiple, the size even), vocabulary \(config.vocabSize), context \(config.contextLength)",
+        path: source.folder ?? path)
+    }
     self.config = config
     let c = config.embeddingLength
     let qDim = config.headCount * config.headDim
@@ -147,10 +155,12 @@ public final class LlamaModel: @unchecked Sendable {
     head = all[blocks.count * 7]
   }
 
-  /// A cache for `batch` sequences of up to `capacity` tokens.
+  /// A cache for `batch` sequences of up to `capacity` tokens, at most the model's context
+  /// length (a forward pass beyond it fails with "the context is full").
   public func makeCache(batch: Int, capacity: Int) -> KVCache {
     KVCache(
-      layers: config.blockCount, batch: batch, capacity: capacity,
+      layers: config.blockCount, batch: batch,
+      capacity: max(1, min(capacity, config.contextLength)),
       kvDim: config.headCountKV * config.headDim)
   }
 

@@ -247,6 +247,26 @@ struct LlamaTests {
     } catch let error as FlareError {
       #expect("\(error)".contains("model.layers.30"), "\(error)")
     }
+    // Key/value heads that do not divide the query heads would index past the cache.
+    func write(_ changes: [(String, JSONValue)]) throws {
+      let keys = Set(changes.map(\.0))
+      let kept = (config.objectMembers ?? []).filter { !keys.contains($0.0) }
+      try writeFileAtomically(
+        Array(JSONWriter.pretty(.object(kept + changes)).utf8), to: "\(work)/config.json",
+        overwrite: true)
+    }
+    try write([("num_key_value_heads", .integer(2))])
+    #expect(throws: FlareError.self) { try LlamaModel(path: work) }
+    // A context of 12 tokens: generation stops at its end however many tokens are asked for,
+    // and a longer prompt is refused (no cache larger than the context is ever allocated).
+    try write([("max_position_embeddings", .integer(12))])
+    let short = try LlamaModel(path: work)
+    let ids = try LlamaGoldenCase.load().cases[0].ids
+    let out = try short.generate(prompt: ids, maxTokens: 1_000_000_000)
+    #expect(out.count == 12 - ids.count)
+    #expect(throws: FlareError.self) {
+      try short.generate(prompt: ids + ids, maxTokens: 1)
+    }
   }
 }
 
