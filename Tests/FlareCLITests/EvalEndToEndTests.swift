@@ -189,6 +189,36 @@ struct EvalEndToEndTests {
     #expect(bad.status == 64)
   }
 
+  // Oracle: the single-threaded run. With 2 threads the attention heads run in parallel (each
+  // with single-threaded BLAS) and OpenBLAS splits the other products: the logits may differ
+  // only by summation order, 1e-4.
+  @Test("--threads 2 gives the single-threaded logits")
+  func threads() throws {
+    guard let folder = try Self.smolLM2() else { return }
+    func top(_ threads: String) throws -> [(Int, Double)] {
+      let result = try runTool(
+        "flare-eval",
+        [
+          "logits", "--model", folder, "--prompt", "La capital de Francia es", "--top", "20",
+          "--threads", threads, "--json",
+        ])
+      #expect(result.status == 0, "\(result.stderr)")
+      return (try Self.json(result)["top"]?.arrayValue ?? []).compactMap { entry in
+        guard let id = entry["id"]?.intValue, let logit = entry["logit"]?.doubleValue else {
+          return nil
+        }
+        return (id, logit)
+      }
+    }
+    let one = try top("1")
+    let two = try top("2")
+    #expect(one.count == 20 && two.count == 20)
+    for (a, b) in zip(one, two) {
+      #expect(a.0 == b.0)
+      #expect(abs(a.1 - b.1) < 1e-4)
+    }
+  }
+
   @Test("bench reports prefill and decode rates")
   func bench() throws {
     guard let folder = try Self.smolLM2() else { return }
