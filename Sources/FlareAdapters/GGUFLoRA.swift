@@ -106,3 +106,23 @@ extension PEFTAdapter {
     self.flare = flare
   }
 }
+
+extension PEFTAdapter {
+  /// Splits a command-line `path[:weight]`; a suffix that is not a finite number is part of the
+  /// path (weight 1).
+  public static func splitWeight(_ text: String) -> (path: String, weight: Double) {
+    if let colon = text.lastIndex(of: ":"), let weight = Double(text[text.index(after: colon)...]),
+      weight.isFinite
+    {
+      return (String(text[..<colon]), weight)
+    }
+    return (text, 1)
+  }
+
+  /// Opens `path`: a llama.cpp LoRA GGUF when it ends in `.gguf`, otherwise a PEFT folder.
+  public static func open(_ path: String, allowUnknown: Bool = false) throws -> PEFTAdapter {
+    path.lowercased().hasSuffix(".gguf")
+      ? try PEFTAdapter(ggufAdapter: path, allowUnknown: allowUnknown)
+      : try PEFTAdapter(folder: path, allowUnknown: allowUnknown)
+  }
+}

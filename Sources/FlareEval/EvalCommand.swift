@@ -101,18 +101,8 @@ public enum EvalCommand {
     adapter: PEFTAdapter, weight: Double
   )] {
     try arguments.allValues("--adapter").map { text in
-      var path = text
-      var weight = 1.0
-      if let colon = text.lastIndex(of: ":"), let w = Double(text[text.index(after: colon)...]),
-        w.isFinite
-      {
-        path = String(text[..<colon])
-        weight = w
-      }
-      let adapter =
-        path.lowercased().hasSuffix(".gguf")
-        ? try PEFTAdapter(ggufAdapter: path) : try PEFTAdapter(folder: path)
-      return (adapter, weight)
+      let (path, weight) = PEFTAdapter.splitWeight(text)
+      return (try PEFTAdapter.open(path), weight)
     }
   }
 
@@ -521,9 +511,9 @@ public enum EvalCommand {
     guard promptTokens > 0, genTokens >= 0, repeats > 0 else {
       throw UsageError("'--prompt-tokens' and '--repeat' must be positive")
     }
-    let loadStart = now()
+    let loadStart = monotonicSeconds()
     let model = try LlamaModel(path: try required(arguments, EvalCommand.model))
-    let loadSeconds = now() - loadStart
+    let loadSeconds = monotonicSeconds() - loadStart
     guard promptTokens + genTokens <= model.config.contextLength else {
       throw UsageError(
         "'--prompt-tokens' + '--gen-tokens' exceed the model's context of \(model.config.contextLength) tokens"
@@ -535,13 +525,13 @@ public enum EvalCommand {
     var bestDecode = Double.infinity
     for _ in 0..<repeats {
       let cache = model.makeCache(batch: 1, capacity: promptTokens + genTokens)
-      let t0 = now()
+      let t0 = monotonicSeconds()
       var logits = try model.forward(tokens: [prompt], cache: cache)
-      let t1 = now()
+      let t1 = monotonicSeconds()
       for _ in 0..<genTokens {
         logits = try model.forward(tokens: [[Sampler.argmax(logits[...])]], cache: cache)
       }
-      let t2 = now()
+      let t2 = monotonicSeconds()
       bestPrefill = min(bestPrefill, t1 - t0)
       bestDecode = min(bestDecode, t2 - t1)
     }
@@ -568,11 +558,5 @@ public enum EvalCommand {
         """)
     }
     return .success
-  }
-
-  static func now() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
   }
 }

@@ -51,16 +51,6 @@ public enum MergeCommand {
         0 on success, 1 on a failure (nothing is written), 64 on a usage error.
       """)
 
-  /// Splits `path[:weight]`; a suffix that is not a number is part of the path.
-  static func parseAdapter(_ text: String) -> (String, Double) {
-    if let colon = text.lastIndex(of: ":"), let weight = Double(text[text.index(after: colon)...]),
-      weight.isFinite
-    {
-      return (String(text[..<colon]), weight)
-    }
-    return (text, 1)
-  }
-
   public static func run(_ arguments: ParsedArguments) throws -> ExitStatus {
     guard let basePath = arguments.value("--base") else {
       throw UsageError("missing expected option '--base <path>'")
@@ -96,12 +86,8 @@ public enum MergeCommand {
     let base = try Merger.openBase(basePath)
     var adapters: [WeightedAdapter] = []
     for text in adapterSpecs {
-      let (path, weight) = parseAdapter(text)
-      let allowUnknown = arguments.flag("--allow-unknown")
-      let adapter =
-        path.lowercased().hasSuffix(".gguf")
-        ? try PEFTAdapter(ggufAdapter: path, allowUnknown: allowUnknown)
-        : try PEFTAdapter(folder: path, allowUnknown: allowUnknown)
+      let (path, weight) = PEFTAdapter.splitWeight(text)
+      let adapter = try PEFTAdapter.open(path, allowUnknown: arguments.flag("--allow-unknown"))
       adapters.append(WeightedAdapter(adapter: adapter, weight: weight))
     }
     if case .gguf = base, let output, !output.lowercased().hasSuffix(".gguf") {

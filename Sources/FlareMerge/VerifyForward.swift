@@ -1,6 +1,5 @@
 import FlareAdapters
 import FlareCore
-import FlareGGUF
 import FlareModels
 import FlareTokenizers
 
@@ -35,19 +34,11 @@ extension Merger {
   public static func verifyForward(
     output: String, basePath: String, adapters: [WeightedAdapter], report: MergeReport
   ) throws -> (check: ForwardCheck?, reason: String?) {
-    let isLlama: Bool
-    if basePath.hasSuffix(".gguf") {
-      isLlama =
-        (try? GGUFFile(path: basePath))?.value("general.architecture")?.stringValue == "llama"
-    } else {
-      let folder = isDirectory(basePath) ? basePath : AtomicFileWriter.parentFolder(of: basePath)
-      let config = try? JSONParser.parse(try readSmallFile("\(folder)/config.json"))
-      isLlama = config?["model_type"]?.stringValue == "llama"
-    }
-    guard isLlama else { return (nil, "the forward-pass check runs Llama models") }
+    guard let source = try? WeightSource(path: basePath), (try? source.architecture()) == "llama"
+    else { return (nil, "the forward-pass check runs Llama models") }
     let base: LlamaModel
     do {
-      base = try LlamaModel(path: basePath)
+      base = try LlamaModel(source: source)
     } catch let error as FlareError {
       return (nil, "Flare cannot run this base model (\(error.message))")
     }
@@ -58,10 +49,7 @@ extension Merger {
     }
     let merged = try LlamaModel(path: output)
     var prompts: [[Int]]
-    if let tokenizer = try?
-      (base.source.gguf.map { try Tokenizer.load(gguf: $0) }
-      ?? Tokenizer.load(folder: base.source.folder ?? AtomicFileWriter.parentFolder(of: basePath)))
-    {
+    if let tokenizer = try? source.tokenizer() {
       prompts = verifyPrompts.map { tokenizer.encode($0) }
     } else {
       // No usable tokenizer: fixed ids spread over the vocabulary.

@@ -37,8 +37,13 @@ public final class LlamaModel: @unchecked Sendable {
   /// (architecture `llama`; quantized tensors are dequantized to F32 once).
   /// - Throws: ``FlareError`` naming the file and tensor for a missing tensor, a shape that
   ///   disagrees with the config, or an unsupported architecture.
-  public init(path: String) throws {
-    let source = try WeightSource(path: path)
+  public convenience init(path: String) throws {
+    try self.init(source: try WeightSource(path: path))
+  }
+
+  /// Loads a Llama model from an opened ``WeightSource``.
+  public init(source: WeightSource) throws {
+    let path = source.path
     self.source = source
     let config: LlamaConfig
     let name: (String) -> String
@@ -47,10 +52,8 @@ public final class LlamaModel: @unchecked Sendable {
       ropeStyle = .pairs
       name = { LlamaLayout.ggufName(hf: $0) ?? $0 }
     } else {
-      let folder = source.folder ?? AtomicFileWriter.parentFolder(of: path)
-      let configPath = "\(folder)/config.json"
-      config = try LlamaConfig(
-        hfConfig: try JSONParser.parse(try readSmallFile(configPath)), path: configPath)
+      let configPath = "\(source.configFolder)/config.json"
+      config = try LlamaConfig(hfConfig: try source.config(), path: configPath)
       ropeStyle = .halves
       name = { $0 }
     }

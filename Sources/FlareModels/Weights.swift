@@ -110,6 +110,28 @@ public final class WeightSource: @unchecked Sendable {
     backing = .safetensors(try SafetensorsModel.open(path))
   }
 
+  /// The folder whose `config.json` and tokenizer files go with the tensors (for a single
+  /// `.safetensors` file, its folder).
+  public var configFolder: String { folder ?? AtomicFileWriter.parentFolder(of: path) }
+
+  /// The parsed `config.json` of an HF model.
+  /// - Throws: ``FlareError`` if it is missing or not JSON.
+  public func config() throws -> JSONValue {
+    let configPath = "\(configFolder)/config.json"
+    guard fileExists(configPath) else {
+      throw FlareError(
+        "model", .invalidArgument, "not a model: no config.json next to the weights", path: path)
+    }
+    return try JSONParser.parse(try readSmallFile(configPath))
+  }
+
+  /// The model family: a GGUF's `general.architecture`, or `model_type` of `config.json`
+  /// (`llama`, `bert`, `xlm-roberta`, …).
+  public func architecture() throws -> String {
+    if let gguf { return gguf.value("general.architecture")?.stringValue ?? "unknown" }
+    return try config()["model_type"]?.stringValue ?? "unknown"
+  }
+
   /// The GGUF file, for GGUF inputs.
   public var gguf: GGUFFile? {
     if case .gguf(let file) = backing { return file }

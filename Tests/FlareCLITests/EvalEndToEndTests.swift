@@ -7,11 +7,6 @@ import _FlareTestSupport
 /// flare-eval and flare-merge --verify run as a user runs them, on the real models.
 @Suite("flare-eval end to end", .serialized)
 struct EvalEndToEndTests {
-  static func smolLM2() throws -> String? {
-    if offline && !FileManager.default.fileExists(atPath: smolLM2GGUF) { return nil }
-    return try #require(try smolLM2HFFolder(), "run scripts/fetch-models.sh (or make models)")
-  }
-
   static func json(_ result: ToolResult) throws -> JSONValue {
     try JSONParser.parse(Array(result.stdout.utf8))
   }
@@ -21,7 +16,7 @@ struct EvalEndToEndTests {
   // continuation, from both the GGUF and the F32 folder.
   @Test("tokenize and generate on SmolLM2 (GGUF and HF folder) reproduce transformers")
   func generate() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let golden = try loadFixtureJSON("llama/smollm2-golden.json")
     let english = try #require(golden["cases"]?.arrayValue?.first)
     let prompt = try #require(english["text"]?.stringValue)
@@ -54,7 +49,7 @@ struct EvalEndToEndTests {
   // Oracle: transformers' top-10 at the last position (1e-3 on each logit, same ids in order).
   @Test("logits --json gives transformers' top logits for every golden prompt")
   func logits() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let golden = try loadFixtureJSON("llama/smollm2-golden.json")
     for item in golden["cases"]?.arrayValue ?? [] {
       let text = try #require(item["text"]?.stringValue)
@@ -78,7 +73,7 @@ struct EvalEndToEndTests {
   // (Fixtures/llama/make_golden.py); relative tolerance 1e-4.
   @Test("perplexity equals the transformers figure")
   func perplexity() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let golden = try #require(try loadFixtureJSON("llama/smollm2-golden.json")["perplexity"])
     let run = try runTool(
       "flare-eval",
@@ -128,7 +123,7 @@ struct EvalEndToEndTests {
   // issue's bound), through `compare` and through `flare-merge --verify`.
   @Test("compare and merge --verify: merged equals base + adapter unmerged")
   func compareAndVerify() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let work = makeTemporaryFolder()
     defer { removeTree(work) }
     let adapter = fixturePath("peft/smollm2-demo-lora")
@@ -166,7 +161,7 @@ struct EvalEndToEndTests {
   // temperature; a different seed gives a different continuation at a high temperature.
   @Test("sampling is repeatable by seed, and top-k 1 equals greedy")
   func sampling() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     func run(_ extra: [String]) throws -> [Int] {
       let result = try runTool(
         "flare-eval",
@@ -194,7 +189,7 @@ struct EvalEndToEndTests {
   // only by summation order, 1e-4.
   @Test("--threads 2 gives the single-threaded logits")
   func threads() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     func top(_ threads: String) throws -> [(Int, Double)] {
       let result = try runTool(
         "flare-eval",
@@ -221,7 +216,7 @@ struct EvalEndToEndTests {
 
   @Test("bench reports prefill and decode rates")
   func bench() throws {
-    guard let folder = try Self.smolLM2() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let result = try runTool(
       "flare-eval",
       ["bench", "--model", folder, "--prompt-tokens", "8", "--gen-tokens", "2", "--json"])

@@ -51,45 +51,20 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
   zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
 }
 
-func argmax(_ values: ArraySlice<Float>) -> Int {
-  var best = values.startIndex
-  for i in values.indices where values[i] > values[best] { best = i }
-  return best - values.startIndex
-}
-
 /// Runs one prompt and returns its last-position logits.
 func lastLogits(_ model: LlamaModel, _ ids: [Int]) throws -> [Float] {
   let cache = model.makeCache(batch: 1, capacity: ids.count)
   return try model.forward(tokens: [ids], cache: cache)
 }
 
-/// Greedy decoding with the KV cache: prefill, then one token at a time.
-func greedy(_ model: LlamaModel, _ ids: [Int], count: Int) throws -> [Int] {
-  let cache = model.makeCache(batch: 1, capacity: ids.count + count)
-  var logits = try model.forward(tokens: [ids], cache: cache)
-  var out: [Int] = []
-  for _ in 0..<count {
-    let next = argmax(logits[...])
-    out.append(next)
-    logits = try model.forward(tokens: [[next]], cache: cache)
-  }
-  return out
-}
-
 @Suite("Llama forward pass on the real SmolLM2", .serialized)
 struct LlamaTests {
-  static func folder() throws -> String? {
-    if offline && !FileManager.default.fileExists(atPath: smolLM2GGUF) { return nil }
-    return try #require(
-      try smolLM2HFFolder(), "SmolLM2 is missing: run scripts/fetch-models.sh (or make models)")
-  }
-
   // Oracle: transformers LlamaForCausalLM in F32 on the same F32 folder
   // (Fixtures/llama/make_golden.py). Tolerance: 1e-3 max abs over all 49,152 logits, the
   // issue's bound; top-1 and the 15-token greedy continuation must be identical.
   @Test("HF folder: logits within 1e-3 of transformers, greedy continuation identical")
   func hfFolder() throws {
-    guard let folder = try Self.folder() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let model = try LlamaModel(path: folder)
     #expect(model.ropeStyle == .halves)
     let (cases, vocab) = try LlamaGoldenCase.load()
@@ -98,9 +73,11 @@ struct LlamaTests {
       let logits = try lastLogits(model, golden.ids)
       let difference = maxAbsDifference(logits, golden.logits)
       #expect(difference < 1e-3, "\(golden.name): max abs difference \(difference)")
-      #expect(argmax(logits[...]) == golden.top.first?.id, "\(golden.name)")
+      #expect(Sampler.argmax(logits[...]) == golden.top.first?.id, "\(golden.name)")
       if let expected = golden.greedy {
-        #expect(try greedy(model, golden.ids, count: expected.count) == expected, "\(golden.name)")
+        #expect(
+          try model.generate(prompt: golden.ids, maxTokens: expected.count) == expected,
+          "\(golden.name)")
       }
     }
   }
@@ -109,7 +86,7 @@ struct LlamaTests {
   // dequantized from, with permuted Q/K rows and adjacent-pair RoPE; tolerance 1e-3.
   @Test("GGUF (Q4_1 dequantized at load): same logits as transformers within 1e-3")
   func gguf() throws {
-    guard try Self.folder() != nil else { return }
+    guard try smolLM2HFFolder() != nil else { return }
     let model = try LlamaModel(path: smolLM2GGUF)
     #expect(model.ropeStyle == .pairs)
     let (cases, _) = try LlamaGoldenCase.load()
@@ -119,14 +96,16 @@ struct LlamaTests {
       #expect(difference < 1e-3, "\(golden.name): max abs difference \(difference)")
     }
     let english = try #require(cases.first { $0.greedy != nil })
-    #expect(try greedy(model, english.ids, count: english.greedy?.count ?? 0) == english.greedy)
+    #expect(
+      try model.generate(prompt: english.ids, maxTokens: english.greedy?.count ?? 0)
+        == english.greedy)
   }
 
   // Oracle: the unpadded single-sequence run (itself checked against transformers above).
   // Padding must not change a sequence's logits beyond float reordering: 1e-4.
   @Test("a padded batch (left and right padding) gives each sequence its unpadded logits")
   func paddedBatch() throws {
-    guard let folder = try Self.folder() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let model = try LlamaModel(path: folder)
     let (cases, _) = try LlamaGoldenCase.load()
     let a = cases[0].ids
@@ -155,7 +134,7 @@ struct LlamaTests {
   // must give the same logits at every position (1e-4).
   @Test("the KV cache: pieces give the same logits as one pass")
   func cacheIncremental() throws {
-    guard let folder = try Self.folder() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let model = try LlamaModel(path: folder)
     let ids = try LlamaGoldenCase.load().cases[0].ids
     let whole = try model.forward(
@@ -179,7 +158,7 @@ struct LlamaTests {
   // merged).
   @Test("LoRA applied unmerged equals PEFT and equals the merged model")
   func runtimeLoRA() throws {
-    guard let folder = try Self.folder() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let adapterPath = fixturePath("peft/smollm2-demo-lora")
     let model = try LlamaModel(path: folder)
     try model.attach(adapters: [(try PEFTAdapter(folder: adapterPath), 1)])
@@ -224,7 +203,7 @@ struct LlamaTests {
 
   @Test("bad input: ids outside the vocabulary, ragged batches, a missing tensor")
   func badInput() throws {
-    guard let folder = try Self.folder() else { return }
+    guard let folder = try smolLM2HFFolder() else { return }
     let model = try LlamaModel(path: folder)
     let cache = model.makeCache(batch: 1, capacity: 8)
     #expect(throws: FlareError.self) { try model.forward(tokens: [[49152]], cache: cache) }

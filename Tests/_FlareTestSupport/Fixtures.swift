@@ -115,17 +115,28 @@ public var smolLM2GGUF: String {
   "\(modelCache)/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 }
 
+/// A model the tests need is not in the cache.
+public struct MissingModel: Error, CustomStringConvertible {
+  public var description: String
+}
+
 /// An F32 HF folder of SmolLM2 made by `flare-convert` from ``smolLM2GGUF``, under the model
 /// cache; made on first use (flare-convert writes it atomically, so a concurrent or interrupted
-/// run never leaves half a folder). `nil` if the GGUF is missing.
+/// run never leaves half a folder).
+/// - Returns: `nil` only when the GGUF is missing and ``offline`` is set (the test is skipped).
+/// - Throws: ``MissingModel`` when the GGUF is missing otherwise, or if the conversion fails.
 public func smolLM2HFFolder() throws -> String? {
   let folder = "\(modelCache)/models/smollm2-hf"
   if FileManager.default.fileExists(atPath: "\(folder)/model.safetensors") { return folder }
-  guard FileManager.default.fileExists(atPath: smolLM2GGUF) else { return nil }
+  guard FileManager.default.fileExists(atPath: smolLM2GGUF) else {
+    if offline { return nil }
+    throw MissingModel(
+      description: "SmolLM2 is missing: run scripts/fetch-models.sh (or make models)")
+  }
   let result = try runTool("flare-convert", [smolLM2GGUF, folder, "-q"])
   guard result.status == 0 || FileManager.default.fileExists(atPath: "\(folder)/model.safetensors")
   else {
-    throw CocoaError(.fileWriteUnknown, userInfo: ["reason": result.stderr])
+    throw MissingModel(description: "flare-convert could not make \(folder): \(result.stderr)")
   }
   return folder
 }
