@@ -118,14 +118,22 @@ extension GGMLType {
       q[j] = UInt8(min(Float(2 * levels - 1), max(0, t)))
     }
     storeHalf(d, y, o)
-    if levels == 8 {
-      for j in 0..<16 { y[o + 2 + j] = q[j] | q[j + 16] << 4 }
-    } else {
+    storeCodes(q, y, o + 2, fiveBits: levels != 8)
+  }
+
+  /// Stores 32 codes after a block's header: two 4-bit codes per byte (`j` low, `j + 16`
+  /// high), preceded for 5-bit codes by a little-endian `u32` of their fifth bits.
+  private static func storeCodes(
+    _ q: [UInt8], _ y: UnsafeMutableRawBufferPointer, _ o: Int, fiveBits: Bool
+  ) {
+    var at = o
+    if fiveBits {
       var qh: UInt32 = 0
       for j in 0..<32 { qh |= UInt32(q[j] >> 4) << UInt32(j) }
-      y.storeBytes(of: qh.littleEndian, toByteOffset: o + 2, as: UInt32.self)
-      for j in 0..<16 { y[o + 6 + j] = (q[j] & 0x0F) | (q[j + 16] << 4) }
+      y.storeBytes(of: qh.littleEndian, toByteOffset: o, as: UInt32.self)
+      at += 4
     }
+    for j in 0..<16 { y[at + j] = (q[j] & 0x0F) | (q[j + 16] << 4) }
   }
 
   // Q4_1 (maxQ 15) and Q5_1 (maxQ 31): d = (max − min)/maxQ, m = min,
@@ -149,14 +157,7 @@ extension GGMLType {
     }
     storeHalf(d, y, o)
     storeHalf(low, y, o + 2)
-    if maxQ == 15 {
-      for j in 0..<16 { y[o + 4 + j] = q[j] | q[j + 16] << 4 }
-    } else {
-      var qh: UInt32 = 0
-      for j in 0..<32 { qh |= UInt32(q[j] >> 4) << UInt32(j) }
-      y.storeBytes(of: qh.littleEndian, toByteOffset: o + 4, as: UInt32.self)
-      for j in 0..<16 { y[o + 8 + j] = (q[j] & 0x0F) | (q[j + 16] << 4) }
-    }
+    storeCodes(q, y, o + 4, fiveBits: maxQ != 15)
   }
 }
 
