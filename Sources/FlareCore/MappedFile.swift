@@ -19,7 +19,7 @@ public final class MappedFile: @unchecked Sendable {
 
   /// Maps `path` read-only.
   /// - Throws: ``FlareError`` `.fileNotFound` or `.ioError` naming the path and the reason.
-  public init(path: String) throws {
+  public init(path: String) throws(FlareError) {
     self.path = path
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw FlareError.io("cannot open", path: path, errno: errno) }

@@ -44,13 +44,7 @@ public final class GGUFFile: @unchecked Sendable {
   /// - Throws: ``FlareError`` naming the file, the key or tensor, and the byte offset.
   public init(path: String) throws(FlareError) {
     self.path = path
-    do {
-      file = try MappedFile(path: path)
-    } catch let error as FlareError {
-      throw error
-    } catch {
-      throw FlareError("io", .ioError, "\(error)", path: path)
-    }
+    file = try MappedFile(path: path)
     do {
       let parsed = try GGUFFile.parse(file.bytes)
       version = parsed.version

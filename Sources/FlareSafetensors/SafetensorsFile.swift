@@ -15,13 +15,7 @@ public final class SafetensorsFile: @unchecked Sendable {
   /// - Throws: ``FlareError`` naming the file, and where relevant the tensor and byte offset.
   public init(path: String) throws(FlareError) {
     self.path = path
-    do {
-      file = try MappedFile(path: path)
-    } catch let error as FlareError {
-      throw error
-    } catch {
-      throw FlareError("io", .ioError, "\(error)", path: path)
-    }
+    file = try MappedFile(path: path)
     do {
       header = try SafetensorsHeader.parse(file: file.bytes)
     } catch {
