@@ -139,7 +139,7 @@ struct MalformedTests {
       #expect(throws: FlareError.self, "prefix \(n)") { try SafetensorsFile(path: path) }
       // The header parser on memory too: no file system in the way.
       let prefix = Array(bytes.prefix(n))
-      prefix.withUnsafeBytes { raw in
+      _ = prefix.withUnsafeBytes { raw in
         #expect(throws: FlareError.self) { try SafetensorsHeader.parse(file: raw) }
       }
     }
@@ -151,7 +151,7 @@ struct MalformedTests {
   func hugeClaim() {
     var bytes = withUnsafeBytes(of: UInt64(100_000_000_000).littleEndian) { Array($0) }
     bytes += Array("{}".utf8)
-    bytes.withUnsafeBytes { raw in
+    _ = bytes.withUnsafeBytes { raw in
       #expect(throws: FlareError("safetensors", .headerTooLarge, "")) {
         try SafetensorsHeader.parse(file: raw)
       }
