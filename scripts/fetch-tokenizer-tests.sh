@@ -17,7 +17,9 @@
 #     separated by "\n__ggml_vocab_test__\n") and the token ids llama.cpp
 #     produces for them (.gguf.out, one line per case). Only
 #     vendor/llama.cpp/models/ggml-vocab-* is extracted, flat, into
-#     $CACHE/tokenizer-tests/.
+#     $CACHE/tokenizer-tests/. Its vocabulary loader, vendor/llama.cpp/src/llama-vocab.cpp,
+#     is extracted next to them: its `tokenizer_pre == "..."` list is the set of
+#     pre-tokenizer names llama.cpp accepts, which the converter tests check against.
 #
 #     The sdist is fetched with
 #         pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36
@@ -69,7 +71,7 @@ publish() {
 
 fetch_vocab_tests() {
     # A marker written last says the extraction finished.
-    if [[ -f "$TESTS/.complete" ]]; then
+    if [[ -f "$TESTS/.complete" && -f "$TESTS/llama-vocab.cpp" ]]; then
         echo "tokenizer-tests: cached at $TESTS"
         return 0
     fi
@@ -99,6 +101,7 @@ import os, shutil, sys, tarfile
 
 sdist, out = sys.argv[1], sys.argv[2]
 prefix = "vendor/llama.cpp/models/ggml-vocab-"
+loader = "vendor/llama.cpp/src/llama-vocab.cpp"
 os.makedirs(out)
 count = 0
 with tarfile.open(sdist, "r:gz") as tar:
@@ -107,7 +110,7 @@ with tarfile.open(sdist, "r:gz") as tar:
             continue
         # The archive's top folder is llama_cpp_python-<version>/.
         parts = member.name.split("/", 1)
-        if len(parts) != 2 or not parts[1].startswith(prefix):
+        if len(parts) != 2 or not (parts[1].startswith(prefix) or parts[1] == loader):
             continue
         name = parts[1].rsplit("/", 1)[-1]
         if "/" in name or name in ("", ".", ".."):
@@ -117,6 +120,8 @@ with tarfile.open(sdist, "r:gz") as tar:
         count += 1
 if count == 0:
     sys.exit(f"no files under {prefix}* in {sdist}")
+if not os.path.isfile(os.path.join(out, "llama-vocab.cpp")):
+    sys.exit(f"no {loader} in {sdist}")
 PY
     touch "$STAGING/out/.complete"
     publish "$TESTS"

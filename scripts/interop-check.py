@@ -893,6 +893,128 @@ def run_merge_check(args, out, work, prompts, res, mods):
               worst < 0.01 and agree == total, f"max|d| {worst:.3g}, top-1 {agree}/{total}")
 
 
+# Texts whose tokenization llama.cpp and transformers must agree on, for the folders below.
+MULTILINGUAL = [
+    "The quick brown fox jumps over the lazy dog.",
+    "El veloz murciélago hindú comía feliz cardillo y kiwi; ¿dónde está la cigüeña?",
+    "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich.",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "我能吞下玻璃而不伤身体。今天是2024年12月3日。",
+    "私はガラスを食べられます。それは私を傷つけません。",
+    "أنا قادر على أكل الزجاج و هذا لا يؤلمني.",
+    "मैं काँच खा सकता हूँ और मुझे उससे कोई चोट नहीं पहुंचती.",
+    "Numbers: 1234567890, 3.14159, 1,000,000 and -42.",
+    "Emoji 🦙🔥 and symbols ∑∫√ ≠ ≤; tabs\tand  double  spaces\n\nnew lines.",
+    "def f(x):\n    return x ** 2  # it's squared, isn't it?",
+    "   leading spaces, trailing spaces   ",
+]
+
+# The HF pre-tokenizers flare-convert recognises, built with the tokenizers library, by the
+# name llama.cpp gives them.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def tiny_pre_tokenizer(name):
+    from tokenizers import Regex, pre_tokenizers as pt
+    if name == "gpt-2":
+        return pt.ByteLevel(add_prefix_space=False, use_regex=True)
+    if name == "smollm":
+        return pt.Sequence([pt.Digits(individual_digits=True),
+                            pt.ByteLevel(add_prefix_space=False, use_regex=True)])
+    return pt.Sequence([pt.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+                        pt.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def save_tiny_model(folder, pre, tied, mods):
+    """A tiny Llama in the fixtures' shape (Fixtures/peft/base-llama*: hidden 32, 4 heads, 2 KV
+    heads, 2 layers) with a byte-level BPE tokenizer trained on MULTILINGUAL, both saved by
+    transformers' save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    torch, transformers = mods["torch"], mods["transformers"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = tiny_pre_tokenizer(pre)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=360, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(MULTILINGUAL * 4, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=0, eos_token_id=1)
+    model = transformers.LlamaForCausalLM(config).float().eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return model
+
+
+def run_foreign_folders(args, work, res, mods):
+    """flare-convert on HF folders Flare did not write: one saved by transformers' save_pretrained
+    from the SmolLM2 GGUF it loaded, and tiny models in the fixtures' shape for each pre-tokenizer
+    the converter recognises. llama.cpp must load every converted file, and tokenize MULTILINGUAL as
+    transformers does."""
+    import numpy as np
+    llama_cpp, torch, transformers = mods["llama_cpp"], mods["torch"], mods["transformers"]
+    log("== flare-convert on folders written by transformers")
+    convert = Path(args.flare_bin) / "flare-convert"
+    runner = LlamaRunner(llama_cpp, args)
+    cases = []
+    saved = work / "transformers-saved-smollm2"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(args.model.parent), gguf_file=args.model.name, torch_dtype=torch.float32)
+        tok = transformers.AutoTokenizer.from_pretrained(str(args.model.parent), gguf_file=args.model.name)
+        model.save_pretrained(str(saved))
+        tok.save_pretrained(str(saved))
+        del model
+        cases.append(("SmolLM2 saved by transformers from its GGUF", saved, None))
+        res.check("transformers loads the SmolLM2 GGUF and saves an HF folder", True)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        res.check("transformers loads the SmolLM2 GGUF and saves an HF folder", False, repr(e)[:300])
+    for pre in ("gpt-2", "smollm", "llama-bpe"):
+        for tied in (False, True):
+            folder = work / f"tiny-{pre}{'-tied' if tied else ''}"
+            cases.append((f"tiny Llama, pre-tokenizer {pre}{', tied head' if tied else ''}", folder,
+                          (pre, save_tiny_model(str(folder), pre, tied, mods))))
+    for label, folder, tiny in cases:
+        out = folder.with_suffix(".gguf")
+        p = subprocess.run([str(convert), str(folder), str(out), "--outtype", "f32", "--force", "--quiet"],
+                           capture_output=True, text=True)
+        if not res.check(f"{label}: flare-convert to F32 GGUF", p.returncode == 0, p.stderr.strip()[:300]):
+            continue
+        from gguf import GGUFReader
+        written = gguf_field(GGUFReader(str(out)), "tokenizer.ggml.pre")
+        if tiny is not None:
+            res.check(f"{label}: tokenizer.ggml.pre", written == tiny[0], f"wrote {written!r}")
+        try:
+            with quiet_stderr():
+                llm = runner.load(out, f32_kv=True)
+        except Exception as e:  # noqa: BLE001
+            res.check(f"{label}: llama.cpp loads the converted file", False, f"pre {written!r}: {e!r}"[:300])
+            continue
+        res.check(f"{label}: llama.cpp loads the converted file", True, f"tokenizer.ggml.pre {written!r}")
+        hf_tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+        mismatched = []
+        for text in MULTILINGUAL:
+            ours = runner.tokenize(llm, text, add_bos=False, special=False)
+            theirs = hf_tok.encode(text, add_special_tokens=False)
+            if list(ours) != list(theirs):
+                mismatched.append(text[:30])
+        res.check(f"{label}: llama.cpp tokenizes {len(MULTILINGUAL)} multilingual texts as transformers",
+                  not mismatched, "differs on: " + "; ".join(mismatched) if mismatched else "")
+        if tiny is not None:
+            ids = list(runner.tokenize(llm, MULTILINGUAL[1], add_bos=False, special=False))[:60]
+            with torch.no_grad():
+                hf = tiny[1](torch.tensor([ids])).logits[0].float().numpy()
+            worst = float(np.abs(runner.logits(llm, ids) - hf).max())
+            res.check(f"{label}: llama.cpp logits vs transformers (max|d| < {F32_MAX_ABS})",
+                      worst < F32_MAX_ABS, f"max|d| {worst:.3g} over {len(ids)} positions")
+        del llm
+
+
 def print_summary(res):
     log("\n== Logits (full matrices over all prompts' positions)")
     hdr = f"{'engine':<13} {'file':<27} {'compared with':<32} {'max |d|':>10} {'mean |d|':>10} {'top-1':>14}"
@@ -987,6 +1109,7 @@ def main():
             run_transformers(args, out, prompts, llama_state, res, mods)
         if not args.skip_llama and not args.skip_transformers:
             run_merge_check(args, out, work, prompts, res, mods)
+            run_foreign_folders(args, work, res, mods)
     finally:
         if args.keep:
             log(f"kept: {work}")

@@ -287,6 +287,14 @@ public enum Converter {
     if let index = metadata.firstIndex(where: { $0.key == "general.file_type" }) {
       metadata[index].value = .uint32(OutputType.fileType(target))
     }
+    // A pre-tokenizer name llama.cpp refuses (`gpt2`, as earlier Flare versions wrote it) is
+    // written under the name llama.cpp knows; every other value is kept as it is.
+    if let index = metadata.firstIndex(where: { $0.key == "tokenizer.ggml.pre" }),
+      let name = metadata[index].value.stringValue, let canonical = BPETokenizer.preAliases[name]
+    {
+      metadata[index].value = .string(canonical)
+      report.notes.append("tokenizer.ggml.pre '\(name)' written as '\(canonical)'")
+    }
     var done = 0
     try GGUFWriter.write(
       to: output, metadata: metadata, tensors: specs, alignment: file.alignment,

@@ -13,7 +13,8 @@ public struct BPETokenizer: Sendable {
   public var types: [TokenType]
   /// Merges as `"left right"`.
   public var merges: [String]
-  /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`): `gpt2`, `smollm`, `llama-bpe`.
+  /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`): `gpt-2`, `smollm`, `llama-bpe`.
+  /// Always one of ``supportedPre``, the spelling llama.cpp's vocabulary loader accepts.
   public var pre: String
   public var bosID: Int?
   public var eosID: Int?
@@ -23,7 +24,19 @@ public struct BPETokenizer: Sendable {
   public var addSpacePrefix: Bool?
   public var chatTemplate: String?
 
-  static let supportedPre = ["gpt2", "smollm", "llama-bpe"]
+  /// The pre-tokenizers Flare converts, by the names llama.cpp's vocabulary loader knows (its
+  /// `tokenizer_pre == "…"` list); only these are ever written.
+  static let supportedPre = ["gpt-2", "smollm", "llama-bpe"]
+
+  /// Other spellings read (and given on the command line) for a supported pre-tokenizer:
+  /// `gpt2` is what earlier Flare versions wrote; llama.cpp refuses it.
+  static let preAliases = ["gpt2": "gpt-2"]
+
+  /// The name to write for a name read or given, or `nil` if Flare does not convert it.
+  static func canonicalPre(_ name: String) -> String? {
+    let name = preAliases[name] ?? name
+    return supportedPre.contains(name) ? name : nil
+  }
 
   /// The Llama 3 pre-tokenizer regex, which `llama-bpe` names.
   static let llama3Pattern =
@@ -57,12 +70,13 @@ public struct BPETokenizer: Sendable {
     } else {
       merges = []
     }
-    pre = file.value("tokenizer.ggml.pre")?.stringValue ?? "gpt2"
-    guard Self.supportedPre.contains(pre) else {
+    let preRead = file.value("tokenizer.ggml.pre")?.stringValue ?? "gpt-2"
+    guard let pre = Self.canonicalPre(preRead) else {
       throw fail(
-        "tokenizer.ggml.pre '\(pre)' is not supported; supported: \(Self.supportedPre.joined(separator: ", "))"
+        "tokenizer.ggml.pre '\(preRead)' is not supported; supported: \(Self.supportedPre.joined(separator: ", "))"
       )
     }
+    self.pre = pre
     bosID = file.value("tokenizer.ggml.bos_token_id")?.integerValue
     eosID = file.value("tokenizer.ggml.eos_token_id")?.integerValue
     unknownID = file.value("tokenizer.ggml.unknown_token_id")?.integerValue
@@ -283,12 +297,12 @@ public struct BPETokenizer: Sendable {
       return nil
     }
     if let preOverride {
-      guard Self.supportedPre.contains(preOverride) else {
+      guard let canonical = Self.canonicalPre(preOverride) else {
         throw fail(
           "--tokenizer-pre '\(preOverride)' is not one of \(Self.supportedPre.joined(separator: ", "))"
         )
       }
-      pre = preOverride
+      pre = canonical
     } else if let detected = Self.preName(hf: tokenizerJSON["pre_tokenizer"]) {
       pre = detected
     } else {

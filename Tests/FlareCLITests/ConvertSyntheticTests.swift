@@ -7,7 +7,7 @@ import _FlareTestSupport
 
 /// `flare-convert` on a small synthetic HF folder, for the paths the real model does not take:
 /// sharded input, F16 weights copied losslessly (rows permuted as bytes), a tied `lm_head` left
-/// out, string-form merges and the plain `gpt2` pre-tokenizer.
+/// out, string-form merges and the plain `gpt-2` pre-tokenizer.
 ///
 /// Oracle: the RoPE permutation written out from its definition (GGUF row `2i + j` of a head is
 /// HF row `j·d/2 + i`), and the input itself. Tolerance: none.
@@ -85,7 +85,7 @@ struct ConvertSyntheticTests {
     #expect(file.tensor("output.weight") == nil, "a tied lm_head is left out")
     #expect(file.tensors.count == 11)
     #expect(file.value("general.file_type") == .uint32(1))
-    #expect(file.value("tokenizer.ggml.pre") == .string("gpt2"))
+    #expect(file.value("tokenizer.ggml.pre") == .string("gpt-2"))
     #expect(
       file.value("tokenizer.ggml.merges") == .array(.string, [.string("a b"), .string("Ġ a")]))
     #expect(
