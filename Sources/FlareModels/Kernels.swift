@@ -197,7 +197,7 @@ public enum Kernels {
     }
   }
 
-  /// Attention as ``attentionHead(out:outStride:q:qStride:k:v:kvStride:queries:keys:headDim:probs:allowed:)``
+  /// Attention as ``attentionHead(out:outStride:q:qStride:k:v:kvStride:queries:keys:headDim:probs:dropout:allowed:)``
   /// with the mask every decoder uses: query `t` sees keys `0...causalOffset + t`, except the
   /// slots listed in `padding`.
   public static func causalAttentionHead(
