@@ -478,16 +478,13 @@ public final class BERTModel: @unchecked Sendable {
         var vector = [Float](repeating: 0, count: c)
         switch pooling {
         case .mean:
-          var sum = [Double](repeating: 0, count: c)
-          var count = 0
-          for column in 0..<t where a.inputs.mask[row * t + column] {
-            let h = hidden + (row * t + column) * c
-            for i in 0..<c { sum[i] += Double(h[i]) }
-            count += 1
+          a.inputs.mask.withUnsafeBufferPointer { mask in
+            vector.withUnsafeMutableBufferPointer { out in
+              Kernels.meanPool(
+                out: out.baseAddress!, inp: hidden + row * t * c, mask: mask.baseAddress! + row * t,
+                batch: 1, length: t, channels: c)
+            }
           }
-          // sentence-transformers clamps the token count at 1e-9.
-          let scale = 1 / max(Double(count), 1e-9)
-          for i in 0..<c { vector[i] = Float(sum[i] * scale) }
         case .cls:
           if t > 0 {
             let h = hidden + row * t * c

@@ -176,14 +176,19 @@ public enum Kernels {
   /// `K` and `V` are `S` rows (stride `kvStride`), and `allowed(t, s)` says whether query `t`
   /// may see key `s`. `probs[T×S]` receives the attention probabilities (a backward pass needs
   /// them). Masked-out keys get probability 0; a query that sees no key gets zeros.
+  ///
+  /// `dropout`, when given, holds `T×S` keep multipliers (``dropoutMask(_:count:probability:seed:offset:)``)
+  /// applied to the probabilities before they mix `V`, as BERT's attention dropout in training;
+  /// `probs` still receives the probabilities before dropout. It costs a `T×S` allocation.
   public static func attentionHead(
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
-    headDim d: Int, probs: UnsafeMutablePointer<Float>, allowed: (Int, Int) -> Bool
+    headDim d: Int, probs: UnsafeMutablePointer<Float>, dropout: UnsafePointer<Float>? = nil,
+    allowed: (Int, Int) -> Bool
   ) {
     attention(
       out: out, outStride: outStride, q: q, qStride: qStride, k: k, v: v, kvStride: kvStride,
-      queries: t, keys: s, headDim: d, probs: probs
+      queries: t, keys: s, headDim: d, probs: probs, dropout: dropout
     ) { scores in
       for query in 0..<t {
         let row = scores + query * s
@@ -192,7 +197,7 @@ public enum Kernels {
     }
   }
 
-  /// Attention as ``attentionHead(out:outStride:q:qStride:k:v:kvStride:queries:keys:headDim:probs:allowed:)``
+  /// Attention as ``attentionHead(out:outStride:q:qStride:k:v:kvStride:queries:keys:headDim:probs:dropout:allowed:)``
   /// with the mask every decoder uses: query `t` sees keys `0...causalOffset + t`, except the
   /// slots listed in `padding`.
   public static func causalAttentionHead(
@@ -214,11 +219,12 @@ public enum Kernels {
   }
 
   /// Scores `Q·Kᵀ/√d` into `probs`, lets `mask` set −∞ where a key is hidden, applies softmax
-  /// per row and mixes `V` into `out`.
+  /// per row (and the dropout multipliers, if any) and mixes `V` into `out`.
   private static func attention(
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
-    headDim d: Int, probs: UnsafeMutablePointer<Float>, mask: (UnsafeMutablePointer<Float>) -> Void
+    headDim d: Int, probs: UnsafeMutablePointer<Float>, dropout: UnsafePointer<Float>? = nil,
+    mask: (UnsafeMutablePointer<Float>) -> Void
   ) {
     let scale = 1 / Float(d).squareRoot()
     BLAS.sgemm(
@@ -226,8 +232,17 @@ public enum Kernels {
       ldb: kvStride, beta: 0, c: probs, ldc: s)
     mask(probs)
     softmax(probs, rows: t, channels: s)
+    var mixed = UnsafePointer(probs)
+    var dropped: UnsafeMutablePointer<Float>?
+    if let dropout {
+      let buffer = UnsafeMutablePointer<Float>.allocate(capacity: max(t * s, 1))
+      for i in 0..<(t * s) { buffer[i] = probs[i] * dropout[i] }
+      mixed = UnsafePointer(buffer)
+      dropped = buffer
+    }
+    defer { dropped?.deallocate() }
     BLAS.sgemm(
-      transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: probs, lda: s, b: v,
+      transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: mixed, lda: s, b: v,
       ldb: kvStride, beta: 0, c: out, ldc: outStride)
   }
 
