@@ -132,7 +132,8 @@ struct ConvertPreTokenizerTests {
     // --tokenizer-pre gpt2 is accepted and written as gpt-2.
     let given = try runTool("flare-convert", [hf, "\(root)/given.gguf", "--tokenizer-pre", "gpt2"])
     #expect(given.status == 0, "\(given.stderr)")
-    #expect(try GGUFFile(path: "\(root)/given.gguf").value("tokenizer.ggml.pre") == .string("gpt-2"))
+    #expect(
+      try GGUFFile(path: "\(root)/given.gguf").value("tokenizer.ggml.pre") == .string("gpt-2"))
     // A GGUF as earlier versions wrote it: the same file with the key set to 'gpt2'.
     let file = try GGUFFile(path: "\(root)/given.gguf")
     var metadata = file.metadata
