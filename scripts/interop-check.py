@@ -50,6 +50,15 @@ Input: the real SmolLM2-135M-Instruct GGUF (Q4_1 with a Q8_0 token_embd), by def
    a permuted/un-permuted variant), which config fields differ, and the first layer
    whose hidden state diverges from a model holding the reference weights.
 
+4. Folders Flare did not write: transformers loads the original GGUF and saves it with
+   save_pretrained (its GGUF loader describes the tokenizer with plain byte-level GPT-2
+   pre-tokenization), and tiny Llama models in the fixtures' shape (hidden 32, 4 heads, 2 KV
+   heads, 2 layers; tied and untied head) are saved by transformers with a byte-level BPE
+   tokenizer trained by the tokenizers library for each pre-tokenizer flare-convert recognises
+   (gpt-2, smollm, llama-bpe). flare-convert turns each into an F32 GGUF; llama.cpp must load
+   it (it refuses pre-tokenizer names it does not know) and tokenize a multilingual set of texts
+   exactly as transformers does; the tiny models' logits must also agree (max abs < 1e-2).
+
 Exit status 0 when no check fails (WARN does not count), 1 otherwise (2 when a prerequisite is missing).
 
 Missing Python oracles are installed with pip (never runtime dependencies of Flare):
@@ -964,9 +973,17 @@ def run_foreign_folders(args, work, res, mods):
     cases = []
     saved = work / "transformers-saved-smollm2"
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(
             str(args.model.parent), gguf_file=args.model.name, torch_dtype=torch.float32)
         tok = transformers.AutoTokenizer.from_pretrained(str(args.model.parent), gguf_file=args.model.name)
+        # transformers refuses to save a model it loaded from GGUF ("quantized with gguf"), although
+        # it holds the weights dequantized to F32: copy them into a plain model of the same config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        del loaded
         model.save_pretrained(str(saved))
         tok.save_pretrained(str(saved))
         del model
