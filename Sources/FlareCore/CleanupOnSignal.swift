@@ -20,7 +20,13 @@ public enum CleanupOnSignal {
   nonisolated(unsafe) static var lock = pthread_mutex_t()
   nonisolated(unsafe) static var installed = false
 
-  /// Installs the handlers (once); tools call this at start.
+  /// Installs the handlers (once) and unblocks the three signals in the calling thread; tools
+  /// call this at start, on the main thread.
+  ///
+  /// A process inherits its parent's signal mask, and a parent that starts a tool from a thread
+  /// with these signals blocked (a thread pool's worker, for instance) would otherwise leave them
+  /// pending for the whole run: the tool could not be interrupted and would finish as if nothing
+  /// happened.
   public static func install() {
     pthread_mutex_lock(&lock)
     defer { pthread_mutex_unlock(&lock) }
@@ -29,7 +35,13 @@ public enum CleanupOnSignal {
     // Touch the tables so they are allocated before any signal arrives.
     _ = table.count
     _ = isFolder.count
-    for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig, handle) }
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+      signal(sig, handle)
+      sigaddset(&signals, sig)
+    }
+    pthread_sigmask(SIG_UNBLOCK, &signals, nil)
   }
 
   /// Registers a temporary file (or folder) to remove on interruption.
