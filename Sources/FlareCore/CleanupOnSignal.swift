@@ -7,7 +7,9 @@
 #endif
 
 /// Temporary outputs to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP), so an
-/// interrupted tool leaves neither its output nor its temporary files behind.
+/// interrupted tool leaves neither its output nor its temporary files behind. Temporary files
+/// and folders are made with ``createTemporary(template:folder:)``, which registers them before
+/// they exist.
 ///
 /// Paths are kept as C strings in a fixed table the signal handler reads without allocating.
 /// (SIGKILL cannot be caught; then the temporary file, never the output, is left, with a
@@ -51,6 +53,46 @@ public enum CleanupOnSignal {
     guard let slot = table.firstIndex(where: { $0 == nil }) else { return }
     table[slot] = strdup(path)
     isFolder[slot] = folder
+  }
+
+  /// Creates a temporary file (`mkstemp`) or folder (`mkdtemp`) from `template` (ending in
+  /// `XXXXXX`), registered before it exists: the table holds the very buffer `mkstemp` fills in,
+  /// so an interruption at any moment, even while it is being created, removes it.
+  /// - Returns: The path and, for a file, its open descriptor (−1 for a folder); `nil` if it
+  ///   could not be created (`errno` says why).
+  public static func createTemporary(template: String, folder: Bool) -> (
+    path: String, descriptor: Int32
+  )? {
+    guard let buffer = strdup(template) else { return nil }
+    pthread_mutex_lock(&lock)
+    let slot = table.firstIndex { $0 == nil }
+    if let slot {
+      isFolder[slot] = folder
+      table[slot] = buffer
+    }
+    pthread_mutex_unlock(&lock)
+    var descriptor: Int32 = -1
+    let made: Bool
+    if folder {
+      made = mkdtemp(buffer) != nil
+    } else {
+      descriptor = mkstemp(buffer)
+      made = descriptor >= 0
+    }
+    let path = String(cString: buffer)
+    guard made else {
+      let code = errno
+      if let slot {
+        pthread_mutex_lock(&lock)
+        table[slot] = nil
+        pthread_mutex_unlock(&lock)
+      }
+      free(buffer)
+      errno = code
+      return nil
+    }
+    if slot == nil { free(buffer) }  // the table is full: created, but not removed on a signal
+    return (path, descriptor)
   }
 
   /// Forgets a path (it was published or already removed).

@@ -10,8 +10,9 @@ import _FlareTestSupport
 /// The interruption is made certain, not left to a random delay: the test waits until the
 /// merge's temporary file appears, stops the process (SIGSTOP), checks that the temporary file is
 /// there and the output is not (so the merge is caught mid-write), then sends the signal and
-/// lets it continue. A round in which the merge finished before it could be stopped is not
-/// counted; the test needs four interrupted rounds.
+/// lets it continue. Stopping as soon as the file appears also hits the moment it is created,
+/// which is why temporary files are registered before they exist. A round in which the merge
+/// finished before it could be stopped is not counted; the test needs four interrupted rounds.
 @Suite("interrupted merges")
 struct MergeInterruptTests {
   @Test("SIGTERM or SIGINT while the output is being written leaves nothing behind")
@@ -54,13 +55,14 @@ struct MergeInterruptTests {
       Array(#"{"peft_type":"LORA","r":32,"lora_alpha":32}"#.utf8),
       to: "\(adapter)/adapter_config.json")
 
-    let outputs = "\(folder)/outputs"
-    try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
-    let out = "\(outputs)/merged.safetensors"
     var interrupted = 0
     var attempts = 0
     while interrupted < 4 && attempts < 12 {
       attempts += 1
+      // A fresh folder each round, so nothing a round left can be taken for the next one's file.
+      let outputs = "\(folder)/outputs-\(attempts)"
+      try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
+      let out = "\(outputs)/merged.safetensors"
       let signal = interrupted % 2 == 0 ? SIGTERM : SIGINT
       let process = Process()
       process.executableURL = URL(fileURLWithPath: "\(productsFolder())/flare-merge")
