@@ -61,7 +61,7 @@ let package = Package(
 
     // MARK: - Tests
     .target(
-      name: "_FlareTestSupport", dependencies: ["FlareCore", "FlareSafetensors"],
+      name: "_FlareTestSupport", dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF"],
       path: "Tests/_FlareTestSupport"),
     .testTarget(name: "FlareCoreTests", dependencies: ["FlareCore", "_FlareTestSupport"]),
     .testTarget(
@@ -75,8 +75,8 @@ let package = Package(
     .testTarget(
       name: "FlareModelsTests",
       dependencies: [
-        "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareAdapters", "_FlareTestSupport",
-        "flare-convert", "flare-merge",
+        "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareAdapters", "FlareConvert",
+        "FlareMerge", "_FlareTestSupport", "flare-convert", "flare-merge",
       ]),
     .testTarget(
       name: "FlareCLITests",

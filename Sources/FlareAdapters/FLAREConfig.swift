@@ -29,62 +29,71 @@ public struct FLAREConfig: Sendable, Equatable {
   }
 
   /// Reads `flare_config.json`.
-  /// - Throws: ``FlareError`` `.invalidAdapterConfig` naming the field; unknown fields and
-  ///   versions other than 1 are errors.
+  /// - Throws: ``FlareError`` `.invalidAdapterConfig` naming the file and the field; text that
+  ///   is not JSON, unknown fields (at any level), versions other than 1 and out-of-range values
+  ///   (`cross_attention.heads` from 1, `dropout` from 0 up to 1) are errors.
   public init(path: String) throws {
-    func bad(_ message: String) -> FlareError {
-      FlareError("adapter", .invalidAdapterConfig, message, path: path)
+    let json = try JSONParser.parse(
+      file: path, domain: "adapter", code: .invalidAdapterConfig, limit: 1 << 20)
+    let fields = ConfigFields(
+      json: json, path: path, domain: "adapter", code: .invalidAdapterConfig)
+    guard let members = json.objectMembers else {
+      throw FlareError("adapter", .invalidAdapterConfig, "not a JSON object", path: path)
     }
-    let json = try JSONParser.parse(try readSmallFile(path, limit: 1 << 20))
-    guard let members = json.objectMembers else { throw bad("not a JSON object") }
-    let known: Set = ["flare_version", "fusion", "fused_modules", "source", "cross_attention"]
-    if let unknown = members.first(where: { !known.contains($0.0) }) {
-      throw bad("unknown field '\(unknown.0.escapedForMessage)'")
+    /// Refuses members of `object` (named `prefix…`) that are not in `known`.
+    func refuseUnknown(_ object: [(String, JSONValue)], known: [String], prefix: String) throws {
+      if let unknown = object.first(where: { !known.contains($0.0) }) {
+        throw fields.error("\(prefix)\(unknown.0)", "is an unknown field")
+      }
     }
-    guard json["flare_version"]?.intValue == 1 else { throw bad("flare_version must be 1") }
-    guard let name = json["fusion"]?.stringValue, let fusion = Fusion(rawValue: name) else {
-      throw bad("fusion must be one of \(Fusion.allCases.map(\.rawValue).joined(separator: ", "))")
+    try refuseUnknown(
+      members, known: ["flare_version", "fusion", "fused_modules", "source", "cross_attention"],
+      prefix: "")
+    guard try fields.count("flare_version", default: 0, minimum: 0) == 1 else {
+      throw fields.error("flare_version", "must be 1")
+    }
+    let fusionName = try fields.string("fusion")
+    guard let fusion = fusionName.flatMap(Fusion.init(rawValue:)) else {
+      throw fields.error(
+        "fusion", "must be one of \(Fusion.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     self.fusion = fusion
-    guard let modules = json["fused_modules"]?.arrayValue, !modules.isEmpty else {
-      throw bad("fused_modules must be a non-empty list of module names")
+    guard case .list(let modules) = fields.value("fused_modules")?.kind, !modules.isEmpty else {
+      throw fields.error("fused_modules", "must be a non-empty list of module names")
     }
     fusedModules = try modules.map { value in
-      guard let text = value.stringValue else { throw bad("fused_modules holds a non-string") }
+      guard case .string(let text) = value.kind else {
+        throw fields.error("fused_modules", "holds \(value.typeName) \(value.text), not a name")
+      }
       return text
     }
     if let source = json["source"], source != .null {
-      guard let fields = source.objectMembers else { throw bad("source must be an object") }
-      for (key, value) in fields {
-        switch key {
-        case "state":
-          guard value.stringValue == "block_input" else {
-            throw bad("source.state must be 'block_input'")
-          }
-        case "normalize":
-          guard let flag = value.boolValue else { throw bad("source.normalize must be a boolean") }
-          normalizeSource = flag
-        case "padding_side":
-          guard let side = value.stringValue, ["left", "right"].contains(side) else {
-            throw bad("source.padding_side must be 'left' or 'right'")
-          }
-          paddingSide = side
-        case "max_length":
-          guard let length = value.intValue, length > 0 else {
-            throw bad("source.max_length must be positive")
-          }
-          maxLength = length
-        case "weights":
-          guard value.stringValue == "without_adapter" else {
-            throw bad("source.weights must be 'without_adapter'")
-          }
-        default: throw bad("unknown field 'source.\(key.escapedForMessage)'")
-        }
+      guard let members = source.objectMembers else {
+        throw fields.error("source", "must be an object")
+      }
+      try refuseUnknown(
+        members, known: ["state", "normalize", "padding_side", "max_length", "weights"],
+        prefix: "source.")
+      guard (try fields.string("source.state") ?? "block_input") == "block_input" else {
+        throw fields.error("source.state", "must be 'block_input'")
+      }
+      normalizeSource = try fields.bool("source.normalize", default: false)
+      paddingSide = try fields.string("source.padding_side") ?? "left"
+      guard ["left", "right"].contains(paddingSide) else {
+        throw fields.error("source.padding_side", "must be 'left' or 'right'")
+      }
+      maxLength = try fields.count("source.max_length", default: 128)
+      guard (try fields.string("source.weights") ?? "without_adapter") == "without_adapter" else {
+        throw fields.error("source.weights", "must be 'without_adapter'")
       }
     }
     if let attention = json["cross_attention"], attention != .null {
-      crossAttentionHeads = attention["heads"]?.intValue ?? 1
-      crossAttentionDropout = attention["dropout"]?.doubleValue ?? 0
+      guard let members = attention.objectMembers else {
+        throw fields.error("cross_attention", "must be an object")
+      }
+      try refuseUnknown(members, known: ["heads", "dropout"], prefix: "cross_attention.")
+      crossAttentionHeads = try fields.count("cross_attention.heads", default: 1)
+      crossAttentionDropout = try fields.number("cross_attention.dropout", default: 0, in: 0..<1)
     }
   }
 }

@@ -191,10 +191,11 @@ public struct PEFTAdapter: Sendable {
       let alpha =
         Self.patternValue(config.alphaPattern.map { ($0.pattern, $0.alpha) }, module: module)
         ?? config.loraAlpha
-      if let patternRank, Int(patternRank) != rank {
+      if let patternRank, patternRank != Double(rank) {
+        let given = Int(exactly: patternRank).map(String.init) ?? "\(patternRank)"
         throw FlareError(
           "adapter", .invalidArgument,
-          "rank_pattern gives r=\(Int(patternRank)) but the tensors have rank \(rank)",
+          "rank_pattern gives r=\(given) but the tensors have rank \(rank)",
           path: weightsPath, tensor: a.name)
       }
       if patternRank == nil && rank != config.r {
@@ -215,6 +216,17 @@ public struct PEFTAdapter: Sendable {
     self.replacements = replacements
     let flarePath = "\(folder)/flare_config.json"
     flare = fileExists(flarePath) ? try FLAREConfig(path: flarePath) : nil
+    if let flare, flare.fusion == .crossAttention {
+      // Cross-attention splits each fused module's rank into heads of r/heads.
+      for module in modules where flare.isFused(module.path) {
+        guard module.rank % flare.crossAttentionHeads == 0 else {
+          throw FlareError(
+            "adapter", .invalidAdapterConfig,
+            "is \(flare.crossAttentionHeads), which does not divide the rank \(module.rank) of \(module.path)",
+            path: flarePath, key: "cross_attention.heads")
+        }
+      }
+    }
     self.baseLayers = baseLayers
     unknownKeys = unknown
   }

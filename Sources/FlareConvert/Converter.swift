@@ -68,6 +68,7 @@ public enum Converter {
     progress: Progress? = nil
   ) throws -> ConversionReport {
     let config = try LlamaConfig(gguf: file)
+    try config.checkTensors(LlamaConfig.hfShapes(of: file), complete: true)
     let tokenizer = try BPETokenizer(gguf: file)
     let dtype: DType
     switch outtype {
@@ -175,6 +176,8 @@ public enum Converter {
     if tokenizer.bosID == nil { tokenizer.bosID = config.bosTokenID }
     if tokenizer.eosID == nil { tokenizer.eosID = config.eosTokenID }
     let model = try SafetensorsModel.open(folder)
+    // The rows of Q and K are permuted per head below: the shapes must be the config's.
+    try config.checkTensors(model.tensors.map { ($0.name, $0.shape) }, complete: true)
     var report = ConversionReport(output: output)
     var entries: [(view: TensorView, spec: GGUFTensorSpec, heads: Int?)] = []
     var sourceTypes = Set<DType>()
@@ -210,12 +213,12 @@ public enum Converter {
       GGUFKeyValue(key: "general.type", value: .string("model")),
       GGUFKeyValue(key: "general.name", value: .string(AtomicFileWriter.baseName(of: folder))),
     ]
-    let llamaKeys = config.ggufKeys(fileType: OutputType.fileType(mainType))
+    let llamaKeys = try config.ggufKeys(fileType: OutputType.fileType(mainType))
     metadata += llamaKeys.beforeFileType
     metadata.append(
       GGUFKeyValue(key: "general.file_type", value: .uint32(OutputType.fileType(mainType))))
     metadata += llamaKeys.afterFileType
-    metadata += tokenizer.ggufKeys()
+    metadata += try tokenizer.ggufKeys()
     metadata.append(GGUFKeyValue(key: "general.quantization_version", value: .uint32(2)))
     var done = 0
     let byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.spec.name, $0) })
@@ -396,14 +399,7 @@ public enum Converter {
   }
 
   static func readJSON(_ path: String) throws -> JSONValue {
-    let bytes = try readSmallFile(path, limit: 512 << 20)
-    do {
-      return try JSONParser.parse(bytes)
-    } catch {
-      throw FlareError(
-        "convert", .invalidArgument, "not valid JSON: \(error.message)", path: path,
-        offset: error.offset)
-    }
+    try JSONParser.parse(file: path, domain: "convert", limit: 512 << 20)
   }
 
   static func writeJSON(_ value: JSONValue, to path: String, overwrite: Bool) throws {

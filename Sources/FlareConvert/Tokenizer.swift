@@ -60,7 +60,17 @@ public struct BPETokenizer: Sendable {
     }
     tokens = tokenValues.compactMap(\.stringValue)
     if case .array(_, let typeValues) = file.value("tokenizer.ggml.token_type") {
-      types = typeValues.map { TokenType(rawValue: Int32($0.integerValue ?? 1)) ?? .normal }
+      types = try typeValues.map { value in
+        // Unknown types read as normal tokens, as llama.cpp's converter does; a value that is
+        // not a 32-bit integer is an error.
+        guard let type = value.integerValue.flatMap({ Int32(exactly: $0) }) else {
+          let text = ConfigValue(gguf: value, offset: nil).text
+          throw ConfigFields(gguf: file).error(
+            "tokenizer.ggml.token_type", "holds \(value.type.name) \(text), not an INT32 token type"
+          )
+        }
+        return TokenType(rawValue: type) ?? .normal
+      }
     } else {
       types = Array(repeating: .normal, count: tokens.count)
     }
@@ -89,7 +99,8 @@ public struct BPETokenizer: Sendable {
   }
 
   /// The `tokenizer.*` GGUF keys, in the order llama.cpp's converter writes them.
-  func ggufKeys() -> [GGUFKeyValue] {
+  /// - Throws: ``FlareError`` naming the key for a special token id outside the vocabulary.
+  func ggufKeys() throws -> [GGUFKeyValue] {
     var keys: [GGUFKeyValue] = []
     if let addSpacePrefix {
       keys.append(
@@ -112,9 +123,14 @@ public struct BPETokenizer: Sendable {
       ("bos_token_id", bosID), ("eos_token_id", eosID), ("unknown_token_id", unknownID),
       ("padding_token_id", paddingID),
     ] {
-      if let id {
-        keys.append(GGUFKeyValue(key: "tokenizer.ggml.\(key)", value: .uint32(UInt32(id))))
+      guard let id else { continue }
+      guard id < tokens.count, let exact = UInt32(exactly: id) else {
+        throw FlareError(
+          "convert", .invalidArgument,
+          "is \(id), outside the vocabulary (0 to \(tokens.count - 1))",
+          key: "tokenizer.ggml.\(key)")
       }
+      keys.append(GGUFKeyValue(key: "tokenizer.ggml.\(key)", value: .uint32(exact)))
     }
     if let chatTemplate {
       keys.append(GGUFKeyValue(key: "tokenizer.chat_template", value: .string(chatTemplate)))
@@ -272,17 +288,26 @@ public struct BPETokenizer: Sendable {
       throw fail("tokenizer model is not BPE; flare-convert handles byte-level BPE tokenizers")
     }
     var byID: [Int: String] = [:]
-    for (token, id) in vocab {
-      guard let id = id.intValue, id >= 0 else {
-        throw fail("vocabulary id of '\(token.escapedForMessage)' is invalid")
+    let addedTokens = tokenizerJSON["added_tokens"]?.arrayValue ?? []
+    // Ids index the token list, so they must stay below the vocabulary size or the number of
+    // entries, whichever is larger: anything beyond is an error, not a huge list of holes.
+    let idLimit = max(vocabSize, vocab.count + addedTokens.count)
+    func checkedID(_ value: JSONValue?, of token: String, in key: String) throws -> Int {
+      guard let id = value?.intValue, (0..<idLimit).contains(id) else {
+        throw FlareError(
+          "convert", .invalidArgument,
+          "holds '\(token.escapedForMessage)' with id \(value.map(JSONWriter.compact) ?? "missing"), not an integer from 0 to \(idLimit - 1)",
+          path: path, key: key)
       }
-      byID[id] = token
+      return id
+    }
+    for (token, id) in vocab {
+      byID[try checkedID(id, of: token, in: "model.vocab")] = token
     }
     var addedTypes: [Int: TokenType] = [:]
-    for entry in tokenizerJSON["added_tokens"]?.arrayValue ?? [] {
-      guard let id = entry["id"]?.intValue, let content = entry["content"]?.stringValue else {
-        continue
-      }
+    for entry in addedTokens {
+      guard let content = entry["content"]?.stringValue else { continue }
+      let id = try checkedID(entry["id"], of: content, in: "added_tokens")
       byID[id] = content
       addedTypes[id] = entry["special"]?.boolValue == true ? .control : .userDefined
     }

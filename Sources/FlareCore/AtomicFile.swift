@@ -34,21 +34,17 @@ public final class AtomicFileWriter {
     }
     let folder = AtomicFileWriter.parentFolder(of: destination)
     let name = AtomicFileWriter.baseName(of: destination)
-    var template = Array("\(folder)/.\(name).flare-tmp-XXXXXX".utf8CString)
-    let descriptor = template.withUnsafeMutableBufferPointer { buffer -> Int32 in
-      guard let start = buffer.baseAddress else { return -1 }
-      return mkstemp(start)
-    }
-    guard descriptor >= 0 else {
+    guard
+      let (path, descriptor) = CleanupOnSignal.createTemporary(
+        template: "\(folder)/.\(name).flare-tmp-XXXXXX", folder: false)
+    else {
       throw FlareError.io(
         "cannot create a temporary file in '\(folder)'", path: destination, errno: errno)
     }
     fd = descriptor
     // mkstemp creates the file 0600; give it the mode a plain create would (0666 minus umask).
     _ = fchmod(descriptor, 0o666 & ~currentUmask())
-    temporaryPath = String(
-      decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    CleanupOnSignal.register(temporaryPath)
+    temporaryPath = path
     buffer.reserveCapacity(bufferLimit)
   }
 

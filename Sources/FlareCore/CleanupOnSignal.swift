@@ -7,7 +7,9 @@
 #endif
 
 /// Temporary outputs to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP), so an
-/// interrupted tool leaves neither its output nor its temporary files behind.
+/// interrupted tool leaves neither its output nor its temporary files behind. Temporary files
+/// and folders are made with ``createTemporary(template:folder:)``, which registers them before
+/// they exist.
 ///
 /// Paths are kept as C strings in a fixed table the signal handler reads without allocating.
 /// (SIGKILL cannot be caught; then the temporary file, never the output, is left, with a
@@ -20,7 +22,13 @@ public enum CleanupOnSignal {
   nonisolated(unsafe) static var lock = pthread_mutex_t()
   nonisolated(unsafe) static var installed = false
 
-  /// Installs the handlers (once); tools call this at start.
+  /// Installs the handlers (once) and unblocks the three signals in the calling thread; tools
+  /// call this at start, on the main thread.
+  ///
+  /// A process inherits its parent's signal mask, and a parent that starts a tool from a thread
+  /// with these signals blocked (a thread pool's worker, for instance) would otherwise leave them
+  /// pending for the whole run: the tool could not be interrupted and would finish as if nothing
+  /// happened.
   public static func install() {
     pthread_mutex_lock(&lock)
     defer { pthread_mutex_unlock(&lock) }
@@ -29,7 +37,13 @@ public enum CleanupOnSignal {
     // Touch the tables so they are allocated before any signal arrives.
     _ = table.count
     _ = isFolder.count
-    for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig, handle) }
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+      signal(sig, handle)
+      sigaddset(&signals, sig)
+    }
+    pthread_sigmask(SIG_UNBLOCK, &signals, nil)
   }
 
   /// Registers a temporary file (or folder) to remove on interruption.
@@ -39,6 +53,46 @@ public enum CleanupOnSignal {
     guard let slot = table.firstIndex(where: { $0 == nil }) else { return }
     table[slot] = strdup(path)
     isFolder[slot] = folder
+  }
+
+  /// Creates a temporary file (`mkstemp`) or folder (`mkdtemp`) from `template` (ending in
+  /// `XXXXXX`), registered before it exists: the table holds the very buffer `mkstemp` fills in,
+  /// so an interruption at any moment, even while it is being created, removes it.
+  /// - Returns: The path and, for a file, its open descriptor (−1 for a folder); `nil` if it
+  ///   could not be created (`errno` says why).
+  public static func createTemporary(template: String, folder: Bool) -> (
+    path: String, descriptor: Int32
+  )? {
+    guard let buffer = strdup(template) else { return nil }
+    pthread_mutex_lock(&lock)
+    let slot = table.firstIndex { $0 == nil }
+    if let slot {
+      isFolder[slot] = folder
+      table[slot] = buffer
+    }
+    pthread_mutex_unlock(&lock)
+    var descriptor: Int32 = -1
+    let made: Bool
+    if folder {
+      made = mkdtemp(buffer) != nil
+    } else {
+      descriptor = mkstemp(buffer)
+      made = descriptor >= 0
+    }
+    let path = String(cString: buffer)
+    guard made else {
+      let code = errno
+      if let slot {
+        pthread_mutex_lock(&lock)
+        table[slot] = nil
+        pthread_mutex_unlock(&lock)
+      }
+      free(buffer)
+      errno = code
+      return nil
+    }
+    if slot == nil { free(buffer) }  // the table is full: created, but not removed on a signal
+    return (path, descriptor)
   }
 
   /// Forgets a path (it was published or already removed).

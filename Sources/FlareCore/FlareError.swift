@@ -1,7 +1,8 @@
 /// An error raised by any Flare library while reading, validating or writing a file.
 ///
 /// Shaped like a parser error: a stable ``Code`` that tests compare, a lowercase human message
-/// without a trailing period, and where known the file, the tensor and the byte offset.
+/// without a trailing period, and where known the file, the tensor or configuration key, and the
+/// byte offset.
 /// Equality compares only ``code``.
 public struct FlareError: Error, Equatable, CustomStringConvertible, Sendable {
   /// A stable identifier; new codes can be added without breaking clients.
@@ -18,20 +19,24 @@ public struct FlareError: Error, Equatable, CustomStringConvertible, Sendable {
   public var message: String
   /// The file the error is about, if known.
   public var path: String?
-  /// The tensor (or metadata key) the error is about, if any.
+  /// The tensor the error is about, if any.
   public var tensor: String?
+  /// The configuration or metadata key the error is about (`hidden_size`, `llama.block_count`),
+  /// if any.
+  public var key: String?
   /// The absolute byte offset in the file, if known.
   public var offset: Int?
 
   public init(
     _ domain: String, _ code: Code, _ message: String, path: String? = nil,
-    tensor: String? = nil, offset: Int? = nil
+    tensor: String? = nil, key: String? = nil, offset: Int? = nil
   ) {
     self.domain = domain
     self.code = code
     self.message = message
     self.path = path
     self.tensor = tensor
+    self.key = key
     self.offset = offset
   }
 
@@ -44,12 +49,18 @@ public struct FlareError: Error, Equatable, CustomStringConvertible, Sendable {
     return copy
   }
 
-  /// `file: domain error: tensor 'x' message (at byte N)`.
+  /// `file: domain error: tensor 'x' message (at byte N)`, or `key 'k'` in place of the tensor
+  /// for an error about a configuration key alone (when both are known, the message names the
+  /// key).
   public var description: String {
     var text = ""
     if let path { text += "\(path): " }
     text += "\(domain) error: "
-    if let tensor { text += "tensor '\(tensor.escapedForMessage)' " }
+    if let tensor {
+      text += "tensor '\(tensor.escapedForMessage)' "
+    } else if let key {
+      text += "key '\(key.escapedForMessage)' "
+    }
     text += message
     if let offset { text += " (at byte \(offset))" }
     return text
@@ -64,6 +75,8 @@ extension FlareError.Code {
   public static let invalidArgument: Self = "invalidArgument"
   /// A name or key appears twice where it must be unique.
   public static let duplicateKey: Self = "duplicateKey"
+  /// A tensor name was not found.
+  public static let tensorNotFound: Self = "tensorNotFound"
 }
 
 extension FlareError {

@@ -133,6 +133,23 @@ public struct JSONParser {
     return try result.get()
   }
 
+  /// Reads and parses a JSON file (at most `limit` bytes), with errors naming the file and the
+  /// byte offset of the first problem.
+  /// - Throws: ``FlareError`` in `domain` with `code` for text that is not JSON, or the read's
+  ///   own error.
+  public static func parse(
+    file path: String, domain: String, code: FlareError.Code = .invalidArgument,
+    limit: Int = 256 << 20
+  ) throws -> JSONValue {
+    let bytes = try readSmallFile(path, limit: limit)
+    do {
+      return try parse(bytes)
+    } catch {
+      throw FlareError(
+        domain, code, "not valid JSON: \(error.message)", path: path, offset: error.offset)
+    }
+  }
+
   private var atEnd: Bool { position >= bytes.count }
   private var current: UInt8 { bytes[position] }
 

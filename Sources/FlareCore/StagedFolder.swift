@@ -20,20 +20,13 @@ public final class StagedFolder {
       throw FlareError("io", .outputExists, "output exists and is not a folder", path: destination)
     }
     let parent = AtomicFileWriter.parentFolder(of: destination)
-    var template = Array(
-      "\(parent)/.\(AtomicFileWriter.baseName(of: destination)).flare-tmp-XXXXXX".utf8CString)
-    let made = template.withUnsafeMutableBufferPointer { buffer -> Bool in
-      guard let start = buffer.baseAddress else { return false }
-      return mkdtemp(start) != nil
-    }
-    guard made else {
+    let template = "\(parent)/.\(AtomicFileWriter.baseName(of: destination)).flare-tmp-XXXXXX"
+    guard let (made, _) = CleanupOnSignal.createTemporary(template: template, folder: true) else {
       throw FlareError.io(
         "cannot create a temporary folder in '\(parent)'", path: destination, errno: errno)
     }
-    path = String(
-      decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    path = made
     _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
-    CleanupOnSignal.register(path, folder: true)
   }
 
   /// Refuses to start when any of `files` already exists at the destination (unless `overwrite`).

@@ -131,8 +131,9 @@ extension InspectCommand {
   static func comparableTensors(_ path: String, asHF: Bool) throws -> [ComparableTensor] {
     if InspectInput.isGGUF(path) {
       let file = try GGUFFile(path: path)
-      let heads = file.value("llama.attention.head_count")?.integerValue
-      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      // Un-permuting Q and K needs the head counts, checked against the tensors' shapes.
+      let isLlama = file.value("general.architecture")?.stringValue == "llama"
+      let config = asHF && isLlama ? try LlamaConfig(gguf: file) : nil
       return file.tensors.filter { $0.type.canDequantize }.map { tensor in
         guard asHF else {
           return ComparableTensor(
@@ -141,8 +142,9 @@ extension InspectCommand {
         }
         let name = LlamaLayout.hfName(gguf: tensor.name) ?? tensor.name
         var source = file.decodable(tensor)
-        if let heads, let kvHeads,
-          let ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads)
+        if let config,
+          let ropeHeads = LlamaLayout.ropeHeads(
+            gguf: tensor.name, heads: config.headCount, kvHeads: config.headCountKV)
         {
           source = file.unpermutedDecodable(tensor, heads: ropeHeads)
         }

@@ -137,6 +137,7 @@ public enum InspectCommand {
       ]
       fields.append(("file", error.path.map { .string($0) } ?? .null))
       fields.append(("tensor", error.tensor.map { .string($0) } ?? .null))
+      fields.append(("key", error.key.map { .string($0) } ?? .null))
       fields.append(("offset", error.offset.map { .integer($0) } ?? .null))
       var document: [(String, JSONValue)] = [("path", .string(path))]
       if options.check { document.append(("check", .object([("ok", .bool(false))]))) }

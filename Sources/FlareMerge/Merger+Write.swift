@@ -177,7 +177,7 @@ extension Merger {
         where !names.contains(name) && !name.hasSuffix(".safetensors") {
           if name == "config.json" && !newTensors.isEmpty {
             // The head is its own tensor now: the model must not tie it back to the embeddings.
-            let config = try JSONParser.parse(try readSmallFile("\(folder)/\(name)"))
+            let config = try JSONParser.parse(file: "\(folder)/\(name)", domain: "merge")
             var members = (config.objectMembers ?? []).filter { $0.0 != "tie_word_embeddings" }
             members.append(("tie_word_embeddings", .bool(false)))
             try writeFileAtomically(
@@ -205,8 +205,7 @@ extension Merger {
       report.bytes = model.files.flatMap { specs($0) }.reduce(0) { $0 + ($1.byteCount ?? 0) }
 
     case .gguf(let file):
-      let heads = file.value("llama.attention.head_count")?.integerValue
-      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      let config = try llamaConfig(file)
       let forced: GGMLType? = try outtype.map { name in
         guard let type = GGMLType.named(name), type.canQuantize else {
           throw FlareError("merge", .invalidArgument, "'\(name)' is not a type Flare can write")
@@ -257,9 +256,8 @@ extension Merger {
         }
         change.outputType = sink.spec.type.name
         let baseValues = try file.floats(tensor, releasing: true)
-        var ropeHeads: Int?
-        if let heads, let kvHeads {
-          ropeHeads = LlamaLayout.ropeHeads(gguf: tensor.name, heads: heads, kvHeads: kvHeads)
+        let ropeHeads = config.flatMap {
+          LlamaLayout.ropeHeads(gguf: tensor.name, heads: $0.headCount, kvHeads: $0.headCountKV)
         }
         let merged = try mergedValues(
           change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
@@ -357,8 +355,7 @@ extension Merger {
       }
     case .gguf(let file):
       let merged = try GGUFFile(path: output)
-      let heads = file.value("llama.attention.head_count")?.integerValue
-      let kvHeads = file.value("llama.attention.head_count_kv")?.integerValue ?? heads
+      let config = try llamaConfig(file)
       for change in plan.changes {
         guard let source = file.tensor(change.source), let stored = merged.tensor(change.tensor)
         else {
@@ -366,9 +363,8 @@ extension Merger {
             "merge", .invalidArgument, "is missing from the output", path: output,
             tensor: change.tensor)
         }
-        var ropeHeads: Int?
-        if let heads, let kvHeads {
-          ropeHeads = LlamaLayout.ropeHeads(gguf: source.name, heads: heads, kvHeads: kvHeads)
+        let ropeHeads = config.flatMap {
+          LlamaLayout.ropeHeads(gguf: source.name, heads: $0.headCount, kvHeads: $0.headCountKV)
         }
         let expected = try mergedValues(
           change, base: try file.floats(source), shape: source.dims.reversed(), adapters: adapters,

@@ -96,6 +96,16 @@ public enum Merger {
     return hf
   }
 
+  /// The checked configuration of a llama GGUF base, whose head counts order the rows of its
+  /// query and key tensors (and with them the rows of an adapter's B); `nil` for other
+  /// architectures, whose rows are not permuted.
+  /// - Throws: ``FlareError`` naming the file and key for a configuration that is invalid or
+  ///   disagrees with the tensors' shapes.
+  public static func llamaConfig(_ file: GGUFFile) throws -> LlamaConfig? {
+    guard file.value("general.architecture")?.stringValue == "llama" else { return nil }
+    return try LlamaConfig(gguf: file)
+  }
+
   /// Checks every adapter against the base and lists the changes.
   /// - Throws: ``FlareError`` "adapter does not fit this base" naming the tensor and both shapes,
   ///   for a missing target, a shape mismatch, or conflicting replacements.
@@ -108,7 +118,10 @@ public enum Merger {
     var order: [String] = []
     var notes: [String] = []
     var isGGUFBase = false
-    if case .gguf = base { isGGUFBase = true }
+    if case .gguf(let file) = base {
+      isGGUFBase = true
+      _ = try llamaConfig(file)  // refused here, before anything is computed
+    }
     let headName = isGGUFBase ? "output.weight" : "lm_head.weight"
     let embeddingName = isGGUFBase ? "token_embd.weight" : "model.embed_tokens.weight"
     // The base tensor for `name`, or for the missing output head of a tied model, the embedding.

@@ -44,31 +44,23 @@ public struct BERTConfig: Sendable, Equatable {
 
   /// Reads an HF `config.json` of a BERT, RoBERTa or XLM-RoBERTa model (`BertModel`,
   /// `BertForSequenceClassification`, `XLMRobertaModel`, … or the matching `model_type`).
+  ///
+  /// Every field is read through ``ConfigFields``: counts are integers from 1 to 2³¹−1, the
+  /// heads divide the hidden size, the sizes they imply do not overflow, `layer_norm_eps` is a
+  /// finite positive number, `pad_token_id` is inside the vocabulary, and a field of the wrong
+  /// type is an error rather than a default.
   /// - Parameters:
   ///   - json: The parsed file.
   ///   - path: The file's path, for error messages.
-  /// - Throws: ``FlareError`` naming the file and field for another architecture, an activation
+  /// - Throws: ``FlareError`` naming the file and key for another architecture, an activation
   ///   other than exact GELU, relative position embeddings, a decoder configuration, or a
-  ///   missing or invalid size.
+  ///   missing or invalid value.
   public init(hfConfig json: JSONValue, path: String) throws {
-    func bad(_ message: String) -> FlareError {
-      FlareError("config", .invalidArgument, message, path: path)
+    let fields = ConfigFields(json: json, path: path)
+    guard json.objectMembers != nil else {
+      throw FlareError("config", .invalidArgument, "config is not a JSON object", path: path)
     }
-    func unsupported(_ message: String) -> FlareError {
-      FlareError("config", .unsupported, message, path: path)
-    }
-    func int(_ key: String, default value: Int? = nil, minimum: Int = 1) throws -> Int {
-      if let number = json[key], number != .null {
-        guard let int = number.intValue, int >= minimum else {
-          throw bad("'\(key)' is not an integer of at least \(minimum)")
-        }
-        return int
-      }
-      guard let value else { throw bad("'\(key)' is missing") }
-      return value
-    }
-    guard json.objectMembers != nil else { throw bad("config is not a JSON object") }
-    let modelType = json["model_type"]?.stringValue
+    let modelType = try fields.string("model_type")
     let architectures = json["architectures"]?.arrayValue?.compactMap(\.stringValue) ?? []
     switch modelType {
     case "bert": kind = .bert
@@ -79,64 +71,71 @@ public struct BERTConfig: Sendable, Equatable {
       } else if architectures.contains(where: { $0.hasPrefix("Bert") }) {
         kind = .bert
       } else {
-        throw unsupported(
-          "architecture \(architectures.first ?? "unknown") is not supported; Flare's encoder handles bert, roberta and xlm-roberta"
-        )
+        throw FlareError(
+          "config", .unsupported,
+          "architecture \(architectures.first ?? "unknown") is not supported; Flare's encoder handles bert, roberta and xlm-roberta",
+          path: path)
       }
     case let other?:
-      throw unsupported(
-        "model_type '\(other.escapedForMessage)' is not supported; Flare's encoder handles bert, roberta and xlm-roberta"
-      )
+      throw fields.error(
+        "model_type",
+        "\(ConfigValue.quoted(other)) is not supported; Flare's encoder handles bert, roberta and xlm-roberta",
+        code: .unsupported)
     }
-    let activation = json["hidden_act"]?.stringValue ?? "gelu"
+    let activation = try fields.string("hidden_act") ?? "gelu"
     guard activation == "gelu" else {
-      throw unsupported(
-        "hidden_act '\(activation.escapedForMessage)' is not supported; Flare's encoder computes exact (erf) gelu"
-      )
+      throw fields.error(
+        "hidden_act",
+        "\(ConfigValue.quoted(activation)) is not supported; Flare's encoder computes exact (erf) gelu",
+        code: .unsupported)
     }
-    if let positions = json["position_embedding_type"]?.stringValue, positions != "absolute" {
-      throw unsupported(
-        "position_embedding_type '\(positions.escapedForMessage)' is not supported; only absolute")
+    if let positions = try fields.string("position_embedding_type"), positions != "absolute" {
+      throw fields.error(
+        "position_embedding_type",
+        "\(ConfigValue.quoted(positions)) is not supported; only absolute", code: .unsupported)
     }
-    if json["is_decoder"]?.boolValue == true || json["add_cross_attention"]?.boolValue == true {
-      throw unsupported(
-        "decoder configurations (is_decoder, add_cross_attention) are not supported")
+    for key in ["is_decoder", "add_cross_attention"] where try fields.bool(key, default: false) {
+      throw fields.error(
+        key, "is true; decoder configurations are not supported", code: .unsupported)
     }
-    hidden = try int("hidden_size")
-    layers = try int("num_hidden_layers")
-    heads = try int("num_attention_heads")
+    hidden = try fields.count("hidden_size")
+    layers = try fields.count("num_hidden_layers")
+    heads = try fields.count("num_attention_heads")
     guard hidden % heads == 0 else {
-      throw bad("hidden_size \(hidden) does not split into \(heads) heads")
+      throw fields.error(
+        "num_attention_heads", "is \(heads), which does not divide hidden_size \(hidden)")
     }
-    intermediate = try int("intermediate_size")
-    vocab = try int("vocab_size")
-    maxPositions = try int("max_position_embeddings", default: 512)
-    typeVocab = try int("type_vocab_size", default: 2)
-    padTokenID = try int("pad_token_id", default: kind == .bert ? 0 : 1, minimum: 0)
-    guard padTokenID < vocab else {
-      throw bad("pad_token_id \(padTokenID) is outside the vocabulary of \(vocab)")
-    }
-    if let value = json["layer_norm_eps"], value != .null {
-      guard let eps = value.doubleValue, eps.isFinite, eps > 0 else {
-        throw bad("'layer_norm_eps' is not a positive number")
-      }
-      self.eps = Float(eps)
-    } else {
-      eps = 1e-12
-    }
+    intermediate = try fields.count("intermediate_size")
+    vocab = try fields.count("vocab_size")
+    maxPositions = try fields.count("max_position_embeddings", default: 512)
+    typeVocab = try fields.count("type_vocab_size", default: 2)
+    padTokenID = try fields.count(
+      "pad_token_id", default: kind == .bert ? 0 : 1, minimum: 0, maximum: vocab - 1)
+    eps = try fields.positiveNumber("layer_norm_eps", default: 1e-12)
     if kind == .xlmRoberta && maxPositions < padTokenID + 2 {
-      throw bad(
-        "max_position_embeddings \(maxPositions) leaves no position after the padding index \(padTokenID)"
-      )
+      throw fields.error(
+        "max_position_embeddings",
+        "is \(maxPositions), which leaves no position after the padding index \(padTokenID)")
+    }
+    let floats = Int.max / MemoryLayout<Float>.size
+    for (key, rows) in [
+      ("vocab_size", vocab), ("max_position_embeddings", maxPositions),
+      ("intermediate_size", intermediate),
+    ] {
+      _ = try fields.product(
+        [(key, rows), ("hidden_size", hidden)], maximum: floats, what: "a weight's size")
     }
     var labels: [String] = []
-    if let members = json["id2label"]?.objectMembers {
+    if let value = json["id2label"], value != .null {
+      guard let members = value.objectMembers else {
+        throw fields.error("id2label", "is not an object")
+      }
       var byIndex: [Int: String] = [:]
       for (key, value) in members {
         guard let index = Int(key), index >= 0, index < members.count,
           let name = value.stringValue, byIndex[index] == nil
         else {
-          throw bad("'id2label' is not a map from 0..<\(members.count) to names")
+          throw fields.error("id2label", "is not a map from 0..<\(members.count) to names")
         }
         byIndex[index] = name
       }

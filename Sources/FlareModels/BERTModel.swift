@@ -114,14 +114,7 @@ public final class BERTModel: @unchecked Sendable {
     guard fileExists(configPath) else {
       throw FlareError("model", .fileNotFound, "no config.json in the model folder", path: path)
     }
-    let json: JSONValue
-    do {
-      json = try JSONParser.parse(try readSmallFile(configPath, limit: 16 << 20))
-    } catch let failure as JSONParser.Failure {
-      throw FlareError(
-        "config", .invalidArgument, "invalid JSON: \(failure.message)", path: configPath,
-        offset: failure.offset)
-    }
+    let json = try JSONParser.parse(file: configPath, domain: "config", limit: 16 << 20)
     let config = try BERTConfig(hfConfig: json, path: configPath)
     let source = try WeightSource(path: path)
     guard source.gguf == nil else {
@@ -136,8 +129,20 @@ public final class BERTModel: @unchecked Sendable {
     else {
       throw FlareError(
         "model", .tensorNotFound,
-        "tensor is missing (also looked for it with a bert. or roberta. prefix)", path: path,
+        "is missing (also looked for it with a bert. or roberta. prefix)", path: path,
         tensor: "embeddings.word_embeddings.weight")
+    }
+    // Every block the tensors hold must be one the config runs (shapes are checked per tensor
+    // below).
+    let layerPrefix = "\(prefix)encoder.layer."
+    for name in source.tensorShapes.map(\.name).sorted() where name.hasPrefix(layerPrefix) {
+      let index = Int(name.dropFirst(layerPrefix.count).prefix { $0.isNumber }) ?? 0
+      if index >= config.layers {
+        throw FlareError(
+          "config", .invalidArgument,
+          "is in layer \(index), but num_hidden_layers is \(config.layers)", path: configPath,
+          tensor: name, key: "num_hidden_layers")
+      }
     }
     let c = config.hidden
     let ff = config.intermediate
@@ -202,7 +207,7 @@ public final class BERTModel: @unchecked Sendable {
       guard poolerSlot != nil else {
         throw FlareError(
           "model", .tensorNotFound,
-          "a classifier on the pooler needs the pooler; tensor is missing",
+          "is missing, and the classifier on the pooler needs it",
           path: path, tensor: "\(prefix)pooler.dense.weight")
       }
       classifier = .onPooler(linears.count)

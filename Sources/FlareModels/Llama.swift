@@ -35,8 +35,9 @@ public final class LlamaModel: @unchecked Sendable {
 
   /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
   /// (architecture `llama`; quantized tensors are dequantized to F32 once).
-  /// - Throws: ``FlareError`` naming the file and tensor for a missing tensor, a shape that
-  ///   disagrees with the config, or an unsupported architecture.
+  /// - Throws: ``FlareError`` naming the file and key for an invalid config (see
+  ///   ``LlamaConfig``), the file and tensor for a missing tensor or a shape that disagrees
+  ///   with the config, or an unsupported architecture.
   public convenience init(path: String) throws {
     try self.init(source: try WeightSource(path: path))
   }
@@ -49,22 +50,18 @@ public final class LlamaModel: @unchecked Sendable {
     let name: (String) -> String
     if let gguf = source.gguf {
       config = try LlamaConfig(gguf: gguf)
+      try config.checkTensors(LlamaConfig.hfShapes(of: gguf), complete: true)
       ropeStyle = .pairs
       name = { LlamaLayout.ggufName(hf: $0) ?? $0 }
     } else {
       let configPath = "\(source.configFolder)/config.json"
       config = try LlamaConfig(hfConfig: try source.config(), path: configPath)
+      try config.checkTensors(source.tensorShapes, complete: true)
       ropeStyle = .halves
       name = { $0 }
     }
-    guard config.headCount % config.headCountKV == 0, config.headDim > 0,
-      config.headDim % 2 == 0, config.vocabSize > 0, config.contextLength > 0
-    else {
-      throw FlareError(
-        "model", .invalidArgument,
-        "the config's attention shape cannot be run: \(config.headCount) query heads over \(config.headCountKV) key/value heads of size \(config.headDim) (the query heads must be a multiple, the size even), vocabulary \(config.vocabSize), context \(config.contextLength)",
-        path: source.folder ?? path)
-    }
+    // The config is checked (counts, head grouping, even head size, tensor shapes); every
+    // tensor below is also checked to exist with the shape it gives.
     self.config = config
     let c = config.embeddingLength
     let qDim = config.headCount * config.headDim

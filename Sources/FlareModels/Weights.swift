@@ -122,7 +122,7 @@ public final class WeightSource: @unchecked Sendable {
       throw FlareError(
         "model", .invalidArgument, "not a model: no config.json next to the weights", path: path)
     }
-    return try JSONParser.parse(try readSmallFile(configPath))
+    return try JSONParser.parse(file: configPath, domain: "config")
   }
 
   /// The model family: a GGUF's `general.architecture`, or `model_type` of `config.json`
@@ -136,6 +136,14 @@ public final class WeightSource: @unchecked Sendable {
   public var gguf: GGUFFile? {
     if case .gguf(let file) = backing { return file }
     return nil
+  }
+
+  /// Every tensor's name and shape (row-major, outermost first; GGUF dimensions reversed).
+  public var tensorShapes: [(name: String, shape: [Int])] {
+    switch backing {
+    case .safetensors(let model): model.tensors.map { ($0.name, $0.shape) }
+    case .gguf(let file): file.tensors.map { ($0.name, Array($0.dims.reversed())) }
+    }
   }
 
   /// Whether a tensor of this name exists.
@@ -153,7 +161,7 @@ public final class WeightSource: @unchecked Sendable {
     switch backing {
     case .safetensors(let model):
       guard let view = model.view(name) else {
-        throw FlareError("model", .tensorNotFound, "tensor is missing", path: path, tensor: name)
+        throw FlareError("model", .tensorNotFound, "is missing", path: path, tensor: name)
       }
       try check(view.shape, expected, name: name, file: view.file.path)
       guard view.dtype != .bool else {
@@ -177,7 +185,7 @@ public final class WeightSource: @unchecked Sendable {
         owner: storage)
     case .gguf(let file):
       guard let tensor = file.tensor(name) else {
-        throw FlareError("model", .tensorNotFound, "tensor is missing", path: path, tensor: name)
+        throw FlareError("model", .tensorNotFound, "is missing", path: path, tensor: name)
       }
       let shape = Array(tensor.dims.reversed())
       try check(shape, expected, name: name, file: file.path)

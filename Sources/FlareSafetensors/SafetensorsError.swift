@@ -31,8 +31,6 @@ extension FlareError.Code {
   public static let incompleteBuffer: Self = "incompleteBuffer"
   /// A shard index is malformed or disagrees with its shards.
   public static let invalidIndex: Self = "invalidIndex"
-  /// A tensor name was not found.
-  public static let tensorNotFound: Self = "tensorNotFound"
 }
 
 extension FlareError {

@@ -16,7 +16,7 @@ extension FlareError {
   static func tokenizer(
     _ code: Code, _ message: String, path: String? = nil, key: String? = nil
   ) -> FlareError {
-    FlareError("tokenizer", code, message, path: path, tensor: key)
+    FlareError("tokenizer", code, message, path: path, key: key)
   }
 }
 

@@ -214,17 +214,55 @@ struct EvalEndToEndTests {
     }
   }
 
-  @Test("bench reports prefill and decode rates")
+  // Oracle: the definitions of the figures (rate = tokens / best time) and the wall-clock time
+  // this test measures around the run, which every reported duration must fit inside; the
+  // kernel set is the one OPENBLAS_CORETYPE forces, or, unforced on a CPU with AVX2 and FMA,
+  // not one of the generic sets flare-eval re-executes itself to leave.
+  @Test(
+    "bench reports timings that fit the run's wall clock, rates that follow from them, and the kernels in use"
+  )
   func bench() throws {
-    guard let folder = try smolLM2HFFolder() else { return }
-    let result = try runTool(
-      "flare-eval",
-      ["bench", "--model", folder, "--prompt-tokens", "8", "--gen-tokens", "2", "--json"])
-    #expect(result.status == 0, "\(result.stderr)")
-    let out = try Self.json(result)
-    #expect(out["prompt_tokens"]?.intValue == 8)
-    #expect((out["prefill_tok_s"]?.doubleValue ?? 0) > 0)
-    #expect((out["decode_tok_s"]?.doubleValue ?? 0) > 0)
+    let model = fixturePath("gguf/tiny-llama.gguf")
+    let arguments = [
+      "bench", "--model", model, "--prompt-tokens", "8", "--gen-tokens", "3", "--repeat", "2",
+      "--threads", "1", "--json",
+    ]
+    var environment = ProcessInfo.processInfo.environment
+    environment["OPENBLAS_CORETYPE"] = "Prescott"
+    let start = Date()
+    let forced = try runTool("flare-eval", arguments, environment: environment)
+    let wall = Date().timeIntervalSince(start)
+    #expect(forced.status == 0, "\(forced.stderr)")
+    let out = try Self.json(forced)
+    #expect(out["prompt_tokens"]?.intValue == 8 && out["gen_tokens"]?.intValue == 3)
+    #expect(out["threads"]?.intValue == 1)
+    #expect(out["kernels"]?.stringValue == "Prescott")
+    let load = try #require(out["load_s"]?.doubleValue)
+    let prefill = try #require(out["prefill_s"]?.doubleValue)
+    let decode = try #require(out["decode_s"]?.doubleValue)
+    #expect(load > 0 && prefill > 0 && decode > 0)
+    // Two repeats: the best of each phase is at most half of the time both runs took.
+    #expect(
+      load + 2 * (prefill + decode) < wall,
+      "load \(load), prefill \(prefill), decode \(decode), wall \(wall)")
+    let prefillRate = try #require(out["prefill_tok_s"]?.doubleValue)
+    let decodeRate = try #require(out["decode_tok_s"]?.doubleValue)
+    #expect(abs(prefillRate * prefill - 8) < 1e-9)
+    #expect(abs(decodeRate * decode - 3) < 1e-9)
+
+    // Unforced, on a CPU with AVX2 and FMA, flare-eval never runs the generic kernels.
+    var unforced = ProcessInfo.processInfo.environment
+    unforced["OPENBLAS_CORETYPE"] = nil
+    unforced["FLARE_BLAS_KERNELS"] = nil
+    let chosen = try runTool("flare-eval", arguments, environment: unforced)
+    #expect(chosen.status == 0, "\(chosen.stderr)")
+    let flags =
+      String(decoding: fileBytes("/proc/cpuinfo"), as: UTF8.self)
+      .split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ") ?? []
+    if flags.contains("avx2") && flags.contains("fma") {
+      let kernels = try Self.json(chosen)["kernels"]?.stringValue ?? ""
+      #expect(!["Prescott", "Core2", "Nehalem", "Sandybridge"].contains(kernels), "\(kernels)")
+    }
   }
 
   @Test("usage errors exit 64, bad models exit 1, --help exits 0")

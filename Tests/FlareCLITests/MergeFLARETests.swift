@@ -78,6 +78,15 @@ struct MergeFLARETests {
     #"{"flare_version":1,"fusion":"add","fused_modules":[]}"#,
     #"{"flare_version":1,"fusion":"add","fused_modules":["q_proj"],"extra":1}"#,
     #"{"flare_version":1,"fusion":"add","fused_modules":["q_proj"],"source":{"state":"last_layer"}}"#,
+    // Not JSON: named with the file and the byte offset (was "Failure(message:…, offset:…)").
+    #"{"flare_version":1,"#,
+    // Unknown, wrong-typed and out-of-range fields under cross_attention (were accepted).
+    #"{"flare_version":1,"fusion":"cross-attention","fused_modules":["q_proj"],"cross_attention":{"heads":2,"bogus":1}}"#,
+    #"{"flare_version":1,"fusion":"cross-attention","fused_modules":["q_proj"],"cross_attention":{"heads":"2"}}"#,
+    #"{"flare_version":1,"fusion":"cross-attention","fused_modules":["q_proj"],"cross_attention":{"heads":0}}"#,
+    #"{"flare_version":1,"fusion":"cross-attention","fused_modules":["q_proj"],"cross_attention":{"dropout":1.5}}"#,
+    // Heads that do not divide the adapter's rank (4).
+    #"{"flare_version":1,"fusion":"cross-attention","fused_modules":["q_proj"],"cross_attention":{"heads":3}}"#,
   ]
 
   @Test("malformed flare_config.json is refused with the field named", arguments: badConfigs)
@@ -88,5 +97,7 @@ struct MergeFLARETests {
     let result = try merge(adapter, into: "\(folder)/out")
     #expect(result.status == 1)
     #expect(result.stderr.contains("flare_config.json: adapter error: "), "\(result.stderr)")
+    #expect(!result.stderr.contains("Failure("), "\(result.stderr)")
+    #expect(!fileExists("\(folder)/out"))
   }
 }

@@ -4,11 +4,18 @@ import Foundation
 import Testing
 import _FlareTestSupport
 
-/// A merge stopped at a random moment (SIGTERM, SIGINT) leaves no output and no temporary file;
-/// a merge that finished before the signal left a complete, valid output.
+/// A merge interrupted while it writes (SIGTERM, SIGINT) leaves no output and no temporary
+/// file, and exits with 128 + the signal number.
+///
+/// The interruption is made certain, not left to a random delay: the test waits until the
+/// merge's temporary file appears, stops the process (SIGSTOP), checks that the temporary file is
+/// there and the output is not (so the merge is caught mid-write), then sends the signal and
+/// lets it continue. Stopping as soon as the file appears also hits the moment it is created,
+/// which is why temporary files are registered before they exist. A round in which the merge
+/// finished before it could be stopped is not counted; the test needs four interrupted rounds.
 @Suite("interrupted merges")
 struct MergeInterruptTests {
-  @Test("SIGTERM or SIGINT at seeded random moments leaves nothing, or a complete output")
+  @Test("SIGTERM or SIGINT while the output is being written leaves nothing behind")
   func interrupt() throws {
     let folder = makeTemporaryFolder()
     defer { removeTree(folder) }
@@ -48,31 +55,55 @@ struct MergeInterruptTests {
       Array(#"{"peft_type":"LORA","r":32,"lora_alpha":32}"#.utf8),
       to: "\(adapter)/adapter_config.json")
 
-    var state: UInt64 = 0xF1A2_E000_0000_0042  // seed
-    let outputs = "\(folder)/outputs"
-    try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
-    for round in 0..<6 {
-      state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-      let delay = Double(state >> 40) / Double(1 << 24) * 0.4
+    var interrupted = 0
+    var attempts = 0
+    while interrupted < 4 && attempts < 12 {
+      attempts += 1
+      // A fresh folder each round, so nothing a round left can be taken for the next one's file.
+      let outputs = "\(folder)/outputs-\(attempts)"
+      try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
+      let out = "\(outputs)/merged.safetensors"
+      let signal = interrupted % 2 == 0 ? SIGTERM : SIGINT
       let process = Process()
       process.executableURL = URL(fileURLWithPath: "\(productsFolder())/flare-merge")
-      let out = "\(outputs)/merged.safetensors"
       process.arguments = ["--base", base, "--adapter", adapter, "--output", out, "--force", "-q"]
       try process.run()
-      Thread.sleep(forTimeInterval: delay)
-      if round % 2 == 0 { process.terminate() } else { kill(process.processIdentifier, SIGINT) }
+      // Wait (at most 60 s) for the temporary file, then freeze the merge where it is.
+      let deadline = Date().addingTimeInterval(60)
+      var caught = false
+      while process.isRunning && Date() < deadline {
+        if folderContents(outputs).contains(where: { $0.contains(".flare-tmp-") }) {
+          kill(process.processIdentifier, SIGSTOP)
+          let left = folderContents(outputs)
+          caught =
+            process.isRunning && left.contains { $0.contains(".flare-tmp-") }
+            && !left.contains("merged.safetensors")
+          break
+        }
+        usleep(200)
+      }
+      if caught {
+        kill(process.processIdentifier, signal)
+        kill(process.processIdentifier, SIGCONT)
+      } else {
+        kill(process.processIdentifier, SIGCONT)
+      }
       process.waitUntilExit()
       let left = folderContents(outputs)
-      if process.terminationStatus == 0 {
-        #expect(left == ["merged.safetensors"], "round \(round): \(left)")
-        #expect(try SafetensorsFile(path: out).tensors.count == 4)
-        removeTree(out)
-      } else {
+      if caught {
+        interrupted += 1
         #expect(
-          [143, 130, 15, 2].contains(process.terminationStatus),
-          "round \(round) seed 0xF1A2E00000000042")
-        #expect(left.isEmpty, "round \(round) (delay \(delay) s) left \(left)")
+          process.terminationStatus == 128 + signal,
+          "signal \(signal): exit \(process.terminationStatus)")
+        #expect(left.isEmpty, "signal \(signal) left \(left)")
+      } else {
+        // Finished before it could be stopped: the output must be complete.
+        #expect(process.terminationStatus == 0)
+        #expect(left == ["merged.safetensors"], "\(left)")
+        #expect(try SafetensorsFile(path: out).tensors.count == 4)
       }
+      removeTree(out)
     }
+    #expect(interrupted == 4, "only \(interrupted) of \(attempts) merges were caught mid-write")
   }
 }

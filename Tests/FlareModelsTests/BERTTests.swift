@@ -267,25 +267,27 @@ struct BERTHeadTests {
 
   @Test("configs Flare's encoder cannot run are refused, naming the field")
   func configs() throws {
-    let cases: [(String, String)] = [
-      (#"{"model_type":"bert","hidden_act":"gelu_new"}"#, "hidden_act 'gelu_new'"),
-      (#"{"model_type":"distilbert"}"#, "model_type 'distilbert'"),
+    // (config, the key the error names, words of its message)
+    let cases: [(String, String, String)] = [
+      (#"{"model_type":"bert","hidden_act":"gelu_new"}"#, "hidden_act", "'gelu_new'"),
+      (#"{"model_type":"distilbert"}"#, "model_type", "'distilbert' is not supported"),
       (
         #"{"model_type":"bert","position_embedding_type":"relative_key"}"#,
-        "position_embedding_type"
+        "position_embedding_type", "'relative_key'"
       ),
       (
         #"{"model_type":"bert","hidden_size":10,"num_hidden_layers":1,"num_attention_heads":3,"intermediate_size":4,"vocab_size":5}"#,
-        "does not split"
+        "num_attention_heads", "does not divide hidden_size 10"
       ),
-      (#"{"model_type":"bert","hidden_size":8}"#, "'num_hidden_layers' is missing"),
+      (#"{"model_type":"bert","hidden_size":8}"#, "num_hidden_layers", "is missing"),
     ]
-    for (text, words) in cases {
+    for (text, key, words) in cases {
       let json = try JSONParser.parse(Array(text.utf8))
       do {
         _ = try BERTConfig(hfConfig: json, path: "config.json")
         Issue.record("accepted \(text)")
       } catch let error as FlareError {
+        #expect(error.key == key, "\(error)")
         #expect(error.message.contains(words), "\(error)")
         #expect(error.path == "config.json")
       }

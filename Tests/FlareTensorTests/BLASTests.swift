@@ -29,6 +29,12 @@ struct BLASTests {
   }
 }
 
+#if arch(x86_64)
+  let isX86_64 = true
+#else
+  let isX86_64 = false
+#endif
+
 @Suite("OpenBLAS kernel choice")
 struct BLASKernelTests {
   // Oracle: OpenBLAS's own kernel requirements (SkylakeX needs AVX-512 F/BW/DQ/VL, Haswell
@@ -43,6 +49,22 @@ struct BLASKernelTests {
     let noFMA = "flags\t\t: fpu sse sse2 avx avx2 avx512f avx512dq avx512bw avx512vl\n"
     #expect(BLAS.kernelsForThisCPU(cpuinfo: noFMA) == nil)
     #expect(BLAS.kernelsForThisCPU(cpuinfo: "processor\t: 0\n") == nil)
-    #expect(!BLAS.coreName.isEmpty)
+  }
+
+  // Oracle: the x86-64 kernel-set names of OpenBLAS's dynamic architecture table (the strings in
+  // Debian's libopenblas0 0.3.21, plus the two later releases added). `coreName` reports
+  // "unknown" when OpenBLAS gives no name and OpenBLAS itself says "Unknown" when it matched no
+  // kernel set: both fail here.
+  @Test(
+    "the kernel set in use is one OpenBLAS names, not unknown",
+    .enabled(if: isX86_64, "the names are OpenBLAS's x86-64 kernel sets"))
+  func coreName() {
+    let known: Set = [
+      "Katmai", "Coppermine", "Northwood", "Prescott", "Banias", "Atom", "Core2", "Penryn",
+      "Dunnington", "Nehalem", "Athlon", "Opteron", "Opteron(SSE3)", "Barcelona", "Nano",
+      "Sandybridge", "Bobcat", "Bulldozer", "Piledriver", "Haswell", "Steamroller", "Excavator",
+      "Zen", "SkylakeX", "Cooperlake", "SapphireRapids",
+    ]
+    #expect(known.contains(BLAS.coreName), "OpenBLAS reports '\(BLAS.coreName)'")
   }
 }

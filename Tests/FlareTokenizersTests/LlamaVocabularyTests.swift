@@ -95,7 +95,7 @@ struct LlamaVocabularyTests {
       _ = try Tokenizer.load(gguf: file)
     } catch let error as FlareError {
       #expect(error.path == file.path)
-      #expect(error.tensor?.hasPrefix("tokenizer.ggml.") == true)
+      #expect(error.key?.hasPrefix("tokenizer.ggml.") == true)
     }
   }
 

@@ -137,7 +137,7 @@ struct MalformedInputTests {
     } catch let error as FlareError {
       #expect(error.code == code, "\(name): \(error)")
       #expect(error.path == file.path, "\(name)")
-      #expect(error.tensor == key, "\(name): \(error)")
+      #expect(error.key == key, "\(name): \(error)")
       #expect(error.message.first?.isLowercase ?? false, "\(name): \(error.message)")
       #expect(!error.message.hasSuffix("."), "\(name): \(error.message)")
     }
