@@ -358,8 +358,10 @@ extension BERTModel: TrainableModel {
   // MARK: - Passes
 
   /// One forward and backward pass of sequence classification on `batch` (targets
-  /// `.classes`): the encoder with `state`'s LoRA layers and, with `state.modelDropout` > 0,
-  /// the model's dropout and the LoRA layers' own; the head of ``classificationHeadNames``
+  /// `.classes`): the encoder with `state`'s LoRA layers (each with its own LoRA dropout) and
+  /// the model's dropout at `state.modelDropout` (transformers' `hidden_dropout_prob`,
+  /// `attention_probs_dropout_prob` and the classifier's dropout, all at that probability;
+  /// masks from `state.seed`, so a pass repeats exactly); the head of ``classificationHeadNames``
   /// from `state.heads` (a head layer missing from it runs frozen from the checkpoint, if the
   /// checkpoint has it); the cross-entropy of each row's logits. Accumulates the gradient of
   /// `gradientScale · lossSum` into every LoRA `A`, `B` and head tensor of `state`.
