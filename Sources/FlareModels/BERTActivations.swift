@@ -15,7 +15,9 @@ struct BERTInputs: Sendable {
 /// (LayerNorm inputs, means and reciprocal standard deviations, Q/K/V, attention probabilities,
 /// the pre-GELU activations) so that it can run without recomputing anything.
 ///
-/// Made by ``BERTModel/forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``. With
+/// Made by ``BERTModel/forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)`` and by the
+/// training passes (``BERTModel/trainingPass(batch:state:gradientScale:)`` keeps all layers for
+/// its backward pass, ``BERTModel/evaluationPass(batch:state:)`` does not). With
 /// `keepingAllLayers` every layer has its own slots; without it (inference) the layers reuse one
 /// set of slots, the residual stream ping-pongs between two, and attention probabilities are kept
 /// for one sequence at a time, so only ``hiddenStates`` is meaningful afterwards.

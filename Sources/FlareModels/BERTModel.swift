@@ -66,6 +66,13 @@ public final class BERTModel: @unchecked Sendable {
   /// Rows per forward pass in ``embed(tokens:pooling:normalize:attentionMask:tokenTypes:)``.
   public var embeddingBatchSize = 16
 
+  /// Threads of a training or evaluation pass (``trainingPass(batch:state:gradientScale:)``):
+  /// the pass runs BLAS single-threaded and splits its work itself, rows in fixed chunks and
+  /// attention by (sequence, head), so its results are bit-identical for any thread count.
+  /// Inference (``forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``) uses BLAS's
+  /// own threads instead.
+  public var trainingThreads = 1
+
   /// Whether the checkpoint has BERT's pooler (`pooler.dense`).
   public var hasPooler: Bool { poolerSlot != nil }
 
@@ -371,7 +378,15 @@ public final class BERTModel: @unchecked Sendable {
   }
 
   /// The forward pass proper, writing every region of `a`.
-  func run(_ a: BERTActivations) {
+  ///
+  /// Inference and training run this same code. `options` (a training or evaluation pass) adds
+  /// the trainable LoRA layers on top of the frozen linear layers and, in training, the model's
+  /// dropout (embeddings, attention probabilities, attention and feed-forward outputs, where
+  /// transformers' `BertModel` applies it) with masks drawn from the pass's seed; it also
+  /// splits row-wise work into fixed chunks over the pass's threads (BLAS single-threaded), so
+  /// the result does not depend on the thread count. Inference runs each step whole, with
+  /// BLAS's own threads.
+  func run(_ a: BERTActivations, options: BERTPassOptions? = nil) {
     let n = a.batch * a.length
     guard n > 0 else { return }
     let c = config.hidden
@@ -380,6 +395,34 @@ public final class BERTModel: @unchecked Sendable {
     let heads = config.heads
     let d = config.headDim
     let inputs = a.inputs
+    let dropout = options?.dropout ?? 0
+    /// LayerNorm of `rows` rows from `inp` into `out`, statistics into `mean`/`rstd`.
+    func layernorm(
+      _ out: UnsafeMutablePointer<Float>, _ mean: UnsafeMutablePointer<Float>,
+      _ rstd: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, _ weight: Weight,
+      _ bias: Weight
+    ) {
+      forRows(n, options) { r in
+        let first = r.lowerBound
+        Kernels.layernorm(
+          out: out + first * c, mean: mean + first, rstd: rstd + first, inp: inp + first * c,
+          weight: weight.values.baseAddress!, bias: bias.values.baseAddress!, rows: r.count,
+          channels: c, eps: config.eps)
+      }
+    }
+    /// `x = dropout(x) + residual` (`x += residual` without dropout).
+    func addResidual(
+      _ x: UnsafeMutablePointer<Float>, _ residual: UnsafePointer<Float>,
+      site: BERTPassOptions.Site
+    ) {
+      forRows(n, options) { r in
+        let x = x + r.lowerBound * c
+        if let options, dropout > 0 {
+          options.applyDropout(x, rows: r, channels: c, site: site)
+        }
+        Kernels.add(x, residual + r.lowerBound * c, count: r.count * c)
+      }
+    }
     inputs.tokens.withUnsafeBufferPointer { tokens in
       inputs.positions.withUnsafeBufferPointer { positions in
         inputs.types.withUnsafeBufferPointer { types in
@@ -392,10 +435,15 @@ public final class BERTModel: @unchecked Sendable {
         }
       }
     }
-    Kernels.layernorm(
-      out: a.residual(0), mean: a.pointer(.embeddingMean), rstd: a.pointer(.embeddingRstd),
-      inp: a.pointer(.embeddingSum), weight: embeddingNormWeight.values.baseAddress!,
-      bias: embeddingNormBias.values.baseAddress!, rows: n, channels: c, eps: config.eps)
+    layernorm(
+      a.residual(0), a.pointer(.embeddingMean), a.pointer(.embeddingRstd),
+      a.pointer(.embeddingSum), embeddingNormWeight, embeddingNormBias)
+    if let options, dropout > 0 {
+      let x = a.residual(0)
+      forRows(n, options) { r in
+        options.applyDropout(x + r.lowerBound * c, rows: r, channels: c, site: .embeddings)
+      }
+    }
     inputs.mask.withUnsafeBufferPointer { mask in
       for layer in 0..<config.layers {
         let s = layer * 6
@@ -403,47 +451,72 @@ public final class BERTModel: @unchecked Sendable {
         let q = a.pointer(.q, layer: layer)
         let k = a.pointer(.k, layer: layer)
         let v = a.pointer(.v, layer: layer)
-        linears[s].forward(out: q, inp: x, rows: n)
-        linears[s + 1].forward(out: k, inp: x, rows: n)
-        linears[s + 2].forward(out: v, inp: x, rows: n)
+        linear(s, out: q, inp: x, rows: n, options: options)
+        linear(s + 1, out: k, inp: x, rows: n, options: options)
+        linear(s + 2, out: v, inp: x, rows: n, options: options)
         let context = a.pointer(.context, layer: layer)
         for row in 0..<a.batch {
           let probs = a.probabilities(layer: layer, sequence: row)
           let first = row * t
-          for head in 0..<heads {
+          Parallel.forEach(heads, workers: options?.threads ?? 1) { head in
             let offset = first * c + head * d
+            var attentionMask: UnsafeMutablePointer<Float>?
+            if let options, dropout > 0 {
+              // One mask over the layer's [B×NH×T×T] probabilities, cut per head.
+              attentionMask = .allocate(capacity: t * t)
+              options.dropoutMask(
+                attentionMask!, count: t * t, site: .attention(layer),
+                offset: (row * heads + head) * t * t)
+            }
+            defer { attentionMask?.deallocate() }
             Kernels.attentionHead(
               out: context + offset, outStride: c, q: q + offset, qStride: c, k: k + offset,
               v: v + offset, kvStride: c, queries: t, keys: t, headDim: d,
-              probs: probs + head * t * t
+              probs: probs + head * t * t, dropout: attentionMask.map { UnsafePointer($0) }
             ) { _, key in mask[first + key] }
           }
         }
         let attentionSum = a.pointer(.attentionSum, layer: layer)
-        linears[s + 3].forward(out: attentionSum, inp: context, rows: n)
-        Kernels.add(attentionSum, x, count: n * c)
+        linear(s + 3, out: attentionSum, inp: context, rows: n, options: options)
+        addResidual(attentionSum, x, site: .attentionOutput(layer))
         let normed = a.pointer(.attentionNormed, layer: layer)
-        Kernels.layernorm(
-          out: normed, mean: a.pointer(.attentionMean, layer: layer),
-          rstd: a.pointer(.attentionRstd, layer: layer), inp: attentionSum,
-          weight: norms[layer].attentionWeight.values.baseAddress!,
-          bias: norms[layer].attentionBias.values.baseAddress!, rows: n, channels: c,
-          eps: config.eps)
+        layernorm(
+          normed, a.pointer(.attentionMean, layer: layer),
+          a.pointer(.attentionRstd, layer: layer), attentionSum, norms[layer].attentionWeight,
+          norms[layer].attentionBias)
         let pre = a.pointer(.preGELU, layer: layer)
         let post = a.pointer(.postGELU, layer: layer)
-        linears[s + 4].forward(out: pre, inp: normed, rows: n)
-        post.update(from: pre, count: n * ff)
-        Kernels.gelu(post, count: n * ff)
+        linear(s + 4, out: pre, inp: normed, rows: n, options: options)
+        forRows(n, options) { r in
+          let offset = r.lowerBound * ff
+          (post + offset).update(from: pre + offset, count: r.count * ff)
+          Kernels.gelu(post + offset, count: r.count * ff)
+        }
         let outputSum = a.pointer(.outputSum, layer: layer)
-        linears[s + 5].forward(out: outputSum, inp: post, rows: n)
-        Kernels.add(outputSum, normed, count: n * c)
-        Kernels.layernorm(
-          out: a.residual(layer + 1), mean: a.pointer(.outputMean, layer: layer),
-          rstd: a.pointer(.outputRstd, layer: layer), inp: outputSum,
-          weight: norms[layer].outputWeight.values.baseAddress!,
-          bias: norms[layer].outputBias.values.baseAddress!, rows: n, channels: c,
-          eps: config.eps)
+        linear(s + 5, out: outputSum, inp: post, rows: n, options: options)
+        addResidual(outputSum, normed, site: .output(layer))
+        layernorm(
+          a.residual(layer + 1), a.pointer(.outputMean, layer: layer),
+          a.pointer(.outputRstd, layer: layer), outputSum, norms[layer].outputWeight,
+          norms[layer].outputBias)
       }
+    }
+  }
+
+  /// Linear layer `slot` (with any attached adapters) plus the pass's trainable LoRA on it.
+  private func linear(
+    _ slot: Int, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows n: Int,
+    options: BERTPassOptions?
+  ) {
+    let layer = linears[slot]
+    let lora = options?.loras[slot]
+    let seed = options?.loraDropoutSeed(slot: slot)
+    forRows(n, options) { r in
+      let out = out + r.lowerBound * layer.outFeatures
+      let inp = inp + r.lowerBound * layer.inFeatures
+      layer.forward(out: out, inp: inp, rows: r.count)
+      lora?.forward(
+        out: out, inp: inp, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
     }
   }
 
@@ -552,32 +625,28 @@ public final class BERTModel: @unchecked Sendable {
   }
 
   /// Runs the first token of each row through `slots`: dense + tanh for the first, a plain
-  /// linear layer for the second.
+  /// linear layer for the second (the inference form of ``runHead(first:rows:steps:options:)``).
   private func head(_ a: BERTActivations, through slots: [Int]) -> [Float] {
+    guard a.batch > 0, a.length > 0 else { return [] }
+    let steps = slots.enumerated().map { i, slot in
+      HeadStep(layer: .frozen(linears[slot]), dropoutBefore: false, tanh: i == 0)
+    }
+    return runHead(first: firstTokens(a), rows: a.batch, steps: steps, options: nil).outputs.last!
+  }
+
+  /// Each row's first-token state (`[CLS]` / `<s>`), `B×C`.
+  func firstTokens(_ a: BERTActivations) -> [Float] {
     let c = config.hidden
-    let b = a.batch
-    guard b > 0, a.length > 0 else { return [] }
-    var first = [Float](repeating: 0, count: b * c)
-    let hidden = a.residual(config.layers)
-    for row in 0..<b {
-      for i in 0..<c { first[row * c + i] = hidden[row * a.length * c + i] }
-    }
-    var pooled = [Float](repeating: 0, count: b * c)
-    first.withUnsafeBufferPointer { inp in
-      pooled.withUnsafeMutableBufferPointer { out in
-        linears[slots[0]].forward(out: out.baseAddress!, inp: inp.baseAddress!, rows: b)
-        Kernels.tanh(out.baseAddress!, count: b * c)
+    var first = [Float](repeating: 0, count: a.batch * c)
+    let indices = (0..<a.batch).map { $0 * a.length }
+    first.withUnsafeMutableBufferPointer { out in
+      indices.withUnsafeBufferPointer { rows in
+        Kernels.gatherRows(
+          out: out.baseAddress!, inp: a.residual(config.layers), indices: rows.baseAddress!,
+          count: a.batch, channels: c)
       }
     }
-    guard slots.count > 1 else { return pooled }
-    let outputs = linears[slots[1]].outFeatures
-    var result = [Float](repeating: 0, count: b * outputs)
-    pooled.withUnsafeBufferPointer { inp in
-      result.withUnsafeMutableBufferPointer { out in
-        linears[slots[1]].forward(out: out.baseAddress!, inp: inp.baseAddress!, rows: b)
-      }
-    }
-    return result
+    return first
   }
 
   private func rows(_ flat: [Float], count: Int) -> [[Float]] {

@@ -1,0 +1,789 @@
+import Dispatch
+import FlareAdapters
+import FlareCore
+import FlareTensor
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+// Sequence-classification training of BERT / XLM-R encoders with LoRA: the inference forward
+// (`BERTModel.run`, keeping every layer's activations) with the trainable LoRA layers and the
+// model's dropout of a `TrainingState`, a classification head as transformers builds it, the
+// cross-entropy, and the backward pass through the frozen encoder into the LoRA and head
+// gradients. Frozen weights get no gradient buffer and no weight-gradient product.
+
+/// What a training or evaluation pass adds to the frozen model's forward: the trainable LoRA
+/// layers by linear-layer slot, the model's dropout, and the seed of every dropout mask.
+struct BERTPassOptions {
+  /// Where a dropout mask is drawn; each site has its own stream of the pass's seed.
+  enum Site {
+    case embeddings
+    case attention(Int)
+    case attentionOutput(Int)
+    case output(Int)
+    /// Before classification-head layer `i`.
+    case head(Int)
+    /// The input of the LoRA on linear-layer slot `i`.
+    case lora(Int)
+  }
+
+  /// Trainable LoRA layers by linear-layer slot.
+  var loras: [Int: TrainableLoRA]
+  /// The model's dropout probability (hidden, attention and head); 0 in evaluation.
+  var dropout: Float
+  /// Whether LoRA dropout applies (training passes only).
+  var training: Bool
+  var seed: UInt64
+  /// Threads the pass splits its work over (``BERTModel/trainingThreads``).
+  var threads: Int
+
+  /// The seed of `site`'s masks: the pass's seed mixed with the site's tag and index.
+  func seed(_ site: Site) -> UInt64 {
+    let (tag, index): (UInt64, Int)
+    switch site {
+    case .embeddings: (tag, index) = (1, 0)
+    case .attention(let layer): (tag, index) = (2, layer)
+    case .attentionOutput(let layer): (tag, index) = (3, layer)
+    case .output(let layer): (tag, index) = (4, layer)
+    case .head(let step): (tag, index) = (5, step)
+    case .lora(let slot): (tag, index) = (6, slot)
+    }
+    return Kernels.mix64(Kernels.mix64(seed ^ (tag &* 0xD1B5_4A32_D192_ED03)) &+ UInt64(index))
+  }
+
+  /// The LoRA dropout seed of slot `slot`, or `nil` outside training.
+  func loraDropoutSeed(slot: Int) -> UInt64? { training ? seed(.lora(slot)) : nil }
+
+  /// Model-dropout multipliers for elements `offset ..< offset + count` of `site`.
+  func dropoutMask(_ mask: UnsafeMutablePointer<Float>, count: Int, site: Site, offset: Int = 0) {
+    Kernels.dropoutMask(
+      mask, count: count, probability: dropout, seed: seed(site), offset: UInt64(offset))
+  }
+
+  /// Applies the model dropout of `site` in place to rows `rows` of an `N×C` buffer, `x`
+  /// pointing at the first of them.
+  func applyDropout(
+    _ x: UnsafeMutablePointer<Float>, rows: Range<Int>, channels c: Int, site: Site
+  ) {
+    let count = rows.count * c
+    let mask = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+    defer { mask.deallocate() }
+    dropoutMask(mask, count: count, site: site, offset: rows.lowerBound * c)
+    Kernels.dropout(out: x, inp: x, mask: mask, count: count)
+  }
+}
+
+/// Work split over threads by index; used by the training passes, whose partition of the work
+/// is fixed so that results do not depend on the thread count.
+enum Parallel {
+  /// Runs `body(i)` for every `i` in `0..<count`, spread over `workers` threads (index `i` on
+  /// thread `i % workers`); in order on the calling thread when `workers` is 1. Calls must
+  /// write disjoint memory.
+  static func forEach(_ count: Int, workers: Int, _ body: (Int) -> Void) {
+    let workers = max(1, min(workers, count))
+    guard workers > 1 else {
+      for i in 0..<count { body(i) }
+      return
+    }
+    withoutActuallyEscaping(body) { body in
+      // The calls write disjoint memory (the caller's contract).
+      nonisolated(unsafe) let body = body
+      DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        var i = worker
+        while i < count {
+          body(i)
+          i += workers
+        }
+      }
+    }
+  }
+}
+
+extension BERTModel {
+  /// Rows per chunk when a training or evaluation pass splits row-wise work: a constant, so
+  /// the chunks (and so every value) are the same for any thread count.
+  static let rowChunk = 32
+
+  /// Runs `body` over rows `0..<n`: whole for inference (`options` is `nil`), or in chunks of
+  /// ``rowChunk`` rows spread over the pass's threads.
+  func forRows(_ n: Int, _ options: BERTPassOptions?, _ body: (Range<Int>) -> Void) {
+    guard let options else {
+      body(0..<n)
+      return
+    }
+    let chunks = (n + Self.rowChunk - 1) / Self.rowChunk
+    Parallel.forEach(chunks, workers: options.threads) { chunk in
+      body((chunk * Self.rowChunk)..<min(n, (chunk + 1) * Self.rowChunk))
+    }
+  }
+}
+
+/// The weights of one classification-head layer in a pass.
+enum HeadWeights {
+  /// The checkpoint's layer, frozen (inference, or a head not being trained).
+  case frozen(Linear)
+  /// Trained in full: `[out, in]` and `[out]`.
+  case trained(weight: TrainableTensor, bias: TrainableTensor)
+
+  var outFeatures: Int {
+    switch self {
+    case .frozen(let linear): linear.outFeatures
+    case .trained(let weight, _): weight.shape[0]
+    }
+  }
+}
+
+/// One layer of a classification head: optional dropout on its input, the linear layer, an
+/// optional tanh.
+struct HeadStep {
+  var layer: HeadWeights
+  var dropoutBefore: Bool
+  var tanh: Bool
+}
+
+/// What a head's forward keeps for its backward: each step's input after dropout, its output
+/// after tanh, and the dropout mask (`nil` without dropout). `B` rows each.
+struct HeadActivations {
+  var inputs: [[Float]] = []
+  var outputs: [[Float]] = []
+  var masks: [[Float]?] = []
+}
+
+/// One layer of the head a training pass builds, as transformers' task model has it.
+struct HeadLayerSpec {
+  /// The module path in the task model (`bert.pooler.dense`, `classifier`, `classifier.dense`).
+  let module: String
+  let dropoutBefore: Bool
+  let tanh: Bool
+  /// The output width, or `nil` for the label count (the last layer).
+  let outFeatures: Int?
+  /// The checkpoint's layer, if it has one.
+  let checkpoint: Linear?
+
+  var weightName: String { "base_model.model.\(module).weight" }
+  var biasName: String { "base_model.model.\(module).bias" }
+}
+
+extension BERTModel: TrainableModel {
+  // MARK: - Names
+
+  /// The prefix the task models give the encoder (`bert.` in `BertForSequenceClassification`,
+  /// `roberta.` in `XLMRobertaForSequenceClassification`), whatever the checkpoint's own.
+  public var taskPrefix: String { config.kind == .bert ? "bert." : "roberta." }
+
+  /// The encoder's linear layers as the task model names them (`bert.encoder.layer.0.attention.self.query`,
+  /// `roberta.encoder.layer.11.output.dense`): what LoRA can target. PEFT saves a LoRA on one
+  /// of them as `base_model.model.<module>.lora_A.weight`. The pooler and classifier are not
+  /// listed: they are trained in full (``classificationHeadNames``).
+  public var linearModules: [String] { (0..<(config.layers * 6)).map(taskModule) }
+
+  public func linearShape(_ module: String) -> (outFeatures: Int, inFeatures: Int)? {
+    guard let slot = encoderSlots[module] else { return nil }
+    return (linears[slot].outFeatures, linears[slot].inFeatures)
+  }
+
+  private func taskModule(_ slot: Int) -> String {
+    taskPrefix + linears[slot].path.dropFirst(prefix.count)
+  }
+
+  /// Encoder linear-layer slots by module path: the task model's name, the checkpoint's, and
+  /// the name without any prefix (an adapter trained on `BertModel` fits).
+  private var encoderSlots: [String: Int] {
+    var index: [String: Int] = [:]
+    for slot in 0..<(config.layers * 6) {
+      let path = linears[slot].path
+      index[String(path.dropFirst(prefix.count))] = slot
+      index[path] = slot
+      index[taskModule(slot)] = slot
+    }
+    return index
+  }
+
+  /// The classification head a training pass runs: `BertForSequenceClassification`'s pooler
+  /// (dense + tanh on `[CLS]`) → dropout → `classifier`, or
+  /// `XLMRobertaForSequenceClassification`'s `<s>` → dropout → `classifier.dense` → tanh →
+  /// dropout → `classifier.out_proj`.
+  var headLayers: [HeadLayerSpec] {
+    let c = config.hidden
+    switch config.kind {
+    case .bert:
+      var checkpoint: Linear?
+      if case .onPooler(let slot) = classifier { checkpoint = linears[slot] }
+      return [
+        HeadLayerSpec(
+          module: "\(taskPrefix)pooler.dense", dropoutBefore: false, tanh: true, outFeatures: c,
+          checkpoint: poolerSlot.map { linears[$0] }),
+        HeadLayerSpec(
+          module: "classifier", dropoutBefore: true, tanh: false, outFeatures: nil,
+          checkpoint: checkpoint),
+      ]
+    case .xlmRoberta:
+      var dense: Linear?
+      var outProj: Linear?
+      if case .roberta(let d, let o) = classifier {
+        dense = linears[d]
+        outProj = linears[o]
+      }
+      return [
+        HeadLayerSpec(
+          module: "classifier.dense", dropoutBefore: true, tanh: true, outFeatures: c,
+          checkpoint: dense),
+        HeadLayerSpec(
+          module: "classifier.out_proj", dropoutBefore: true, tanh: false, outFeatures: nil,
+          checkpoint: outProj),
+      ]
+    }
+  }
+
+  /// The names of the head tensors, as PEFT saves a task model's `modules_to_save` in
+  /// `adapter_model.safetensors`: `base_model.model.bert.pooler.dense.weight`, `….bias`,
+  /// `base_model.model.classifier.weight`, `….bias` (BERT) or
+  /// `base_model.model.classifier.dense.weight`, `….bias`, `…classifier.out_proj.weight`,
+  /// `….bias` (XLM-R), in that order. A training state's ``TrainingState/heads`` uses them.
+  public var classificationHeadNames: [String] {
+    headLayers.flatMap { [$0.weightName, $0.biasName] }
+  }
+
+  // MARK: - Head initialisation
+
+  /// The trainable head tensors for `labelCount` classes, named as
+  /// ``classificationHeadNames``. Each tensor starts from, in order: the same tensor in
+  /// `adapter` (its `modules_to_save` copy, for `--init-adapter`), the checkpoint's (the
+  /// pretrained pooler of a `BertModel`, or a task checkpoint's classifier), or a fresh
+  /// initialisation as transformers' `_init_weights` gives a new layer (weight
+  /// `N(0, initializer_range)`, bias 0) drawn from a ``SplitMix64`` seeded with `seed` (weights
+  /// in head order, values row-major, one Box–Muller pair per two values).
+  /// - Parameters:
+  ///   - labelCount: The number of classes (at least 1).
+  ///   - seed: The seed of a fresh initialisation.
+  ///   - adapter: A PEFT adapter whose saved head tensors to start from, if any.
+  /// - Returns: The tensors by name, gradients zero.
+  /// - Throws: ``FlareError`` for a label count below 1, a checkpoint or adapter tensor whose
+  ///   shape does not fit (a checkpoint classifier for another number of labels), or an
+  ///   unreadable `config.json`.
+  public func makeClassificationHead(
+    labelCount: Int, seed: UInt64, adapter: PEFTAdapter? = nil
+  ) throws -> [String: TrainableTensor] {
+    guard labelCount >= 1 else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "a classification head needs at least 1 label, got \(labelCount)",
+        path: path)
+    }
+    let c = config.hidden
+    let deviation = try initializerRange()
+    var random = SplitMix64(seed: seed)
+    var result: [String: TrainableTensor] = [:]
+    for layer in headLayers {
+      let out = layer.outFeatures ?? labelCount
+      for (name, shape) in [(layer.weightName, [out, c]), (layer.biasName, [out])] {
+        let isWeight = shape.count == 2
+        var values: [Float]?
+        if let adapter {
+          let saved = name.dropFirst("base_model.model.".count)
+          if let view = adapter.replacements.first(where: {
+            $0.name == saved || taskPrefix + $0.name == saved
+          })?.view {
+            guard view.shape == shape else {
+              throw FlareError(
+                "adapter", .invalidArgument,
+                "head tensor has shape \(view.shape), expected \(shape) (\(labelCount) labels, hidden size \(c))",
+                path: adapter.path, tensor: view.name)
+            }
+            values = view.floats()
+          }
+        }
+        if values == nil, let linear = layer.checkpoint {
+          let weight = isWeight ? Optional(linear.weight) : linear.bias
+          if let weight {
+            guard weight.shape == shape else {
+              throw FlareError(
+                "model", .invalidArgument,
+                "the checkpoint's head tensor has shape \(weight.shape), not \(shape): it was trained for \(weight.shape[0]) labels, not \(labelCount)",
+                path: path, tensor: weight.name)
+            }
+            values = Array(weight.values)
+          }
+        }
+        if values == nil {
+          values =
+            isWeight
+            ? Self.normal(count: out * c, deviation: deviation, random: &random)
+            : [Float](repeating: 0, count: out)
+        }
+        result[name] = TrainableTensor(name: name, shape: shape, values: values!)
+      }
+    }
+    return result
+  }
+
+  /// `initializer_range` from `config.json` (transformers' default 0.02).
+  private func initializerRange() throws -> Float {
+    let configPath = "\(path)/config.json"
+    let json: JSONValue
+    do {
+      json = try JSONParser.parse(try readSmallFile(configPath, limit: 16 << 20))
+    } catch let failure as JSONParser.Failure {
+      throw FlareError(
+        "config", .invalidArgument, "invalid JSON: \(failure.message)", path: configPath,
+        offset: failure.offset)
+    }
+    guard let value = json["initializer_range"], value != .null else { return 0.02 }
+    guard let range = value.doubleValue, range.isFinite, range >= 0 else {
+      throw FlareError(
+        "config", .invalidArgument, "'initializer_range' is not a non-negative number",
+        path: configPath)
+    }
+    return Float(range)
+  }
+
+  /// `count` draws of `N(0, deviation²)`: Box–Muller on pairs of ``SplitMix64`` uniforms.
+  static func normal(count: Int, deviation: Float, random: inout SplitMix64) -> [Float] {
+    var values = [Float](repeating: 0, count: count)
+    var i = 0
+    while i < count {
+      let u1 = 1 - random.nextUnit()  // (0, 1]: the logarithm stays finite
+      let u2 = random.nextUnit()
+      let radius = (-2 * log(u1)).squareRoot() * Double(deviation)
+      values[i] = Float(radius * cos(2 * Double.pi * u2))
+      if i + 1 < count { values[i + 1] = Float(radius * sin(2 * Double.pi * u2)) }
+      i += 2
+    }
+    return values
+  }
+
+  // MARK: - Passes
+
+  /// One forward and backward pass of sequence classification on `batch` (targets
+  /// `.classes`): the encoder with `state`'s LoRA layers (each with its own LoRA dropout) and
+  /// the model's dropout at `state.modelDropout` (transformers' `hidden_dropout_prob`,
+  /// `attention_probs_dropout_prob` and the classifier's dropout, all at that probability;
+  /// masks from `state.seed`, so a pass repeats exactly); the head of ``classificationHeadNames``
+  /// from `state.heads` (a head layer missing from it runs frozen from the checkpoint, if the
+  /// checkpoint has it); the cross-entropy of each row's logits. Accumulates the gradient of
+  /// `gradientScale · lossSum` into every LoRA `A`, `B` and head tensor of `state`.
+  /// - Throws: ``FlareError`` for causal-LM targets, a label outside the head's classes, a
+  ///   LoRA layer on a module the encoder does not have or of the wrong shape, a head tensor
+  ///   missing or misshapen, a dropout probability outside [0, 1), adapters attached with
+  ///   ``attach(adapters:)``, or a batch the model cannot take (as
+  ///   ``forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``).
+  public func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float)
+    throws -> TrainingPassResult
+  {
+    try pass(batch: batch, state: state, gradientScale: gradientScale)
+  }
+
+  /// The loss and predictions of `batch` without dropout and without gradients, with the
+  /// compact activations of inference.
+  /// - Throws: ``FlareError`` as ``trainingPass(batch:state:gradientScale:)``.
+  public func evaluationPass(batch: TrainingBatch, state: TrainingState) throws
+    -> TrainingPassResult
+  {
+    try pass(batch: batch, state: state, gradientScale: nil)
+  }
+
+  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`).
+  private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws
+    -> TrainingPassResult
+  {
+    func bad(_ message: String, _ code: FlareError.Code = .invalidArgument) -> FlareError {
+      FlareError("model", code, message, path: path)
+    }
+    if let attached = linears.first(where: { !$0.adapters.isEmpty }) {
+      throw bad(
+        "adapters are attached to \(attached.path); a training or evaluation pass takes its LoRA layers from the training state (detach the attached adapters first)",
+        .unsupported)
+    }
+    guard case .classes(let classes) = batch.targets else {
+      throw bad(
+        "the encoder trains sequence classification (class targets), not a causal language model",
+        .unsupported)
+    }
+    guard state.modelDropout >= 0 && state.modelDropout < 1 else {
+      throw bad("model dropout \(state.modelDropout) is outside [0, 1)")
+    }
+    let loras = try resolve(state.loras)
+    let steps = try headSteps(state.heads)
+    let labelCount = steps.last!.layer.outFeatures
+    let b = batch.tokens.count
+    guard classes.count == b else {
+      throw bad("the batch has \(b) rows but \(classes.count) class targets")
+    }
+    for (row, label) in classes.enumerated() where label < 0 || label >= labelCount {
+      throw bad("row \(row) has class \(label), outside the head's 0..<\(labelCount)")
+    }
+    if let row = batch.tokens.firstIndex(where: \.isEmpty) {
+      throw bad("row \(row) has no tokens; a classified row needs at least its first token")
+    }
+    let inputs = try prepare(
+      tokens: batch.tokens, attentionMask: batch.mask, tokenTypes: batch.tokenTypes)
+    guard b > 0 else { return TrainingPassResult(lossSum: 0, count: 0, predictions: []) }
+    let training = gradientScale != nil
+    let options = BERTPassOptions(
+      loras: loras, dropout: training ? state.modelDropout : 0, training: training,
+      seed: state.seed, threads: max(1, trainingThreads))
+    // The pass splits its work itself; BLAS's own threads would make results depend on the
+    // thread count (OpenBLAS's SGEMM rounds differently with another split).
+    let blasThreads = BLAS.threads
+    BLAS.setThreads(1)
+    defer { BLAS.setThreads(blasThreads) }
+    let a = BERTActivations(config: config, inputs: inputs, keepingAllLayers: training)
+    run(a, options: options)
+    let head = runHead(first: firstTokens(a), rows: b, steps: steps, options: options)
+    let logits = head.outputs.last!
+    var dlogits = [Float](repeating: 0, count: training ? logits.count : 0)
+    let (loss, count) = logits.withUnsafeBufferPointer { logits in
+      classes.withUnsafeBufferPointer { labels in
+        dlogits.withUnsafeMutableBufferPointer { d in
+          Kernels.crossEntropy(
+            dlogits: training ? d.baseAddress : nil, logits: logits.baseAddress!,
+            labels: labels.baseAddress!, rows: b, classes: labelCount,
+            gradientScale: gradientScale ?? 1)
+        }
+      }
+    }
+    let predictions = (0..<b).map {
+      Sampler.argmax(logits[($0 * labelCount)..<(($0 + 1) * labelCount)])
+    }
+    if training {
+      let dfirst = headBackward(head, steps: steps, dlogits: dlogits, rows: b)
+      if !loras.isEmpty { encoderBackward(a, options: options, dfirst: dfirst) }
+    }
+    return TrainingPassResult(lossSum: loss, count: count, predictions: predictions)
+  }
+
+  /// The state's LoRA layers by encoder slot, checked against the layers they target.
+  private func resolve(_ loras: [String: TrainableLoRA]) throws -> [Int: TrainableLoRA] {
+    let slots = encoderSlots
+    var result: [Int: TrainableLoRA] = [:]
+    for (module, lora) in loras.sorted(by: { $0.key < $1.key }) {
+      func bad(_ message: String) -> FlareError {
+        FlareError("adapter", .invalidArgument, message, path: path, tensor: module)
+      }
+      guard let slot = slots[module] else {
+        throw bad(
+          "LoRA targets a module that is not a linear layer of the encoder (the pooler and classifier are trained in full, not with LoRA)"
+        )
+      }
+      guard result[slot] == nil else {
+        throw bad("two LoRA layers target the same linear layer \(taskModule(slot))")
+      }
+      let layer = linears[slot]
+      let r = lora.a.shape.first ?? 0
+      guard r > 0, lora.a.shape == [r, layer.inFeatures], lora.b.shape == [layer.outFeatures, r]
+      else {
+        throw bad(
+          "LoRA does not fit: expected A [r, \(layer.inFeatures)] and B [\(layer.outFeatures), r], got A \(lora.a.shape) and B \(lora.b.shape)"
+        )
+      }
+      guard lora.dropout >= 0 && lora.dropout < 1 else {
+        throw bad("LoRA dropout \(lora.dropout) is outside [0, 1)")
+      }
+      result[slot] = lora
+    }
+    return result
+  }
+
+  /// The head of a pass: each layer trained from `heads` or, if `heads` has neither of its
+  /// tensors, frozen from the checkpoint.
+  private func headSteps(_ heads: [String: TrainableTensor]) throws -> [HeadStep] {
+    let layers = headLayers
+    let known = Set(layers.flatMap { [$0.weightName, $0.biasName] })
+    if let unknown = heads.keys.sorted().first(where: { !known.contains($0) }) {
+      throw FlareError(
+        "model", .invalidArgument,
+        "head tensor is not part of this model's classification head (expected \(known.sorted().joined(separator: ", ")))",
+        path: path, tensor: unknown)
+    }
+    let c = config.hidden
+    var steps: [HeadStep] = []
+    for layer in layers {
+      let weight = heads[layer.weightName]
+      let bias = heads[layer.biasName]
+      let weights: HeadWeights
+      switch (weight, bias) {
+      case (let weight?, let bias?):
+        let out = layer.outFeatures ?? weight.shape.first ?? 0
+        guard out > 0, weight.shape == [out, c], bias.shape == [out] else {
+          throw FlareError(
+            "model", .invalidArgument,
+            "head tensors have shapes \(weight.shape) and \(bias.shape), expected [\(layer.outFeatures.map(String.init) ?? "labels"), \(c)] and [\(layer.outFeatures.map(String.init) ?? "labels")]",
+            path: path, tensor: layer.weightName)
+        }
+        weights = .trained(weight: weight, bias: bias)
+      case (nil, nil):
+        guard let linear = layer.checkpoint else {
+          throw FlareError(
+            "model", .tensorNotFound,
+            "the checkpoint has no \(layer.module) and the training state does not train it (makeClassificationHead makes the head)",
+            path: path, tensor: layer.weightName)
+        }
+        weights = .frozen(linear)
+      default:
+        throw FlareError(
+          "model", .invalidArgument,
+          "the training state has only one of the layer's weight and bias", path: path,
+          tensor: weight == nil ? layer.weightName : layer.biasName)
+      }
+      steps.append(HeadStep(layer: weights, dropoutBefore: layer.dropoutBefore, tanh: layer.tanh))
+    }
+    return steps
+  }
+
+  // MARK: - Head forward and backward
+
+  /// Runs a classification head over `B` first-token states: per step, dropout on its input
+  /// (in training), the linear layer, tanh; keeps what the backward pass needs.
+  func runHead(first: [Float], rows b: Int, steps: [HeadStep], options: BERTPassOptions?)
+    -> HeadActivations
+  {
+    var h = HeadActivations()
+    var x = first
+    for (i, step) in steps.enumerated() {
+      var mask: [Float]?
+      if step.dropoutBefore, let options, options.dropout > 0 {
+        var m = [Float](repeating: 0, count: x.count)
+        m.withUnsafeMutableBufferPointer {
+          options.dropoutMask($0.baseAddress!, count: x.count, site: .head(i))
+        }
+        for j in x.indices { x[j] *= m[j] }
+        mask = m
+      }
+      let inFeatures = x.count / max(b, 1)
+      let outFeatures = step.layer.outFeatures
+      var out = [Float](repeating: 0, count: b * outFeatures)
+      x.withUnsafeBufferPointer { inp in
+        out.withUnsafeMutableBufferPointer { out in
+          switch step.layer {
+          case .frozen(let linear):
+            linear.forward(out: out.baseAddress!, inp: inp.baseAddress!, rows: b)
+          case .trained(let weight, let bias):
+            weight.values.withUnsafeBufferPointer { w in
+              bias.values.withUnsafeBufferPointer { bias in
+                Kernels.matmul(
+                  out: out.baseAddress!, inp: inp.baseAddress!, weight: w.baseAddress!,
+                  bias: bias.baseAddress, rows: b, inFeatures: inFeatures,
+                  outFeatures: outFeatures)
+              }
+            }
+          }
+          if step.tanh { Kernels.tanh(out.baseAddress!, count: out.count) }
+        }
+      }
+      h.inputs.append(x)
+      h.outputs.append(out)
+      h.masks.append(mask)
+      x = out
+    }
+    return h
+  }
+
+  /// The head's backward pass from the logits' gradient: accumulates the trained layers'
+  /// weight and bias gradients and returns the gradient of the first-token states, `B×C`.
+  func headBackward(_ h: HeadActivations, steps: [HeadStep], dlogits: [Float], rows b: Int)
+    -> [Float]
+  {
+    var upstream = dlogits
+    for (i, step) in steps.enumerated().reversed() {
+      let input = h.inputs[i]
+      let outFeatures = step.layer.outFeatures
+      let inFeatures = input.count / max(b, 1)
+      if step.tanh {
+        var dpre = [Float](repeating: 0, count: upstream.count)
+        Kernels.tanhBackward(
+          dinp: &dpre, out: h.outputs[i], dout: upstream, count: upstream.count)
+        upstream = dpre
+      }
+      var dinput = [Float](repeating: 0, count: input.count)
+      func inputGradient(_ w: UnsafeBufferPointer<Float>) {
+        Kernels.matmulBackwardInput(
+          dinp: &dinput, dout: upstream, weight: w.baseAddress!, rows: b,
+          inFeatures: inFeatures, outFeatures: outFeatures)
+      }
+      switch step.layer {
+      case .frozen(let linear):
+        inputGradient(linear.weight.values)
+      case .trained(let w, let bias):
+        w.gradient.withUnsafeMutableBufferPointer { dw in
+          bias.gradient.withUnsafeMutableBufferPointer { db in
+            Kernels.matmulBackwardWeight(
+              dweight: dw.baseAddress!, dbias: db.baseAddress, dout: upstream, inp: input,
+              rows: b, inFeatures: inFeatures, outFeatures: outFeatures)
+          }
+        }
+        w.values.withUnsafeBufferPointer(inputGradient)
+      }
+      if let mask = h.masks[i] {
+        var dx = [Float](repeating: 0, count: dinput.count)
+        Kernels.dropoutBackward(dinp: &dx, dout: dinput, mask: mask, count: dinput.count)
+        dinput = dx
+      }
+      upstream = dinput
+    }
+    return upstream
+  }
+
+  // MARK: - Encoder backward
+
+  /// The encoder's backward pass from the gradient of each row's first-token state: through
+  /// every layer down to the lowest one with a LoRA layer, accumulating the LoRA gradients.
+  /// Frozen linear layers pass the gradient to their input (one GEMM each) and get none.
+  /// Row-wise steps run in the pass's fixed row chunks; the LoRA weight gradients (sums over
+  /// rows) run unsplit.
+  private func encoderBackward(_ a: BERTActivations, options: BERTPassOptions, dfirst: [Float]) {
+    let b = a.batch
+    let t = a.length
+    let n = b * t
+    let c = config.hidden
+    let ff = config.intermediate
+    let heads = config.heads
+    let d = config.headDim
+    let dropout = options.dropout
+    guard let lowest = options.loras.keys.min().map({ $0 / 6 }) else { return }
+    // N×C each: the residual-stream gradient (current, next), dOutputSum, dNormed,
+    // dAttentionSum, the gradient after a dropout, dContext, dQ, dK, dV; N×FF: dPost, dPre;
+    // B×NH×T×T for the attention dropout mask when dropout is on.
+    let attentionMaskCount = dropout > 0 ? b * heads * t * t : 0
+    let total = 10 * n * c + 2 * n * ff + attentionMaskCount
+    let storage = UnsafeMutablePointer<Float>.allocate(capacity: max(total, 1))
+    defer { storage.deallocate() }
+    var cursor = storage
+    func take(_ count: Int) -> UnsafeMutablePointer<Float> {
+      defer { cursor += count }
+      return cursor
+    }
+    var dres = take(n * c)
+    var dnext = take(n * c)
+    let doutputSum = take(n * c)
+    let dnormed = take(n * c)
+    let dattentionSum = take(n * c)
+    let ddropped = take(n * c)
+    let dcontext = take(n * c)
+    let dq = take(n * c)
+    let dk = take(n * c)
+    let dv = take(n * c)
+    let dpost = take(n * ff)
+    let dpre = take(n * ff)
+    let attentionMask = dropout > 0 ? take(attentionMaskCount) : nil
+
+    dres.update(repeating: 0, count: n * c)
+    let rows = (0..<b).map { $0 * t }
+    dfirst.withUnsafeBufferPointer { g in
+      rows.withUnsafeBufferPointer { rows in
+        Kernels.gatherRowsBackward(
+          dinp: dres, dout: g.baseAddress!, indices: rows.baseAddress!, count: b, channels: c)
+      }
+    }
+    /// Runs `body` over the pass's row chunks.
+    func chunks(_ body: (Range<Int>) -> Void) { forRows(n, options, body) }
+    /// The gradient before the dropout of `site` (`g` itself without dropout).
+    func throughDropout(_ g: UnsafeMutablePointer<Float>, site: BERTPassOptions.Site)
+      -> UnsafeMutablePointer<Float>
+    {
+      guard dropout > 0 else { return g }
+      chunks { r in
+        let offset = r.lowerBound * c
+        (ddropped + offset).update(from: g + offset, count: r.count * c)
+        options.applyDropout(ddropped + offset, rows: r, channels: c, site: site)
+      }
+      return ddropped
+    }
+    /// A linear layer's backward: the frozen weight's input gradient and the LoRA's share
+    /// (if `dinp`), then the LoRA's weight gradients.
+    func linearBackward(
+      _ slot: Int, dinp: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
+      inp: UnsafePointer<Float>
+    ) {
+      let layer = linears[slot]
+      let lora = options.loras[slot]
+      let seed = options.loraDropoutSeed(slot: slot)
+      if let dinp {
+        chunks { r in
+          let dinp = dinp + r.lowerBound * layer.inFeatures
+          let dout = dout + r.lowerBound * layer.outFeatures
+          Kernels.matmulBackwardInput(
+            dinp: dinp, dout: dout, weight: layer.weight.values.baseAddress!, rows: r.count,
+            inFeatures: layer.inFeatures, outFeatures: layer.outFeatures)
+          lora?.backwardInput(
+            dinp: dinp, dout: dout, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
+        }
+      }
+      lora?.backwardWeights(dout: dout, inp: inp, rows: n, dropoutSeed: seed)
+    }
+    /// LayerNorm backward (no weight gradients) of rows chunked: `dinp = 0`, then `+=`.
+    func layernormBackward(
+      dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+      inp: UnsafePointer<Float>, weight: Weight, mean: UnsafePointer<Float>,
+      rstd: UnsafePointer<Float>
+    ) {
+      chunks { r in
+        let first = r.lowerBound
+        (dinp + first * c).update(repeating: 0, count: r.count * c)
+        Kernels.layernormBackward(
+          dinp: dinp + first * c, dweight: nil, dbias: nil, dout: dout + first * c,
+          inp: inp + first * c, weight: weight.values.baseAddress!, mean: mean + first,
+          rstd: rstd + first, rows: r.count, channels: c)
+      }
+    }
+
+    for layer in stride(from: config.layers - 1, through: lowest, by: -1) {
+      let s = layer * 6
+      let x = a.residual(layer)
+      let needsInput = layer > lowest
+      // Output LayerNorm; its input is dropout(output dense) + normed.
+      layernormBackward(
+        dinp: doutputSum, dout: dres, inp: a.pointer(.outputSum, layer: layer),
+        weight: norms[layer].outputWeight, mean: a.pointer(.outputMean, layer: layer),
+        rstd: a.pointer(.outputRstd, layer: layer))
+      dnormed.update(from: doutputSum, count: n * c)
+      let dffOut = throughDropout(doutputSum, site: .output(layer))
+      dpost.update(repeating: 0, count: n * ff)
+      linearBackward(s + 5, dinp: dpost, dout: dffOut, inp: a.pointer(.postGELU, layer: layer))
+      let pre = a.pointer(.preGELU, layer: layer)
+      chunks { r in
+        let offset = r.lowerBound * ff
+        (dpre + offset).update(repeating: 0, count: r.count * ff)
+        Kernels.geluBackward(
+          dinp: dpre + offset, inp: pre + offset, dout: dpost + offset, count: r.count * ff)
+      }
+      linearBackward(
+        s + 4, dinp: dnormed, dout: dpre, inp: a.pointer(.attentionNormed, layer: layer))
+      // Attention LayerNorm; its input is dropout(attention output dense) + x.
+      layernormBackward(
+        dinp: dattentionSum, dout: dnormed, inp: a.pointer(.attentionSum, layer: layer),
+        weight: norms[layer].attentionWeight, mean: a.pointer(.attentionMean, layer: layer),
+        rstd: a.pointer(.attentionRstd, layer: layer))
+      if needsInput { dnext.update(from: dattentionSum, count: n * c) }
+      let needsAttention = needsInput || (s..<(s + 3)).contains { options.loras[$0] != nil }
+      let dattentionOut = throughDropout(dattentionSum, site: .attentionOutput(layer))
+      if needsAttention { dcontext.update(repeating: 0, count: n * c) }
+      linearBackward(
+        s + 3, dinp: needsAttention ? dcontext : nil, dout: dattentionOut,
+        inp: a.pointer(.context, layer: layer))
+      guard needsAttention else { continue }
+      if let attentionMask {
+        // The same masks the forward drew per (sequence, head), for the whole layer.
+        let span = heads * t * t
+        Parallel.forEach(b, workers: options.threads) { row in
+          options.dropoutMask(
+            attentionMask + row * span, count: span, site: .attention(layer), offset: row * span)
+        }
+      }
+      for g in [dq, dk, dv] { g.update(repeating: 0, count: n * c) }
+      Kernels.attentionBackward(
+        dq: dq, dk: dk, dv: dv, dout: dcontext, q: a.pointer(.q, layer: layer),
+        k: a.pointer(.k, layer: layer), v: a.pointer(.v, layer: layer),
+        probs: a.probabilities(layer: layer, sequence: 0),
+        dropout: attentionMask.map { UnsafePointer($0) }, batch: b, length: t, heads: heads,
+        kvHeads: heads, headDim: d, workers: options.threads)
+      let dx = needsInput ? dnext : nil
+      linearBackward(s, dinp: dx, dout: dq, inp: x)
+      linearBackward(s + 1, dinp: dx, dout: dk, inp: x)
+      linearBackward(s + 2, dinp: dx, dout: dv, inp: x)
+      swap(&dres, &dnext)
+    }
+  }
+}
