@@ -88,9 +88,11 @@ public struct EncodedData: Sendable {
 ///   first `len(tokenizer(prompt))` positions (TRL's completion mask).
 /// - Causal LM sequences longer than `maxLength` keep their first `maxLength` tokens (TRL's
 ///   `keep_start`).
-/// - Classification: the texts encoded without special tokens, truncated `longest_first`
-///   (one token at a time from the longer text, the second on a tie) so that the assembled
-///   sequence (``SequenceLayout``) fits `maxLength`.
+/// - Classification: the texts encoded without special tokens, truncated `longest_first` as
+///   the tokenizers library does it (a single text keeps its first tokens; of a pair, the
+///   shorter text keeps its length when the longer can absorb the cut, otherwise the budget is
+///   split, the larger half to the originally longer text), so that the assembled sequence
+///   (``SequenceLayout``) fits `maxLength`.
 public struct ExampleEncoder: Sendable {
   public let tokenizer: Tokenizer
   public let layout: SequenceLayout
@@ -188,14 +190,21 @@ public struct ExampleEncoder: Sendable {
     var second = pair.map { tokenizer.encode($0, addSpecial: false) }
     let budget = max(0, maxLength - specialCount(pair: second != nil))
     var truncated = false
-    if var b = second {
-      var excess = first.count + b.count - budget
-      truncated = excess > 0
-      while excess > 0 {
-        if first.count > b.count { first.removeLast() } else { b.removeLast() }
-        excess -= 1
+    if let b = second, first.count + b.count > budget {
+      // The tokenizers library's longest_first for pairs: the shorter text keeps its length
+      // if the longer one can absorb the cut, otherwise they share the budget (the
+      // originally shorter one gets the smaller half).
+      var short = min(first.count, b.count)
+      var long = max(first.count, b.count)
+      long = short > budget ? short : max(short, budget - short)
+      if short + long > budget {
+        short = budget / 2
+        long = short + budget % 2
       }
-      second = b
+      let firstIsLonger = first.count > b.count
+      first = Array(first.prefix(firstIsLonger ? long : short))
+      second = Array(b.prefix(firstIsLonger ? short : long))
+      truncated = true
     } else if first.count > budget {
       first.removeLast(first.count - budget)
       truncated = true

@@ -73,6 +73,11 @@ public struct RawExample: Sendable, Equatable {
   /// The 1-based line of the file.
   public var line: Int
   public var content: Content
+
+  public init(line: Int, content: Content) {
+    self.line = line
+    self.content = content
+  }
 }
 
 /// Reads JSONL training files: one JSON object per line, blank lines ignored, the formats
