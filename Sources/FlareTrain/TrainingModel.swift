@@ -49,6 +49,12 @@ public struct TrainingModel {
   public static func open(_ path: String, task: TrainingTask) throws -> TrainingModel {
     let source = try WeightSource(path: path)
     let architecture = try source.architecture()
+    guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
+      throw FlareError(
+        "train", .unsupported,
+        "flare-train trains Llama models and BERT/XLM-R encoders; this model is '\(architecture)'",
+        path: path)
+    }
     let tokenizer = try source.tokenizer()
     let paddingSide = Self.paddingSide(folder: source.gguf == nil ? source.configFolder : nil)
     switch architecture {

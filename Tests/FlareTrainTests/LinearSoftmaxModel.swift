@@ -13,7 +13,7 @@ import Foundation
 ///
 /// `E` and `W` are frozen. LoRA dropout masks come from ``Kernels/dropoutMask`` seeded with the
 /// micro-batch seed, as the real models draw theirs.
-final class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider {
+class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider, @unchecked Sendable {
   let vocabulary: Int
   let dim: Int
   let embedding: [Float]
@@ -21,7 +21,7 @@ final class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider {
   let classification: Bool
   /// Returns a NaN loss from this training-pass call on (counting from 0), when set.
   var nanFromCall: Int?
-  private(set) var trainingCalls = 0
+  var trainingCalls = 0
 
   init(vocabulary: Int, dim: Int, embedding: [Float], weight: [Float], classification: Bool) {
     self.vocabulary = vocabulary
