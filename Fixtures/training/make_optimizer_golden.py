@@ -7,6 +7,8 @@ and torch.nn.utils.clip_grad_norm_ (one global L2 norm, scale max/(norm+1e-6) wh
 
 Three small tensors get a fixed, seeded sequence of gradients. Per run, after every optimizer step we
 record the learning rate the step used, the gradient norm clip_grad_norm_ returned and every parameter.
+Also recorded: the first outputs of SplitMix64 (Vigna's reference splitmix64.c) for two seeds, and the
+bound of torch's kaiming_uniform_(a=sqrt(5)) (PEFT's lora_A init) for a few fan-ins.
 A parameter whose name ends in "bias" gets no weight decay (a second parameter group), as transformers'
 Trainer does. Several steps have gradients large enough to be clipped.
 
@@ -14,6 +16,7 @@ Run from the repository root:  python3 Fixtures/training/make_optimizer_golden.p
 Writes Fixtures/training/optimizer-golden.json (deterministic for fixed library versions).
 """
 import json
+import math
 
 import numpy as np
 import torch
@@ -70,6 +73,25 @@ def run(schedule, warmup, lr, weight_decay, max_norm, betas, eps, shapes, init, 
     return steps
 
 
+def splitmix64(seed, count):
+    """Vigna's reference splitmix64.c, with Python integers masked to 64 bits."""
+    mask = (1 << 64) - 1
+    state, out = seed, []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def kaiming_bound(fan_in):
+    """The bound of torch.nn.init.kaiming_uniform_(w, a=sqrt(5)) (PEFT's lora_A init)."""
+    gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+    return gain * math.sqrt(3.0 / fan_in)
+
+
 def main():
     shapes, init, grads = make_data(20261203)
     runs = []
@@ -88,6 +110,8 @@ def main():
         })
     out = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "splitmix64": {str(seed): [str(x) for x in splitmix64(seed, 5)] for seed in (0, 1234567)},
+        "kaiming_bounds": {str(n): kaiming_bound(n) for n in (1, 16, 576, 1536)},
         "shapes": shapes,
         "init": {n: [float(x) for x in v.reshape(-1)] for n, v in init.items()},
         "grads": [{n: [float(x) for x in v.reshape(-1)] for n, v in g.items()} for g in grads],
