@@ -101,6 +101,12 @@ public struct ValidationMetrics: Sendable, Equatable {
   /// Classification: the unweighted mean of per-class F1 over the classes that occur as a
   /// label or a prediction (scikit-learn's `f1_score(average="macro")`).
   public var macroF1: Double?
+
+  public init(loss: Double, accuracy: Double? = nil, macroF1: Double? = nil) {
+    self.loss = loss
+    self.accuracy = accuracy
+    self.macroF1 = macroF1
+  }
 }
 
 /// One line of `training_log.jsonl`: one optimizer step.
