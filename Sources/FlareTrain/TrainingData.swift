@@ -15,7 +15,7 @@ public struct TrainingDataError: Error, Equatable, CustomStringConvertible, Send
   /// A stable identifier tests compare.
   public enum Code: String, Sendable {
     case unreadable, malformedJSON, notAnObject, missingField, wrongType, emptyFile
-    case unknownLabel, mixedLabels, tokenizerMismatch
+    case unknownLabel, mixedLabels, labelOutOfRange, tokenizerMismatch
   }
 
   public var code: Code
@@ -202,6 +202,8 @@ public enum JSONLReader {
 public struct LabelSet: Sendable, Equatable {
   /// The label of each class id.
   public let labels: [ExampleLabel]
+  /// Integer labels are class ids below this.
+  public static let maximumClassID = 1 << 16
 
   public init(labels: [ExampleLabel]) { self.labels = labels }
 
@@ -217,6 +219,12 @@ public struct LabelSet: Sendable, Equatable {
       let isInteger: Bool
       switch label {
       case .integer(let value):
+        guard value < Self.maximumClassID else {
+          throw TrainingDataError(
+            .labelOutOfRange, path: path, line: example.line,
+            "integer label \(value) is too large for a class id (integer labels are class ids below \(Self.maximumClassID); use strings for other labels)"
+          )
+        }
         integers.append(value)
         isInteger = true
       case .string(let text):

@@ -124,6 +124,9 @@ struct DataTests {
     #expect(throws: TrainingDataError(.mixedLabels, path: "", line: 2, "")) {
       try LabelSet(training: examples([.string("a"), .integer(1)]), path: "t")
     }
+    #expect(throws: TrainingDataError(.labelOutOfRange, path: "", line: 2, "")) {
+      try LabelSet(training: examples([.integer(1), .integer(1 << 40)]), path: "t")
+    }
   }
 
   /// A validation label the training file lacks, and a token id outside the model's
