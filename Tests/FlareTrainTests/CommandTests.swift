@@ -275,6 +275,18 @@ struct CommandTests {
     #expect(result.stderr.contains("Usage: flare-train lora --model <path>"))
   }
 
+  /// Every option of the one list the parser and `--help` use is documented in the man page.
+  @Test("the man page documents every option")
+  func manPage() {
+    let page = String(decoding: fileBytes("\(packageRoot)/man/flare-train.1"), as: UTF8.self)
+    let items = page.split(separator: "\n").filter { $0.hasPrefix(".It ") }
+    for option in TrainCommand.LoRAOptions.specs {
+      // mdoc writes `--model` as `Fl -model`.
+      let mdoc = "Fl \(option.name.dropFirst())"
+      #expect(items.contains { $0.contains(mdoc + " ") || $0.hasSuffix(mdoc) }, "\(option.name)")
+    }
+  }
+
   @Test("the tool's help, subcommands and refusals")
   func tool() throws {
     let help = try runTool("flare-train", ["lora", "--help"])
