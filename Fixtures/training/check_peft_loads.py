@@ -65,15 +65,21 @@ def write_goldens():
             f.write("\n")
     targets = {}
     for name, load, path, task in [("base-llama", AutoModelForCausalLM, LLAMA, TaskType.CAUSAL_LM),
+                                   ("base-llama-seqcls", AutoModelForSequenceClassification, LLAMA, TaskType.SEQ_CLS),
                                    ("tiny-bert-cls", AutoModelForSequenceClassification, BERT, TaskType.SEQ_CLS),
                                    ("tiny-xlmr-cls", AutoModelForSequenceClassification, XLMR, TaskType.SEQ_CLS)]:
-        model = load.from_pretrained(path)
+        model = load.from_pretrained(path, num_labels=3) if task == TaskType.SEQ_CLS else load.from_pretrained(path)
         linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         shapes = {n: list(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         peft = get_peft_model(model, LoraConfig(task_type=task, r=2, target_modules="all-linear"))
         adapted = sorted({n[len("base_model.model."):].rsplit(".lora_A", 1)[0]
                           for n, _ in peft.named_parameters() if ".lora_A." in n})
+        with tempfile.TemporaryDirectory() as folder:
+            peft.save_pretrained(folder)
+            saved = load_file(f"{folder}/adapter_model.safetensors")
+        heads = {k: list(v.shape) for k, v in saved.items() if ".lora_" not in k}
         targets[name] = {
+            "saved_head_tensors": heads,
             "linear_modules": linear,
             "linear_shapes": shapes,
             "all_linear_target_modules": sorted(peft.peft_config["default"].target_modules),

@@ -51,19 +51,12 @@ class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider, @unchecked
     name == module ? (outFeatures, dim) : nil
   }
 
-  var classificationModules: [String] { ["classifier", "score"] }
+  var classificationModules: [String] { ClassificationHeads.modulesToSave }
 
   func makeClassificationHead(classes: Int, random: inout SeededRandom) throws
     -> [TrainableTensor]
   {
-    [
-      TrainableTensor(
-        name: "base_model.model.classifier.weight", shape: [classes, dim],
-        values: (0..<(classes * dim)).map { _ in random.normal(std: 0.02) }),
-      TrainableTensor(
-        name: "base_model.model.classifier.bias", shape: [classes],
-        values: [Float](repeating: 0, count: classes)),
-    ]
+    ClassificationHeads.bert(hidden: dim, classes: classes, random: &random)
   }
 
   func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float) throws

@@ -107,6 +107,34 @@ struct PEFTOutputTests {
     }
   }
 
+  /// Oracle: the head tensors PEFT saves (`modules_to_save`) for `BertForSequenceClassification`,
+  /// `XLMRobertaForSequenceClassification` and `LlamaForSequenceClassification` with 3 labels
+  /// (`peft-targets.json`): the same names and shapes; weights `N(0, 0.02)` (sample standard
+  /// deviation within 10 % over the Llama head's 96 and XLM-R's 256 values), biases zero.
+  @Test("classification heads have PEFT's saved names and shapes")
+  func heads() throws {
+    var random = SeededRandom(seed: 4)
+    let built: [(String, [TrainableTensor])] = [
+      ("tiny-bert-cls", ClassificationHeads.bert(hidden: 16, classes: 3, random: &random)),
+      ("tiny-xlmr-cls", ClassificationHeads.roberta(hidden: 16, classes: 3, random: &random)),
+      ("base-llama-seqcls", ClassificationHeads.llama(hidden: 32, classes: 3, random: &random)),
+    ]
+    for (model, tensors) in built {
+      let saved = try #require(Self.targets?[model]?["saved_head_tensors"]?.objectMembers)
+      #expect(tensors.map(\.name).sorted() == saved.map(\.0).sorted(), "\(model)")
+      for tensor in tensors {
+        #expect(tensor.shape == integers(Self.targets?[model]?["saved_head_tensors"]?[tensor.name]))
+        if tensor.name.hasSuffix("bias") {
+          #expect(tensor.values.allSatisfy { $0 == 0 })
+        } else if tensor.count >= 96 {
+          let variance =
+            tensor.values.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(tensor.count)
+          #expect(abs(variance.squareRoot() / 0.02 - 1) < 0.1, "\(tensor.name)")
+        }
+      }
+    }
+  }
+
   /// The folders `check_peft_loads.py` loads with PEFT: deterministic LoRA (and head) values
   /// written by ``PEFTWriter`` for the golden settings.
   static func flareWrittenTensors(_ name: String) throws -> [PEFTTensor] {
