@@ -8,6 +8,7 @@ let package = Package(
     .executable(name: "flare-convert", targets: ["flare-convert"]),
     .executable(name: "flare-merge", targets: ["flare-merge"]),
     .executable(name: "flare-eval", targets: ["flare-eval"]),
+    .executable(name: "flare-train", targets: ["flare-train"]),
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
     .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
@@ -45,6 +46,12 @@ let package = Package(
         "FlareCore", "FlareGGUF", "FlareTensor", "FlareTokenizers", "FlareModels", "FlareCLI",
       ]),
     .target(
+      name: "FlareTrain",
+      dependencies: [
+        "FlareCore", "FlareSafetensors", "FlareAdapters", "FlareModels", "FlareTokenizers",
+        "FlareTensor", "FlareCLI",
+      ]),
+    .target(
       name: "FlareConvert",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),
     .target(
@@ -58,6 +65,8 @@ let package = Package(
       name: "flare-eval", dependencies: ["FlareEval", "FlareCLI", "FlareTensor"]),
     .executableTarget(
       name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI", "FlareTensor"]),
+    .executableTarget(
+      name: "flare-train", dependencies: ["FlareTrain", "FlareCLI", "FlareTensor"]),
 
     // MARK: - Tests
     .target(
@@ -77,6 +86,12 @@ let package = Package(
       dependencies: [
         "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareAdapters", "FlareConvert",
         "FlareMerge", "_FlareTestSupport", "flare-convert", "flare-merge",
+      ]),
+    .testTarget(
+      name: "FlareTrainTests",
+      dependencies: [
+        "FlareTrain", "FlareModels", "FlareAdapters", "FlareTokenizers", "FlareCLI",
+        "_FlareTestSupport", "flare-train",
       ]),
     .testTarget(
       name: "FlareCLITests",

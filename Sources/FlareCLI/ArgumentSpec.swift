@@ -6,6 +6,8 @@ public enum ExitStatus: Int32, Sendable {
   case failure = 1
   /// `EX_USAGE`: the command line is wrong.
   case usage = 64
+  /// 128 + SIGINT: stopped by Ctrl-C after saving its state (`flare-train`).
+  case interrupted = 130
 }
 
 /// An option of a command: a flag (`--json`) or an option taking a value (`--tolerance <x>`).
@@ -73,6 +75,9 @@ public struct CommandSpec: Sendable {
   public var options: [OptionSpec]
   /// Extra paragraphs printed after the options.
   public var discussion: String?
+  /// A hand-written usage line for commands with many options (`tool --a <x> [<options>]`);
+  /// `nil` lists every option.
+  public var usageLine: String?
 
   public init(
     name: String, overview: String, positionals: [PositionalSpec], options: [OptionSpec],
@@ -92,6 +97,7 @@ public struct CommandSpec: Sendable {
 
   /// `flare-inspect <path> ... [--json] [--tolerance <tolerance>]`.
   public var usage: String {
+    if let usageLine { return usageLine }
     var parts = [name]
     for positional in positionals {
       var text = "<\(positional.name)>"

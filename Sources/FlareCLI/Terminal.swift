@@ -51,6 +51,7 @@ public final class ProgressBar: @unchecked Sendable {
   private let started = monotonicSeconds()
   /// Show a rate in bytes per second (the units are bytes).
   public var showsByteRate = false
+  private var detail = ""
   private var lock = pthread_mutex_t()
 
   /// A bar for `total` units of work; `enabled` is further limited to terminals.
@@ -90,6 +91,15 @@ public final class ProgressBar: @unchecked Sendable {
     pthread_mutex_unlock(&lock)
   }
 
+  /// Sets the progress and a short status shown after the bar (`step 3/10 loss 2.1 …`).
+  public func set(done newDone: Int, of newTotal: Int, detail newDetail: String) {
+    guard enabled else { return }
+    pthread_mutex_lock(&lock)
+    detail = newDetail
+    pthread_mutex_unlock(&lock)
+    set(done: newDone, of: newTotal)
+  }
+
   /// Clears the bar.
   public func finish() {
     guard enabled else { return }
@@ -107,6 +117,7 @@ public final class ProgressBar: @unchecked Sendable {
       let rate = Double(done) / elapsed / 1_048_576
       line += " \(Int(rate)) MiB/s"
     }
+    if !detail.isEmpty { line += " \(detail)" }
     Console.err(line)
   }
 }

@@ -1,6 +1,5 @@
 import FlareAdapters
 import FlareCore
-import FlareSafetensors
 import FlareTensor
 
 /// Combining several adapters into one (`--combine cat`).
@@ -49,8 +48,7 @@ extension Merger {
         parts[module.path, default: []].append((module, Float(input.weight * module.scaling)))
       }
     }
-    var specs: [TensorSpec] = []
-    var data: [String: [Float]] = [:]
+    var tensors: [PEFTTensor] = []
     var ranks: [String: Int] = [:]
     for path in order {
       guard let pieces = parts[path], let first = pieces.first else { continue }
@@ -97,10 +95,8 @@ extension Merger {
         rank = k
       }
       let prefix = "base_model.model.\(path)"
-      specs.append(TensorSpec(name: "\(prefix).lora_A.weight", dtype: .f32, shape: [rank, cols]))
-      specs.append(TensorSpec(name: "\(prefix).lora_B.weight", dtype: .f32, shape: [rows, rank]))
-      data["\(prefix).lora_A.weight"] = a
-      data["\(prefix).lora_B.weight"] = b
+      tensors.append(PEFTTensor(name: "\(prefix).lora_A.weight", shape: [rank, cols], values: a))
+      tensors.append(PEFTTensor(name: "\(prefix).lora_B.weight", shape: [rows, rank], values: b))
       ranks[path] = rank
     }
     // The most common rank is the default; the others go to rank_pattern/alpha_pattern with the
@@ -108,35 +104,19 @@ extension Merger {
     var counts: [Int: Int] = [:]
     for rank in ranks.values { counts[rank, default: 0] += 1 }
     let common = counts.max { ($0.value, -$0.key) < ($1.value, -$1.key) }?.key ?? 1
-    var rankPattern: [(String, JSONValue)] = []
+    let targets = Array(Set(order.map { $0.split(separator: ".").last.map(String.init) ?? $0 }))
+    var config = PEFTLoRAConfig(
+      r: common, loraAlpha: Double(common), targetModules: targets,
+      taskType: adapters.first?.adapter.config.taskType,
+      baseModel: adapters.first?.adapter.config.baseModel)
     for path in order where ranks[path] != common {
       let escaped = path.replacing(".", with: "\\.")
-      rankPattern.append((escaped, .integer(ranks[path] ?? common)))
+      let rank = ranks[path] ?? common
+      config.rankPattern.append((escaped, rank))
+      config.alphaPattern.append((escaped, Double(rank)))
     }
-    let targets = Array(Set(order.map { $0.split(separator: ".").last.map(String.init) ?? $0 }))
-      .sorted()
-    let config = JSONValue.object([
-      ("peft_type", .string("LORA")), ("r", .integer(common)), ("lora_alpha", .integer(common)),
-      ("use_rslora", .bool(false)), ("target_modules", .array(targets.map { .string($0) })),
-      ("rank_pattern", .object(rankPattern)), ("alpha_pattern", .object(rankPattern)),
-      ("lora_dropout", .integer(0)), ("bias", .string("none")), ("fan_in_fan_out", .bool(false)),
-      ("init_lora_weights", .bool(true)),
-      (
-        "base_model_name_or_path",
-        adapters.first?.adapter.config.baseModel.map { .string($0) } ?? .null
-      ),
-      ("task_type", adapters.first?.adapter.config.taskType.map { .string($0) } ?? .null),
-    ])
-    let staging = try StagedFolder(for: output)
-    let names = ["adapter_config.json", "adapter_model.safetensors"]
-    try staging.checkDestination(files: names, overwrite: overwrite)
-    try writeFileAtomically(
-      Array((JSONWriter.pretty(config) + "\n").utf8), to: "\(staging.path)/adapter_config.json")
-    try SafetensorsWriter.write(to: "\(staging.path)/adapter_model.safetensors", tensors: specs) {
-      sink in
-      try (data[sink.spec.name] ?? []).withUnsafeBufferPointer { try sink.write(floats: $0) }
-    }
-    try staging.publish(files: names)
-    return (names.map { "\(output)/\($0)" }, discarded)
+    let files = try PEFTWriter.write(
+      folder: output, config: config, tensors: tensors, overwrite: overwrite)
+    return (files, discarded)
   }
 }

@@ -1,0 +1,332 @@
+import FlareAdapters
+import FlareCLI
+import FlareCore
+import FlareModels
+import FlareTensor
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// One `flare-train lora` run, prepared: data read and tokenized, model opened, adapter
+/// created (or loaded), optimizer ready, checkpoint restored. Writes checkpoints and the final
+/// output; prints nothing.
+public final class LoRARun {
+  public let request: TrainCommand.LoRARequest
+  public let loaded: TrainingModel
+  public let targets: LoRATargets
+  public let loras: [String: TrainableLoRA]
+  public let heads: [TrainableTensor]
+  public let labels: LabelSet?
+  public let trainData: EncodedData
+  public let validData: EncodedData?
+  public let trainer: Trainer
+  public let adapterConfig: PEFTLoRAConfig
+  /// What a resume must match (`trainer_state.json` `settings`).
+  public let settings: JSONValue
+
+  init(
+    request: TrainCommand.LoRARequest, loaded: TrainingModel, targets: LoRATargets,
+    loras: [String: TrainableLoRA], heads: [TrainableTensor], labels: LabelSet?,
+    trainData: EncodedData, validData: EncodedData?, trainer: Trainer,
+    adapterConfig: PEFTLoRAConfig, settings: JSONValue
+  ) {
+    self.request = request
+    self.loaded = loaded
+    self.targets = targets
+    self.loras = loras
+    self.heads = heads
+    self.labels = labels
+    self.trainData = trainData
+    self.validData = validData
+    self.trainer = trainer
+    self.adapterConfig = adapterConfig
+    self.settings = settings
+  }
+
+  /// Reads the data, opens the model and sets up the adapter and the optimizer.
+  ///
+  /// Data files are read and checked before the model is opened, so a bad line is reported
+  /// at once.
+  /// - Throws: ``TrainingDataError`` for bad data, ``FlareError`` for a model, adapter or
+  ///   checkpoint that does not fit, ``UsageError`` for a limit the model's tokens break.
+  public static func prepare(
+    _ request: TrainCommand.LoRARequest, loader: TrainCommand.ModelLoader
+  ) throws -> LoRARun {
+    let task = request.options.task
+    let trainRaw = try JSONLReader.read(path: request.data, task: task)
+    let validRaw = try request.valid.map { try JSONLReader.read(path: $0, task: task) }
+    var labels: LabelSet?
+    if task == .classification {
+      labels = try LabelSet(training: trainRaw, path: request.data)
+      // Check the validation labels now, before the model is loaded.
+      if let validRaw, let valid = request.valid, let known = labels {
+        for example in validRaw {
+          guard case .classification(_, _, let label) = example.content,
+            known.index(of: label) == nil
+          else { continue }
+          throw TrainingDataError(
+            .unknownLabel, path: valid, line: example.line,
+            "label '\(label)' is not one of the training file's labels (\(known.labels.map { "'\($0)'" }.joined(separator: ", ")))"
+          )
+        }
+      }
+    }
+    if let threads = request.threads { BLAS.setThreads(threads) }
+    let loaded = try loader(request.model, task)
+    if task == .causalLM && loaded.layout != .decoder {
+      throw FlareError(
+        "train", .unsupported,
+        "causal-lm training needs a decoder; '\(loaded.architecture)' is an encoder (use --task classification)",
+        path: request.model)
+    }
+    let encoder = ExampleEncoder(
+      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: request.maxLength,
+      vocabularySize: loaded.vocabularySize)
+    if task == .classification, request.maxLength < encoder.specialCount(pair: true) + 2 {
+      throw UsageError(
+        "'--max-length' \(request.maxLength) leaves no room for text besides the special tokens")
+    }
+    let trainData = try encoder.encode(trainRaw, path: request.data, labels: labels)
+    guard !trainData.examples.isEmpty else {
+      throw TrainingDataError(
+        .emptyFile, path: request.data, line: nil,
+        "no example has anything to learn (every one is shorter than two tokens or lost its completion to truncation)"
+      )
+    }
+    var validData: EncodedData?
+    if let validRaw, let path = request.valid {
+      validData = try encoder.encode(validRaw, path: path, labels: labels)
+    }
+
+    // Heads, then the LoRA layers (fresh or from --init-adapter).
+    let model = loaded.model
+    var heads: [TrainableTensor] = []
+    var modulesToSave: [String]?
+    if task == .classification, let labels {
+      guard let provider = model as? any ClassificationHeadProvider else {
+        throw FlareError(
+          "train", .unsupported,
+          "classification training of '\(loaded.architecture)' models is not available yet (no classification head)",
+          path: request.model)
+      }
+      var random = SeededRandom(
+        seed: SeededRandom.derive(request.options.seed, Streams.head))
+      heads = try provider.makeClassificationHead(classes: labels.count, random: &random)
+      modulesToSave = provider.classificationModules
+    }
+    let targets: LoRATargets
+    var loras: [String: TrainableLoRA]
+    var alphas: [String: Double] = [:]
+    var rslora = request.lora.rslora
+    if let initPath = request.initAdapter {
+      let adapter = try PEFTAdapter(folder: initPath)
+      let loaded = try LoRAFactory.load(
+        adapter: adapter, model: model, heads: heads, dropout: request.lora.dropout)
+      loras = loaded.loras
+      heads = loaded.heads
+      for module in adapter.modules { alphas[module.path] = module.alpha }
+      rslora = adapter.config.useRslora
+      let order = model.linearModules.filter { loras[$0] != nil }
+      var recorded = order
+      if case .list(let names) = adapter.config.targetModules, !names.isEmpty {
+        recorded = names
+      }
+      targets = LoRATargets(adapted: order, recorded: recorded)
+    } else {
+      targets = try LoRATargets(
+        targets: request.targets ?? loaded.defaultTargets, modules: model.linearModules,
+        modulesToSave: modulesToSave ?? [], classification: task == .classification)
+      loras = try LoRAFactory.create(
+        model: model, modules: targets.adapted, settings: request.lora, seed: request.options.seed)
+      for module in targets.adapted { alphas[module] = request.lora.alpha }
+    }
+    var options = request.options
+    options.modelDropout = Float(request.modelDropout ?? Double(loaded.configDropout))
+    let state = TrainingState(
+      loras: loras, heads: Dictionary(uniqueKeysWithValues: heads.map { ($0.name, $0) }),
+      modelDropout: options.modelDropout)
+    let tokenizer = loaded.tokenizer
+    let collator = Collator(
+      padID: tokenizer.pad ?? tokenizer.eos ?? 0, side: loaded.paddingSide)
+    let trainer = Trainer(
+      model: model, state: state, train: trainData.examples, valid: validData?.examples ?? [],
+      options: options, collator: collator)
+    let adapterConfig = LoRAFactory.peftConfig(
+      loras: loras, alphas: alphas, recordedTargets: targets.recorded, rslora: rslora,
+      dropout: request.lora.dropout, task: task, modulesToSave: modulesToSave,
+      baseModel: request.model)
+    let settings = Self.settings(
+      request: request, options: options, loaded: loaded, targets: targets,
+      config: adapterConfig, plan: trainer.plan, data: trainData, labels: labels)
+    let run = LoRARun(
+      request: request, loaded: loaded, targets: targets, loras: loras, heads: heads,
+      labels: labels, trainData: trainData, validData: validData, trainer: trainer,
+      adapterConfig: adapterConfig, settings: settings)
+    if let resume = request.resume {
+      let folder = try CheckpointStore.locate(resume)
+      let (checkpoint, saved) = try CheckpointStore.read(folder)
+      let differing = CheckpointStore.differences(saved: saved, current: settings)
+      guard differing.isEmpty else {
+        throw FlareError(
+          "train", .invalidArgument,
+          "the checkpoint was saved with other settings: \(differing.joined(separator: ", ")) differ (resume with the command line of the interrupted run)",
+          path: folder)
+      }
+      try trainer.restore(checkpoint)
+    }
+    return run
+  }
+
+  /// The values a resume must match: every setting that changes the result.
+  static func settings(
+    request: TrainCommand.LoRARequest, options: TrainingOptions, loaded: TrainingModel,
+    targets: LoRATargets, config: PEFTLoRAConfig, plan: TrainingPlan, data: EncodedData,
+    labels: LabelSet?
+  ) -> JSONValue {
+    .object([
+      ("task", .string(options.task.rawValue)),
+      ("architecture", .string(loaded.architecture)),
+      ("vocabulary_size", .integer(loaded.vocabularySize)),
+      ("adapted_modules", .array(targets.adapted.map { .string($0) })),
+      ("r", .integer(config.r)), ("lora_alpha", .exact(config.loraAlpha)),
+      ("rank_pattern", .integer(config.rankPattern.count)),
+      ("use_rslora", .bool(config.useRslora)), ("lora_dropout", .exact(config.loraDropout)),
+      ("init_adapter", .bool(request.initAdapter != nil)),
+      ("batch_size", .integer(options.batchSize)),
+      ("grad_accum", .integer(options.gradientAccumulation)),
+      ("total_steps", .integer(plan.totalSteps)), ("lr", .exact(options.learningRate)),
+      ("schedule", .string(options.schedule.rawValue)),
+      ("warmup_steps", .integer(options.warmupSteps)),
+      ("weight_decay", .exact(options.optimizer.weightDecay)),
+      ("max_grad_norm", .exact(options.maxGradNorm)), ("max_length", .integer(request.maxLength)),
+      ("seed", .integer(options.seed)), ("shuffle", .bool(options.shuffle)),
+      ("model_dropout", .float(options.modelDropout)),
+      ("train_examples", .integer(data.examples.count)),
+      ("train_fingerprint", .string(fingerprint(data.examples))),
+      ("labels", labels?.json ?? .null),
+    ])
+  }
+
+  /// FNV-1a over every example's tokens, labels, token types and class, in order (hex).
+  static func fingerprint(_ examples: [TokenizedExample]) -> String {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    func add(_ value: Int) {
+      var v = UInt64(bitPattern: Int64(value))
+      for _ in 0..<8 {
+        hash ^= v & 0xFF
+        hash &*= 0x0000_0100_0000_01B3
+        v >>= 8
+      }
+    }
+    for example in examples {
+      add(-1)
+      example.tokens.forEach(add)
+      add(-2)
+      (example.labels ?? []).forEach(add)
+      add(-3)
+      (example.tokenTypes ?? []).forEach(add)
+      add(example.classIndex ?? -4)
+    }
+    let hex = String(hash, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+  }
+
+  /// The files a finished run writes into the output folder.
+  public var outputFiles: [String] {
+    PEFTWriter.fileNames + ["training_log.jsonl", "training_report.svg"]
+      + (labels == nil ? [] : ["flare_labels.json"])
+  }
+
+  /// Makes sure the output folder can be written: refuses an existing run's output without
+  /// `--force` (or `--resume`), removes the old checkpoints with `--force`, creates the
+  /// folder.
+  /// - Returns: Whether the folder was created.
+  public func prepareOutput() throws -> Bool {
+    let output = request.output
+    if fileExists(output) && !isDirectory(output) {
+      throw FlareError("io", .outputExists, "output exists and is not a folder", path: output)
+    }
+    if isDirectory(output) {
+      if request.resume == nil {
+        let existing = outputFiles.filter { fileExists("\(output)/\($0)") }
+        let checkpoints = CheckpointStore.checkpoints(in: output)
+        if !request.force, let first = existing.first ?? checkpoints.first?.path {
+          throw FlareError(
+            "io", .outputExists, "output already exists (use --force to overwrite)",
+            path: first.hasPrefix("/") || first.hasPrefix(output) ? first : "\(output)/\(first)")
+        }
+        for old in checkpoints { CheckpointStore.removeFlatFolder(old.path) }
+      }
+      return false
+    }
+    guard mkdir(output, 0o777) == 0 else {
+      throw FlareError.io("cannot create the output folder", path: output, errno: errno)
+    }
+    return true
+  }
+
+  /// Saves a checkpoint into the output folder (replacing the previous one).
+  public func writeCheckpoint(_ checkpoint: TrainerCheckpoint) throws {
+    try CheckpointStore.write(
+      checkpoint, into: request.output, adapterConfig: adapterConfig, settings: settings,
+      plan: trainer.plan)
+  }
+
+  /// Writes the adapter, the log, the report (and the labels) into the output folder.
+  /// - Returns: The paths written.
+  public func writeFinalOutput() throws -> [String] {
+    let log = trainer.log
+    let title =
+      "flare-train: \(request.options.task.rawValue) LoRA on \(AtomicFileWriter.baseName(of: request.model)) (\(loaded.architecture))"
+    var extra: [(name: String, bytes: [UInt8])] = [
+      ("training_log.jsonl", CheckpointStore.logBytes(log)),
+      ("training_report.svg", Array(TrainingReport.svg(log: log, title: title).utf8)),
+    ]
+    if let labels {
+      extra.append(("flare_labels.json", Array((JSONWriter.pretty(labels.json) + "\n").utf8)))
+    }
+    return try PEFTWriter.write(
+      folder: request.output, config: adapterConfig,
+      tensors: trainer.parameters.map {
+        PEFTTensor(name: $0.name, shape: $0.shape, values: $0.values)
+      }, extraFiles: extra, overwrite: true)
+  }
+
+  /// Estimated peak memory: F32 weights, the activations of one micro-batch of the longest
+  /// examples, and the trainable values with their gradients and two AdamW moments.
+  public var memoryEstimate: (weights: Int, activations: Int, trainable: Int, total: Int) {
+    let longest = trainData.examples.map(\.tokens.count).max() ?? 0
+    let weights = loaded.weightBytes
+    let activations = loaded.activationBytes(request.options.batchSize, longest)
+    let trainable = 16 * trainer.parameterCount
+    return (weights, activations, trainable, weights + activations + trainable)
+  }
+
+  /// `q_proj, v_proj` (the distinct last path components of the adapted modules).
+  public var targetSummary: String {
+    var seen: [String] = []
+    for module in targets.adapted {
+      let last = module.split(separator: ".").last.map(String.init) ?? module
+      if !seen.contains(last) { seen.append(last) }
+    }
+    return seen.joined(separator: ", ")
+  }
+
+  /// `8`, or `4–16` when modules differ.
+  public var rankSummary: String {
+    let ranks = loras.values.map(\.rank)
+    guard let low = ranks.min(), let high = ranks.max() else { return "0" }
+    return low == high ? "\(low)" : "\(low)-\(high)"
+  }
+}
+
+extension LoRATargets {
+  /// Targets given directly (an adapter's own modules).
+  init(adapted: [String], recorded: [String]) {
+    self.adapted = adapted
+    self.recorded = recorded
+  }
+}

@@ -1,0 +1,5 @@
+import FlareTensor
+import FlareTrain
+
+BLAS.selectKernelsForThisCPU()
+TrainCommand.main()
