@@ -311,7 +311,7 @@ extension BERTModel: TrainableModel {
         if values == nil {
           values =
             isWeight
-            ? Self.normal(count: out * c, deviation: deviation, random: &random)
+            ? random.normals(count: out * c, std: deviation)
             : [Float](repeating: 0, count: out)
         }
         result[name] = TrainableTensor(name: name, shape: shape, values: values!)
@@ -338,21 +338,6 @@ extension BERTModel: TrainableModel {
         path: configPath)
     }
     return Float(range)
-  }
-
-  /// `count` draws of `N(0, deviation²)`: Box–Muller on pairs of ``SplitMix64`` uniforms.
-  static func normal(count: Int, deviation: Float, random: inout SplitMix64) -> [Float] {
-    var values = [Float](repeating: 0, count: count)
-    var i = 0
-    while i < count {
-      let u1 = 1 - random.nextUnit()  // (0, 1]: the logarithm stays finite
-      let u2 = random.nextUnit()
-      let radius = (-2 * log(u1)).squareRoot() * Double(deviation)
-      values[i] = Float(radius * cos(2 * Double.pi * u2))
-      if i + 1 < count { values[i + 1] = Float(radius * sin(2 * Double.pi * u2)) }
-      i += 2
-    }
-    return values
   }
 
   // MARK: - Passes

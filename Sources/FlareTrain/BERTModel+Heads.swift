@@ -11,7 +11,7 @@ extension BERTModel: ClassificationHeadProvider {
     return ClassificationHeads.modulesToSave + (pooler ? ["pooler"] : [])
   }
 
-  public func makeClassificationHead(classes: Int, random: inout SeededRandom) throws
+  public func makeClassificationHead(classes: Int, random: inout SplitMix64) throws
     -> [TrainableTensor]
   {
     let heads = try makeClassificationHead(labelCount: classes, seed: random.next())

@@ -5,7 +5,7 @@ import FlareModels
 /// ``ClassificationHeadProvider`` conformances.
 ///
 /// transformers' `_init_weights` draws linear weights from `N(0, initializer_range)` and zeroes
-/// biases; Flare draws the normals from a ``SeededRandom`` (weights in the order listed), so the
+/// biases; Flare draws the normals from a ``SplitMix64`` (weights in the order listed), so the
 /// values are Flare's own, the distribution transformers'.
 public enum ClassificationHeads {
   /// The PEFT `modules_to_save` of a `SEQ_CLS` adapter (PEFT adds both names).
@@ -14,7 +14,7 @@ public enum ClassificationHeads {
   /// `BertForSequenceClassification`: `classifier` (`[classes, hidden]` and a bias) on the
   /// pooler's output.
   public static func bert(
-    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SeededRandom
+    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SplitMix64
   ) -> [TrainableTensor] {
     [
       normal("classifier.weight", [classes, hidden], initializerRange, &random),
@@ -25,7 +25,7 @@ public enum ClassificationHeads {
   /// `XLMRobertaForSequenceClassification`: `classifier.dense` (`[hidden, hidden]`, bias) then
   /// `classifier.out_proj` (`[classes, hidden]`, bias) on the first token.
   public static func roberta(
-    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SeededRandom
+    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SplitMix64
   ) -> [TrainableTensor] {
     [
       normal("classifier.dense.weight", [hidden, hidden], initializerRange, &random),
@@ -38,12 +38,12 @@ public enum ClassificationHeads {
   /// `LlamaForSequenceClassification`: `score` (`[classes, hidden]`, no bias) on the last
   /// real token.
   public static func llama(
-    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SeededRandom
+    hidden: Int, classes: Int, initializerRange: Float = 0.02, random: inout SplitMix64
   ) -> [TrainableTensor] {
     [normal("score.weight", [classes, hidden], initializerRange, &random)]
   }
 
-  static func normal(_ name: String, _ shape: [Int], _ std: Float, _ random: inout SeededRandom)
+  static func normal(_ name: String, _ shape: [Int], _ std: Float, _ random: inout SplitMix64)
     -> TrainableTensor
   {
     let count = shape.reduce(1, *)

@@ -112,8 +112,8 @@ public final class LoRARun {
           "classification training of '\(loaded.architecture)' models is not available yet (no classification head)",
           path: request.model)
       }
-      var random = SeededRandom(
-        seed: SeededRandom.derive(request.options.seed, Streams.head))
+      var random = SplitMix64(
+        seed: SplitMix64.derive(request.options.seed, Streams.head))
       heads = try provider.makeClassificationHead(classes: labels.count, random: &random)
       modulesToSave = provider.classificationModules
     }

@@ -13,7 +13,7 @@ public protocol ClassificationHeadProvider: TrainableModel {
   /// New head tensors for `classes` outputs, named as PEFT saves them
   /// (`base_model.model.classifier.weight`), initialised as transformers initialises a fresh
   /// head, drawing from `random`.
-  func makeClassificationHead(classes: Int, random: inout SeededRandom) throws
+  func makeClassificationHead(classes: Int, random: inout SplitMix64) throws
     -> [TrainableTensor]
 }
 
@@ -125,7 +125,7 @@ public enum LoRAFactory {
   /// Fresh LoRA layers with PEFT's default initialisation: `A` Kaiming-uniform with
   /// `a = √5`, i.e. uniform on `[−1/√in, 1/√in)`, `B` zero.
   ///
-  /// Each module draws from its own ``SeededRandom`` stream, `derive(seed, FNV-1a(path))`, so a
+  /// Each module draws from its own ``SplitMix64`` stream, `derive(seed, FNV-1a(path))`, so a
   /// module's initial `A` depends only on the seed and its path.
   public static func create(
     model: any TrainableModel, modules: [String], settings: LoRASettings, seed: UInt64
@@ -135,7 +135,7 @@ public enum LoRAFactory {
       guard let shape = model.linearShape(module) else {
         throw FlareError("train", .invalidArgument, "the model has no linear module '\(module)'")
       }
-      var random = SeededRandom(seed: SeededRandom.derive(seed, fnv1a(module)))
+      var random = SplitMix64(seed: SplitMix64.derive(seed, fnv1a(module)))
       let bound = 1 / Float(shape.inFeatures).squareRoot()
       let a = (0..<(settings.rank * shape.inFeatures)).map { _ in random.symmetric(bound) }
       result[module] = TrainableLoRA(

@@ -67,7 +67,7 @@ public struct TrainingPlan: Sendable, Equatable {
   /// the stream `derive(seed, "shuffle" ⊕ epoch)`.
   public func order(epoch: Int) -> [Int] {
     guard shuffle else { return Array(0..<exampleCount) }
-    var random = SeededRandom(seed: SeededRandom.derive(seed, Streams.shuffle ^ UInt64(epoch)))
+    var random = SplitMix64(seed: SplitMix64.derive(seed, Streams.shuffle ^ UInt64(epoch)))
     return random.permutation(exampleCount)
   }
 
@@ -85,7 +85,7 @@ public struct TrainingPlan: Sendable, Equatable {
   }
 }
 
-/// The labels of the seeded streams of a run (see ``SeededRandom/derive(_:_:)``).
+/// The labels of the seeded streams of a run (see ``SplitMix64/derive(_:_:)``).
 public enum Streams {
   public static let shuffle: UInt64 = 0x5348_5546_0000_0000
   public static let dropout: UInt64 = 0x4452_4F50_0000_0000
@@ -312,8 +312,8 @@ public final class Trainer {
     for item in batches {
       var microState = state
       microState.modelDropout = options.modelDropout
-      microState.seed = SeededRandom.derive(
-        SeededRandom.derive(options.seed, Streams.dropout), UInt64(item.globalIndex))
+      microState.seed = SplitMix64.derive(
+        SplitMix64.derive(options.seed, Streams.dropout), UInt64(item.globalIndex))
       let result = try model.trainingPass(
         batch: item.batch, state: microState, gradientScale: scale)
       guard result.count == item.expected else {

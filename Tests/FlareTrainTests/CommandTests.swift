@@ -33,7 +33,7 @@ struct CommandTests {
     init(classification: Bool) throws {
       folder = makeTemporaryFolder()
       tokenizer = try Tokenizer.load(folder: try makeWordTokenizer(words: words, in: folder))
-      var random = SeededRandom(seed: 17)
+      var random = SplitMix64(seed: 17)
       func sentence() -> String {
         (0..<(2 + random.below(5))).map { _ in words[random.below(words.count)] }.joined(
           separator: " ")

@@ -17,7 +17,7 @@ struct InitTests {
     let reference = try #require(Self.golden?["splitmix64"]?.objectMembers)
     #expect(reference.count == 2)
     for (seed, outputs) in reference {
-      var random = SeededRandom(seed: try #require(UInt64(seed)))
+      var random = SplitMix64(seed: try #require(UInt64(seed)))
       let want = (outputs.arrayValue ?? []).compactMap { $0.stringValue.flatMap(UInt64.init) }
       #expect((0..<want.count).map { _ in random.next() } == want, "seed \(seed)")
     }
@@ -59,7 +59,7 @@ struct InitTests {
   /// items appears 1/6 of 60,000 times within 3 %.
   @Test("permutations are uniform")
   func permutations() {
-    var random = SeededRandom(seed: 2024)
+    var random = SplitMix64(seed: 2024)
     var counts: [[Int]: Int] = [:]
     for _ in 0..<60000 { counts[random.permutation(3), default: 0] += 1 }
     #expect(counts.count == 6)

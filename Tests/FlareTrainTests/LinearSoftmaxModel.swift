@@ -33,7 +33,7 @@ class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider, @unchecked
 
   /// A seeded random instance.
   convenience init(vocabulary: Int, dim: Int, classification: Bool, seed: UInt64) {
-    var random = SeededRandom(seed: seed)
+    var random = SplitMix64(seed: seed)
     let out = classification ? dim : vocabulary
     self.init(
       vocabulary: vocabulary, dim: dim,
@@ -53,7 +53,7 @@ class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider, @unchecked
 
   var classificationModules: [String] { ClassificationHeads.modulesToSave }
 
-  func makeClassificationHead(classes: Int, random: inout SeededRandom) throws
+  func makeClassificationHead(classes: Int, random: inout SplitMix64) throws
     -> [TrainableTensor]
   {
     ClassificationHeads.bert(hidden: dim, classes: classes, random: &random)

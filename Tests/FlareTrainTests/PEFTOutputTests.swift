@@ -113,7 +113,7 @@ struct PEFTOutputTests {
   /// deviation within 10 % over the Llama head's 96 and XLM-R's 256 values), biases zero.
   @Test("classification heads have PEFT's saved names and shapes")
   func heads() throws {
-    var random = SeededRandom(seed: 4)
+    var random = SplitMix64(seed: 4)
     let built: [(String, [TrainableTensor])] = [
       ("tiny-bert-cls", ClassificationHeads.bert(hidden: 16, classes: 3, random: &random)),
       ("tiny-xlmr-cls", ClassificationHeads.roberta(hidden: 16, classes: 3, random: &random)),
@@ -149,7 +149,7 @@ struct PEFTOutputTests {
         targets: ["all-linear"], modules: modules, modulesToSave: ["classifier", "score"],
         classification: true
       ).adapted
-    var random = SeededRandom(seed: name == "causal" ? 1 : 2)
+    var random = SplitMix64(seed: name == "causal" ? 1 : 2)
     var tensors: [PEFTTensor] = []
     for module in adapted {
       let shape = integers(entry["linear_shapes"]?[module])

@@ -118,19 +118,19 @@ struct TrainerTests {
       let loras = try LoRAFactory.create(
         model: model, modules: [model.module], settings: settings, seed: 11)
       // B starts at zero (PEFT's init), so A gets no gradient at the first step; give B values.
-      var random = SeededRandom(seed: 3)
+      var random = SplitMix64(seed: 3)
       for lora in loras.values {
         lora.b.values = lora.b.values.map { _ in random.normal(std: 0.1) }
       }
       var heads: [String: TrainableTensor] = [:]
       if classification {
-        var headRandom = SeededRandom(seed: 5)
+        var headRandom = SplitMix64(seed: 5)
         for tensor in try model.makeClassificationHead(classes: 3, random: &headRandom) {
           heads[tensor.name] = tensor
         }
       }
       var examples: [TokenizedExample] = []
-      var data = SeededRandom(seed: 99)
+      var data = SplitMix64(seed: 99)
       for line in 1...23 {
         let tokens = (0..<(2 + data.below(6))).map { _ in data.below(13) }
         examples.append(

@@ -4,15 +4,16 @@
   import Musl
 #endif
 
-/// Flare's seeded generator for training: SplitMix64 (Steele, Lea and Flood, 2014), a 64-bit
-/// state advanced by the golden-ratio increment and passed through a bijective mix.
+/// Flare's one seeded generator: SplitMix64 (Steele, Lea and Flood, 2014), a 64-bit state
+/// advanced by the golden-ratio increment and passed through a bijective mix. Sampling in
+/// generation, head and adapter initialisation and the trainer's streams all use it.
 ///
 /// Everything random in a training run draws from generators derived from the run's seed with
 /// ``derive(_:_:)``: the LoRA `A` initialisation (one stream per module), the data order (one
 /// stream per epoch) and the dropout masks (one seed per micro-batch). A stream depends only on
 /// the seed and its label, never on what ran before, so a resumed run draws exactly what an
 /// uninterrupted run draws. The streams are Flare's own; they are not PyTorch's.
-public struct SeededRandom: Sendable, Equatable {
+public struct SplitMix64: Sendable, Equatable {
   /// The generator's whole state.
   public var state: UInt64
 
@@ -39,6 +40,9 @@ public struct SeededRandom: Sendable, Equatable {
     mix(mix(seed &+ 0x9E37_79B9_7F4A_7C15) ^ mix(label &+ 0x632B_E59B_D9B4_E019))
   }
 
+  /// A uniform value in `[0, 1)` with 53 random bits.
+  public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1p-53 }
+
   /// A uniform `Float` in `[0, 1)` from the top 24 bits (every value a multiple of 2⁻²⁴).
   public mutating func unitFloat() -> Float { Float(next() >> 40) * 0x1p-24 }
 
@@ -52,6 +56,22 @@ public struct SeededRandom: Sendable, Equatable {
     let u2 = Double(next() >> 11) * 0x1p-53
     let z = (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
     return mean + std * Float(z)
+  }
+
+  /// `count` draws of `N(0, std²)`: Box–Muller on pairs of 53-bit uniforms, both branches
+  /// (the cosine value, then the sine value, of each pair).
+  public mutating func normals(count: Int, std: Float) -> [Float] {
+    var values = [Float](repeating: 0, count: count)
+    var i = 0
+    while i < count {
+      let u1 = 1 - nextUnit()  // (0, 1]: the logarithm stays finite
+      let u2 = nextUnit()
+      let radius = (-2 * log(u1)).squareRoot() * Double(std)
+      values[i] = Float(radius * cos(2 * Double.pi * u2))
+      if i + 1 < count { values[i + 1] = Float(radius * sin(2 * Double.pi * u2)) }
+      i += 2
+    }
+    return values
   }
 
   /// A uniform integer in `0..<bound` (rejection sampling, so no value is favoured).
