@@ -88,8 +88,9 @@ final class LlamaActivations: @unchecked Sendable {
   ///   - keys: Keys each query may see (`T` without a cache, cache length + `T` with one).
   ///   - keepingAllLayers: Training (every layer kept) or the compact mode.
   ///   - workers: Attention workers (compact mode's probability slots).
-  init(config: LlamaConfig, batch: Int, length: Int, keys: Int, keepingAllLayers: Bool, workers: Int)
-  {
+  init(
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keepingAllLayers: Bool, workers: Int
+  ) {
     self.batch = batch
     self.length = length
     self.keys = keys
@@ -118,7 +119,8 @@ final class LlamaActivations: @unchecked Sendable {
           keepingAllLayers
           ? (batch * config.headCount * length * keys, layers)
           : (self.workers * length * keys, 1)
-      case .mid, .act: (size, slots) = (region == .mid ? n * c : n * ff, keepingAllLayers ? layers : 0)
+      case .mid, .act:
+        (size, slots) = (region == .mid ? n * c : n * ff, keepingAllLayers ? layers : 0)
       case .gate, .up: (size, slots) = (n * ff, layers)
       case .projected: (size, slots) = (n * c, 1)
       }

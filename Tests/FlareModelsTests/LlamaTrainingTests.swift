@@ -44,7 +44,9 @@ struct LlamaTrainingGolden {
     var tensors: [String: TrainableTensor] = [:]
     for module in modules {
       let shape = try #require(model.linearShape(module), "no module \(module)")
-      for (suffix, dims) in [("lora_A", [r, shape.inFeatures]), ("lora_B", [shape.outFeatures, r])] {
+      for (suffix, dims) in [
+        ("lora_A", [r, shape.inFeatures]), ("lora_B", [shape.outFeatures, r]),
+      ] {
         let key = "base_model.model.\(module).\(suffix).weight"
         tensors[key] = TrainableTensor(
           name: key, shape: dims, values: [Float](repeating: 0, count: dims[0] * dims[1]))
@@ -108,7 +110,8 @@ struct LlamaTrainingTests {
     let spec = try golden.spec(name)
     let expectedLoss = try #require(spec["loss"]?.doubleValue)
     #expect(count == spec["label_count"]?.intValue)
-    #expect(abs(loss - expectedLoss) / expectedLoss < 1e-5, "\(name): loss \(loss) vs \(expectedLoss)")
+    #expect(
+      abs(loss - expectedLoss) / expectedLoss < 1e-5, "\(name): loss \(loss) vs \(expectedLoss)")
     let norms = try #require(spec["gradient_norms"]?.objectMembers)
     #expect(Set(norms.map(\.0)) == Set(gradients.keys))
     var worst = 0.0
@@ -116,7 +119,9 @@ struct LlamaTrainingTests {
       let got = try #require(gradients[key], "no gradient \(key)")
       let error = relativeFrobenius(got, try golden.gradient(name, key: key))
       worst = max(worst, error)
-      if ProcessInfo.processInfo.environment["FLARE_PRINT_ERRORS"] != nil { print("ERR", key, error) }
+      if ProcessInfo.processInfo.environment["FLARE_PRINT_ERRORS"] != nil {
+        print("ERR", key, error)
+      }
       #expect(error < 2e-4, "\(name): \(key) relative error \(error)")
     }
     for (key, expected) in norms {
@@ -124,7 +129,9 @@ struct LlamaTrainingTests {
       let got = norm(try #require(gradients[key]))
       #expect(abs(got - want) / want < 2e-4, "\(name): ‖\(key)‖ \(got) vs \(want)")
     }
-    print("\(name): loss relative \(abs(loss - expectedLoss) / expectedLoss), worst stored gradient \(worst)")
+    print(
+      "\(name): loss relative \(abs(loss - expectedLoss) / expectedLoss), worst stored gradient \(worst)"
+    )
   }
 
   /// Oracle: PEFT (`get_peft_model`, CAUSAL_LM, lora_dropout 0) on transformers'
@@ -153,7 +160,8 @@ struct LlamaTrainingTests {
     let model = try LlamaModel(path: folder)
     let golden = try LlamaTrainingGolden()
     let left = try Self.step("left", model: model, golden: golden)
-    try Self.check("left", loss: left.loss, count: left.count, gradients: left.gradients, golden: golden)
+    try Self.check(
+      "left", loss: left.loss, count: left.count, gradients: left.gradients, golden: golden)
     let right = try Self.step("qv", model: model, golden: golden)
     for (key, values) in right.gradients {
       let error = relativeFrobenius(try #require(left.gradients[key]), values)
@@ -195,10 +203,14 @@ struct LlamaTrainingTests {
     let state = try golden.state("qv", model: model)
     var batch = try golden.batch("qv")
     batch.targets = .classes([0, 1, 2])
-    #expect(throws: FlareError.self) { try model.trainingPass(batch: batch, state: state, gradientScale: 1) }
+    #expect(throws: FlareError.self) {
+      try model.trainingPass(batch: batch, state: state, gradientScale: 1)
+    }
     batch = try golden.batch("qv")
     batch.targets = .tokens(batch.tokens.map { $0.map { _ in 1 << 20 } })
-    #expect(throws: FlareError.self) { try model.trainingPass(batch: batch, state: state, gradientScale: 1) }
+    #expect(throws: FlareError.self) {
+      try model.trainingPass(batch: batch, state: state, gradientScale: 1)
+    }
     var wrong = state
     let lora = try #require(state.loras["model.layers.0.self_attn.q_proj"])
     wrong.loras = ["lm_head": lora]
