@@ -11,7 +11,8 @@ import FlareTensor
 /// HF folders use transformers' RoPE (`rotate_half`); GGUF files keep llama.cpp's permuted Q/K
 /// rows and use adjacent-pair RoPE, which computes the same function.
 public final class LlamaModel: @unchecked Sendable {
-  // @unchecked Sendable: immutable after load (adapters are attached before use).
+  // @unchecked Sendable: immutable after load (adapters are attached and `trainingThreads` set
+  // before use).
   /// One transformer block's weights.
   public struct Block: Sendable {
     public let attentionNorm: Weight
@@ -32,6 +33,12 @@ public final class LlamaModel: @unchecked Sendable {
   public private(set) var blocks: [Block]
   public let finalNorm: Weight
   public private(set) var head: Linear
+
+  /// Threads of a training or evaluation pass (``trainingPass(batch:state:gradientScale:)``):
+  /// the pass runs BLAS single-threaded and splits its work itself, rows in fixed chunks and
+  /// attention by (sequence, head), so its results are bit-identical for any thread count.
+  /// Inference (``forward(tokens:mask:cache:logits:)``) uses BLAS's own threads instead.
+  public var trainingThreads = 1
 
   /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
   /// (architecture `llama`; quantized tensors are dequantized to F32 once).
@@ -208,12 +215,6 @@ public final class LlamaModel: @unchecked Sendable {
       }
     }
     let c = config.embeddingLength
-    let heads = config.headCount
-    let kvHeads = config.headCountKV
-    let d = config.headDim
-    let qDim = heads * d
-    let kvDim = kvHeads * d
-    let ff = config.feedForwardLength
     let n = batch * t
     let start = cache.length
 
@@ -228,67 +229,21 @@ public final class LlamaModel: @unchecked Sendable {
       cache.nextPosition[b] = next
       cache.valid[b].replaceSubrange(start..<(start + t), with: mask[b])
     }
-    let (cosines, sines) = Kernels.ropeTables(
-      positions: positions, headDim: d, theta: config.ropeFreqBase)
-
-    // Working buffers for this call (freed on return).
+    // The compact activations (one slot per region, freed on return).
     let keys = start + t
-    let workers = max(1, min(BLAS.threads, batch * heads))
-    let buffers = Scratch([
-      n * c, n * c, n * qDim, n * kvDim, n * kvDim, n * qDim, n * c, n * ff, n * ff,
-      workers * t * keys,
-    ])
-    defer { buffers.free() }
-    let (x, h, q, k, v, attention, projected, gate, up, probs) = (
-      buffers[0], buffers[1], buffers[2], buffers[3], buffers[4], buffers[5], buffers[6],
-      buffers[7], buffers[8], buffers[9]
-    )
-    guard let table = embedding.values.baseAddress else { return [] }
-    for (row, id) in tokens.joined().enumerated() {
-      (x + row * c).update(from: table + id * c, count: c)
-    }
+    let threads = LlamaThreads.blas
+    let workers = max(1, min(threads.workers, batch * config.headCount))
+    let a = LlamaActivations(
+      config: config, batch: batch, length: t, keys: keys, keepingAllLayers: false,
+      workers: workers)
     // The padding slots each sequence must not attend to (usually none).
     let padding = cache.valid.map { slots in (0..<keys).filter { !slots[$0] } }
-    let eps = config.rmsNormEpsilon
-
-    for (layer, block) in blocks.enumerated() {
-      Kernels.rmsnorm(
-        out: h, rstd: nil, inp: x, weight: block.attentionNorm.pointer, rows: n, channels: c,
-        eps: eps)
-      block.q.forward(out: q, inp: h, rows: n)
-      block.k.forward(out: k, inp: h, rows: n)
-      block.v.forward(out: v, inp: h, rows: n)
-      cosines.withUnsafeBufferPointer { cs in
-        sines.withUnsafeBufferPointer { ss in
-          guard let cos = cs.baseAddress, let sin = ss.baseAddress else { return }
-          Kernels.rope(
-            q, rows: n, stride: qDim, heads: heads, headDim: d, cos: cos, sin: sin,
-            style: ropeStyle)
-          Kernels.rope(
-            k, rows: n, stride: kvDim, heads: kvHeads, headDim: d, cos: cos, sin: sin,
-            style: ropeStyle)
-        }
-      }
-      // Append this call's keys and values to the cache, then attend over all of it.
-      for b in 0..<batch {
-        let slot = cache.offset(layer: layer, sequence: b, slot: start)
-        (cache.keys + slot).update(from: k + b * t * kvDim, count: t * kvDim)
-        (cache.values + slot).update(from: v + b * t * kvDim, count: t * kvDim)
-      }
-      attend(
-        layer: layer, cache: cache, q: q, out: attention, batch: batch, queries: t, keys: keys,
-        start: start, padding: padding, probs: probs, workers: workers)
-      block.o.forward(out: projected, inp: attention, rows: n)
-      Kernels.add(x, projected, count: n * c)
-      Kernels.rmsnorm(
-        out: h, rstd: nil, inp: x, weight: block.mlpNorm.pointer, rows: n, channels: c, eps: eps)
-      block.gate.forward(out: gate, inp: h, rows: n)
-      block.up.forward(out: up, inp: h, rows: n)
-      Kernels.swiglu(out: gate, gate: gate, up: up, count: n * ff)
-      block.down.forward(out: projected, inp: gate, rows: n)
-      Kernels.add(x, projected, count: n * c)
-    }
+    run(
+      a, tokens: Array(tokens.joined()), positions: positions, padding: padding, cache: cache,
+      pass: LlamaPass(threads: threads))
     cache.length += t
+    let x = a.residual(blocks.count)
+    let eps = config.rmsNormEpsilon
 
     // The rows whose logits are wanted.
     var selected: [Int]
@@ -317,26 +272,180 @@ public final class LlamaModel: @unchecked Sendable {
   }
 }
 
+/// What a pass adds to the frozen model's forward: how it uses threads and, for training and
+/// evaluation, the trainable LoRA layers by linear-layer slot (`7·layer + j`, j over q, k, v,
+/// o, gate, up, down) and the seed of their dropout masks.
+struct LlamaPass {
+  var threads: LlamaThreads
+  var loras: [Int: TrainableLoRA] = [:]
+  /// Whether LoRA dropout applies (training passes only).
+  var training = false
+  var seed: UInt64 = 0
+
+  /// The LoRA dropout seed of slot `slot`, or `nil` outside training.
+  func loraDropoutSeed(slot: Int) -> UInt64? {
+    guard training else { return nil }
+    return Kernels.mix64(Kernels.mix64(seed ^ (6 &* 0xD1B5_4A32_D192_ED03)) &+ UInt64(slot))
+  }
+}
+
 extension LlamaModel {
-  /// Attention of every (sequence, head) pair of one layer over the cache, spread over
-  /// `workers` threads, each running single-threaded BLAS on its own pairs with its own
-  /// `t × keys` slice of `probs` (the pairs are independent, so the result does not depend on
-  /// the split).
+  /// The forward pass of every block, shared by inference, training and evaluation: writes
+  /// `a`'s regions (every layer's when it keeps them), leaving the last block's output in
+  /// `a.residual(L)`. With a cache, this call's keys and values are appended to it at slot
+  /// `cache.length` and attention reads the cache; without one, attention reads `a`'s own K/V.
+  /// - Parameters:
+  ///   - tokens: `N = B·T` token ids, checked by the caller.
+  ///   - positions: Each row's RoPE position.
+  ///   - padding: Per sequence, the key slots it must not attend to.
+  func run(
+    _ a: LlamaActivations, tokens: [Int], positions: [Int], padding: [[Int]], cache: KVCache?,
+    pass: LlamaPass
+  ) {
+    let batch = a.batch
+    let t = a.length
+    let n = batch * t
+    let c = config.embeddingLength
+    let heads = config.headCount
+    let kvHeads = config.headCountKV
+    let d = config.headDim
+    let qDim = heads * d
+    let kvDim = kvHeads * d
+    let ff = config.feedForwardLength
+    let eps = config.rmsNormEpsilon
+    let start = cache?.length ?? 0
+    let (cosines, sines) = Kernels.ropeTables(
+      positions: positions, headDim: d, theta: config.ropeFreqBase)
+    guard let table = embedding.values.baseAddress else { return }
+    let x0 = a.residual(0)
+    for (row, id) in tokens.enumerated() {
+      (x0 + row * c).update(from: table + id * c, count: c)
+    }
+    let rows = pass.threads
+    /// Linear layer `j` of `block` (slot `7·layer + j`), plus the pass's trainable LoRA on it.
+    func linear(
+      _ layer: Int, _ j: Int, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>
+    ) {
+      let slot = layer * 7 + j
+      let module = blocks[layer].linear(j)
+      let lora = pass.loras[slot]
+      let seed = pass.loraDropoutSeed(slot: slot)
+      rows.forRows(n) { r in
+        let out = out + r.lowerBound * module.outFeatures
+        let inp = inp + r.lowerBound * module.inFeatures
+        module.forward(out: out, inp: inp, rows: r.count)
+        lora?.forward(
+          out: out, inp: inp, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
+      }
+    }
+    func rmsnorm(
+      out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+      inp: UnsafePointer<Float>, weight: Weight
+    ) {
+      rows.forRows(n) { r in
+        Kernels.rmsnorm(
+          out: out + r.lowerBound * c, rstd: rstd + r.lowerBound, inp: inp + r.lowerBound * c,
+          weight: weight.pointer, rows: r.count, channels: c, eps: eps)
+      }
+    }
+    /// `out = x + y` (`out` may be `x`).
+    func residualAdd(
+      _ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>
+    ) {
+      rows.forRows(n) { r in
+        let o = r.lowerBound * c
+        for i in o..<(o + r.count * c) { out[i] = x[i] + y[i] }
+      }
+    }
+
+    for (layer, block) in blocks.enumerated() {
+      let x = a.residual(layer)
+      let normed = a.pointer(.attentionNormed, layer: layer)
+      let q = a.pointer(.q, layer: layer)
+      let k = a.pointer(.k, layer: layer)
+      let v = a.pointer(.v, layer: layer)
+      let context = a.pointer(.context, layer: layer)
+      let projected = a.pointer(.projected)
+      let mid = a.pointer(.mid, layer: layer)
+      rmsnorm(
+        out: normed, rstd: a.pointer(.attentionRstd, layer: layer), inp: x,
+        weight: block.attentionNorm)
+      linear(layer, 0, out: q, inp: normed)
+      linear(layer, 1, out: k, inp: normed)
+      linear(layer, 2, out: v, inp: normed)
+      cosines.withUnsafeBufferPointer { cs in
+        sines.withUnsafeBufferPointer { ss in
+          guard let cos = cs.baseAddress, let sin = ss.baseAddress else { return }
+          rows.forRows(n) { r in
+            let first = r.lowerBound
+            let half = d / 2
+            Kernels.rope(
+              q + first * qDim, rows: r.count, stride: qDim, heads: heads, headDim: d,
+              cos: cos + first * half, sin: sin + first * half, style: ropeStyle)
+            Kernels.rope(
+              k + first * kvDim, rows: r.count, stride: kvDim, heads: kvHeads, headDim: d,
+              cos: cos + first * half, sin: sin + first * half, style: ropeStyle)
+          }
+        }
+      }
+      // With a cache, append this call's keys and values, then attend over all of it.
+      let keyStore: UnsafeMutablePointer<Float>
+      let valueStore: UnsafeMutablePointer<Float>
+      let offsets: [Int]
+      if let cache {
+        for b in 0..<batch {
+          let slot = cache.offset(layer: layer, sequence: b, slot: start)
+          (cache.keys + slot).update(from: k + b * t * kvDim, count: t * kvDim)
+          (cache.values + slot).update(from: v + b * t * kvDim, count: t * kvDim)
+        }
+        (keyStore, valueStore) = (cache.keys, cache.values)
+        offsets = (0..<batch).map { cache.offset(layer: layer, sequence: $0, slot: 0) }
+      } else {
+        (keyStore, valueStore) = (k, v)
+        offsets = (0..<batch).map { $0 * t * kvDim }
+      }
+      attend(
+        a, layer: layer, q: q, keys: keyStore, values: valueStore, offsets: offsets, out: context,
+        start: start, padding: padding, threads: pass.threads)
+      linear(layer, 3, out: projected, inp: context)
+      residualAdd(mid, x, projected)
+      let mlpNormed = a.pointer(.mlpNormed, layer: layer)
+      rmsnorm(
+        out: mlpNormed, rstd: a.pointer(.mlpRstd, layer: layer), inp: mid, weight: block.mlpNorm)
+      let gate = a.pointer(.gate, layer: layer)
+      let up = a.pointer(.up, layer: layer)
+      let act = a.pointer(.act, layer: layer)
+      linear(layer, 4, out: gate, inp: mlpNormed)
+      linear(layer, 5, out: up, inp: mlpNormed)
+      rows.forRows(n) { r in
+        let o = r.lowerBound * ff
+        Kernels.swiglu(out: act + o, gate: gate + o, up: up + o, count: r.count * ff)
+      }
+      linear(layer, 6, out: projected, inp: act)
+      residualAdd(a.residual(layer + 1), mid, projected)
+    }
+  }
+
+  /// Attention of every (sequence, head) pair of one layer: query rows from `q`, keys and
+  /// values of sequence `b` at `keys/values + offsets[b]` (stride `KV·d`), probabilities into
+  /// `a`'s slots. Under ``LlamaThreads/blas`` the pairs are spread over `a.workers` threads
+  /// with BLAS single-threaded meanwhile (restored after); under `.split` BLAS already is. Each
+  /// pair runs on one thread, so the result does not depend on the split.
   func attend(
-    layer: Int, cache: KVCache, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
-    batch: Int, queries t: Int, keys: Int, start: Int, padding: [[Int]],
-    probs: UnsafeMutablePointer<Float>, workers: Int
+    _ a: LlamaActivations, layer: Int, q: UnsafeMutablePointer<Float>,
+    keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, offsets: [Int],
+    out: UnsafeMutablePointer<Float>, start: Int, padding: [[Int]], threads: LlamaThreads
   ) {
     let heads = config.headCount
     let d = config.headDim
     let qDim = heads * d
     let kvDim = config.headCountKV * d
     let group = heads / config.headCountKV
-    let pairs = batch * heads
-    nonisolated(unsafe) let (qs, outs, ps, keyStore, valueStore) = (
-      q, out, probs, cache.keys, cache.values
-    )
-    let offsets = (0..<batch).map { cache.offset(layer: layer, sequence: $0, slot: 0) }
+    let t = a.length
+    let keyCount = a.keys
+    let pairs = a.batch * heads
+    let workers = max(1, min(a.workers, pairs))
+    nonisolated(unsafe) let (qs, outs, keyStore, valueStore) = (q, out, keys, values)
     let work: @Sendable (Int) -> Void = { worker in
       var pair = worker
       while pair < pairs {
@@ -346,8 +455,10 @@ extension LlamaModel {
         Kernels.causalAttentionHead(
           out: outs + b * t * qDim + head * d, outStride: qDim, q: qs + b * t * qDim + head * d,
           qStride: qDim, k: keyStore + offsets[b] + kvHead * d,
-          v: valueStore + offsets[b] + kvHead * d, kvStride: kvDim, queries: t, keys: keys,
-          headDim: d, probs: ps + worker * t * keys, causalOffset: start, padding: padding[b])
+          v: valueStore + offsets[b] + kvHead * d, kvStride: kvDim, queries: t, keys: keyCount,
+          headDim: d,
+          probs: a.probabilities(layer: layer, sequence: b, head: head, worker: worker),
+          causalOffset: start, padding: padding[b])
         pair += workers
       }
     }
@@ -355,10 +466,29 @@ extension LlamaModel {
       work(0)
       return
     }
-    let saved = BLAS.threads
-    BLAS.setThreads(1)
-    DispatchQueue.concurrentPerform(iterations: workers, execute: work)
-    BLAS.setThreads(saved)
+    if case .blas = threads {
+      let saved = BLAS.threads
+      BLAS.setThreads(1)
+      defer { BLAS.setThreads(saved) }
+      DispatchQueue.concurrentPerform(iterations: workers, execute: work)
+    } else {
+      DispatchQueue.concurrentPerform(iterations: workers, execute: work)
+    }
+  }
+}
+
+extension LlamaModel.Block {
+  /// Linear layer `j`: q, k, v, o, gate, up, down.
+  func linear(_ j: Int) -> Linear {
+    switch j {
+    case 0: q
+    case 1: k
+    case 2: v
+    case 3: o
+    case 4: gate
+    case 5: up
+    default: down
+    }
   }
 }
 

@@ -1,0 +1,163 @@
+import FlareGGUF
+import FlareTensor
+
+/// How a Llama pass uses threads: an explicit parameter of the pass, not a global toggle.
+enum LlamaThreads: Sendable {
+  /// Inference: BLAS's own threads run the GEMMs; attention's (sequence, head) pairs are spread
+  /// over `BLAS.threads` workers, BLAS single-threaded meanwhile.
+  case blas
+  /// Training and evaluation passes: BLAS runs single-threaded (the pass sets it and restores
+  /// it) and the pass splits its work itself over `workers` threads, rows in fixed chunks and
+  /// attention by (sequence, head), so every value is the same for any thread count.
+  case split(workers: Int)
+
+  /// The number of threads the pass's own loops use.
+  var workers: Int {
+    switch self {
+    case .blas: max(1, BLAS.threads)
+    case .split(let workers): max(1, workers)
+    }
+  }
+
+  /// Rows per chunk of row-wise work under `.split`: a constant, so the chunks (and so every
+  /// value) do not depend on the thread count.
+  static let rowChunk = 64
+
+  /// Runs `body` over rows `0..<n`: whole under `.blas`, in chunks of ``rowChunk`` rows spread
+  /// over the workers under `.split`.
+  func forRows(_ n: Int, _ body: (Range<Int>) -> Void) {
+    guard case .split(let workers) = self else {
+      body(0..<n)
+      return
+    }
+    let chunks = (n + Self.rowChunk - 1) / Self.rowChunk
+    Parallel.forEach(chunks, workers: workers) { chunk in
+      body((chunk * Self.rowChunk)..<min(n, (chunk + 1) * Self.rowChunk))
+    }
+  }
+}
+
+/// The buffers of one Llama forward pass, in the style of llm.c's `ActivationTensors` (as
+/// ``BERTActivations``): one allocation cut into named regions holding every value the
+/// backward pass needs — each RMSNorm's input and reciprocal standard deviation, Q and K after
+/// RoPE, V, the attention probabilities, SwiGLU's gate and up projections and its output.
+///
+/// Inference (``LlamaModel/forward(tokens:mask:cache:logits:)``) and the evaluation pass use
+/// the compact single-slot mode: every layer reuses one slot per region, the residual stream
+/// is updated in place (the "mid" residual and layer output alias it), SwiGLU writes over its
+/// gate, and attention probabilities are one `T×S` slot per worker. Training keeps every
+/// layer. The KV cache is an add-on: with one, keys and values are appended to it and
+/// attention reads them from there; without one (training), attention reads this pass's K
+/// and V.
+final class LlamaActivations: @unchecked Sendable {
+  // @unchecked Sendable: written by the one forward pass that owns it, in disjoint slices.
+
+  enum Region: Int, CaseIterable {
+    /// `[N×C]`: layer `l`'s input (slot `l`), slot `L` the last layer's output.
+    case residual
+    /// `[N×C]`, `[N]`: the attention RMSNorm's output and reciprocal standard deviations.
+    case attentionNormed, attentionRstd
+    /// `[N×H·d]`, `[N×KV·d]`, `[N×KV·d]`: Q and K after RoPE, V.
+    case q, k, v
+    /// `[B×H×T×T]` per layer (training), or one `[T×S]` slot per worker.
+    case probs
+    /// `[N×H·d]`: the heads' outputs, concatenated (`o_proj`'s input).
+    case context
+    /// `[N×C]`: the residual after attention, the MLP RMSNorm's input.
+    case mid
+    /// `[N×C]`, `[N]`: the MLP RMSNorm's output and statistics.
+    case mlpNormed, mlpRstd
+    /// `[N×FF]`: `gate_proj` and `up_proj` outputs, and `silu(gate)·up` (`down_proj`'s input).
+    case gate, up, act
+    /// `[N×C]`, one slot: a linear layer's output before it joins the residual.
+    case projected
+  }
+
+  let batch: Int
+  let length: Int
+  let keys: Int
+  let keepsAllLayers: Bool
+  let workers: Int
+  let heads: Int
+  let storage: FloatStorage
+  private let offsets: [Int]
+  private let slotSizes: [Int]
+
+  /// - Parameters:
+  ///   - batch, length: `B` sequences of `T` tokens (`N = B·T` rows).
+  ///   - keys: Keys each query may see (`T` without a cache, cache length + `T` with one).
+  ///   - keepingAllLayers: Training (every layer kept) or the compact mode.
+  ///   - workers: Attention workers (compact mode's probability slots).
+  init(
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keepingAllLayers: Bool, workers: Int
+  ) {
+    self.batch = batch
+    self.length = length
+    self.keys = keys
+    keepsAllLayers = keepingAllLayers
+    self.workers = max(1, workers)
+    heads = config.headCount
+    let n = batch * length
+    let c = config.embeddingLength
+    let qDim = config.headCount * config.headDim
+    let kvDim = config.headCountKV * config.headDim
+    let ff = config.feedForwardLength
+    let layers = keepingAllLayers ? config.blockCount : 1
+    var offsets: [Int] = []
+    var slotSizes: [Int] = []
+    var total = 0
+    for region in Region.allCases {
+      var (size, slots): (Int, Int)
+      switch region {
+      case .residual: (size, slots) = (n * c, keepingAllLayers ? config.blockCount + 1 : 1)
+      case .attentionNormed, .mlpNormed: (size, slots) = (n * c, layers)
+      case .attentionRstd, .mlpRstd: (size, slots) = (n, layers)
+      case .q, .context: (size, slots) = (n * qDim, layers)
+      case .k, .v: (size, slots) = (n * kvDim, layers)
+      case .probs:
+        (size, slots) =
+          keepingAllLayers
+          ? (batch * config.headCount * length * keys, layers)
+          : (self.workers * length * keys, 1)
+      case .mid, .act:
+        (size, slots) = (region == .mid ? n * c : n * ff, keepingAllLayers ? layers : 0)
+      case .gate, .up: (size, slots) = (n * ff, layers)
+      case .projected: (size, slots) = (n * c, 1)
+      }
+      offsets.append(total)
+      slotSizes.append(size)
+      total += size * slots
+    }
+    self.offsets = offsets
+    self.slotSizes = slotSizes
+    storage = FloatStorage(count: total)
+  }
+
+  /// The start of `region`'s slot for `layer`. In the compact mode `mid` is the residual and
+  /// `act` is `gate` (both updated in place).
+  func pointer(_ region: Region, layer: Int = 0) -> UnsafeMutablePointer<Float> {
+    var region = region
+    if !keepsAllLayers {
+      if region == .mid { region = .residual }
+      if region == .act { region = .gate }
+    }
+    let slot = keepsAllLayers && region != .projected ? layer : 0
+    return storage.buffer.baseAddress! + offsets[region.rawValue]
+      + slot * slotSizes[region.rawValue]
+  }
+
+  /// Layer `layer`'s input (`L` gives the last layer's output).
+  func residual(_ layer: Int) -> UnsafeMutablePointer<Float> {
+    pointer(.residual, layer: keepsAllLayers ? layer : 0)
+  }
+
+  /// Where the probabilities of (sequence `b`, head `h`) of `layer` go, `T×S`, when kept; in
+  /// the compact mode, worker `worker`'s slot.
+  func probabilities(layer: Int, sequence b: Int, head h: Int, worker: Int)
+    -> UnsafeMutablePointer<Float>
+  {
+    let base = pointer(.probs, layer: layer)
+    return keepsAllLayers
+      ? base + (b * heads + h) * length * keys : base + worker * length * keys
+  }
+}

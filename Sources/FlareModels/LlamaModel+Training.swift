@@ -1,0 +1,401 @@
+import FlareCore
+import FlareGGUF
+import FlareTensor
+
+// Causal-LM training of Llama models with LoRA: the inference forward (`LlamaModel.run`,
+// keeping every layer's activations, no KV cache) with the trainable LoRA layers of a
+// `TrainingState`, the LM head and cross-entropy fused and chunked (never `tokens × vocab`
+// logits), and the backward pass through the frozen model into the LoRA gradients. Frozen
+// weights get no gradient buffer and no weight-gradient product.
+//
+// GGUF models keep llama.cpp's permuted Q/K rows. Trainable tensors are always in HF (PEFT)
+// order, as they are saved: inside a pass, the `B` of a LoRA on q_proj/k_proj is permuted to
+// GGUF order (as `attach` permutes a loaded adapter) and its gradient permuted back.
+
+extension LlamaModel: TrainableModel {
+  /// Rows of the LM head + cross-entropy per call: `64 × vocab` logits per worker at once.
+  static let headChunk = 64
+
+  /// The linear layers LoRA can target, as PEFT names them
+  /// (`model.layers.0.self_attn.q_proj`, …, `model.layers.L-1.mlp.down_proj`); PEFT saves a
+  /// LoRA on one as `base_model.model.<module>.lora_A.weight`. The LM head is not listed
+  /// (training it is out of scope).
+  public var linearModules: [String] {
+    blocks.indices.flatMap { layer in (0..<7).map { blocks[layer].linear($0).path } }
+  }
+
+  public func linearShape(_ module: String) -> (outFeatures: Int, inFeatures: Int)? {
+    guard let slot = linearSlots[module] else { return nil }
+    let layer = blocks[slot / 7].linear(slot % 7)
+    return (layer.outFeatures, layer.inFeatures)
+  }
+
+  /// Linear-layer slots (`7·layer + j`) by module path, also without the `model.` prefix.
+  private var linearSlots: [String: Int] {
+    var index: [String: Int] = [:]
+    for (slot, path) in linearModules.enumerated() {
+      index[path] = slot
+      index[String(path.dropFirst("model.".count))] = slot
+    }
+    return index
+  }
+
+  /// One forward and backward pass of causal language modelling on `batch` (targets
+  /// `.tokens`, transformers' unshifted `labels`): the model with `state`'s LoRA layers (each
+  /// with its LoRA dropout, masks from `state.seed`), the cross-entropy of every position whose
+  /// shifted label is not `-100` (position `t` scored against `labels[t + 1]`), and the
+  /// gradient of `gradientScale · lossSum` accumulated into every LoRA `A` and `B`.
+  ///
+  /// Padding may be on either side: positions count real tokens (transformers'
+  /// `cumsum(mask) − 1`) and padding keys are never attended to; a padding position must carry
+  /// label `-100`, and so must a real token whose predecessor is padding (left padding).
+  /// Work is split over ``trainingThreads`` threads with BLAS single-threaded (restored
+  /// afterwards), so results are bit-identical for any thread count.
+  /// - Throws: ``FlareError`` for class targets, labels outside the vocabulary, a LoRA layer on a
+  ///   module the model does not have or of the wrong shape, a LoRA dropout outside [0, 1), a
+  ///   non-zero `state.modelDropout` (Llama has no hidden dropout), head tensors in the state,
+  ///   adapters attached with ``attach(adapters:)``, or a batch the model cannot take.
+  public func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float)
+    throws -> TrainingPassResult
+  {
+    try pass(batch: batch, state: state, gradientScale: gradientScale)
+  }
+
+  /// The loss of `batch` without dropout and without gradients, with the compact activations
+  /// of inference.
+  /// - Throws: ``FlareError`` as ``trainingPass(batch:state:gradientScale:)``.
+  public func evaluationPass(batch: TrainingBatch, state: TrainingState) throws
+    -> TrainingPassResult
+  {
+    try pass(batch: batch, state: state, gradientScale: nil)
+  }
+
+  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`).
+  private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws
+    -> TrainingPassResult
+  {
+    func bad(_ message: String, _ code: FlareError.Code = .invalidArgument) -> FlareError {
+      FlareError("model", code, message, path: source.path)
+    }
+    if let attached = linears.first(where: { !$0.adapters.isEmpty }) {
+      throw bad(
+        "adapters are attached to \(attached.path); a training or evaluation pass takes its LoRA layers from the training state (load the model again without them)",
+        .unsupported)
+    }
+    guard case .tokens(let labels) = batch.targets else {
+      throw bad(
+        "a Llama model trains a causal language model (token targets); the score head of LlamaForSequenceClassification is not supported",
+        .unsupported)
+    }
+    guard state.modelDropout == 0 else {
+      throw bad(
+        "model dropout \(state.modelDropout) is not supported for Llama models (they have no hidden dropout; use LoRA dropout)",
+        .unsupported)
+    }
+    if let name = state.heads.keys.sorted().first {
+      throw bad(
+        "head tensor \(name): Llama causal-LM training trains LoRA layers only (LM head and embedding training are out of scope)",
+        .unsupported)
+    }
+    let b = batch.tokens.count
+    guard b > 0 else { return TrainingPassResult(lossSum: 0, count: 0) }
+    let t = batch.tokens[0].count
+    guard t > 0, batch.tokens.allSatisfy({ $0.count == t }) else {
+      throw bad("a batch needs sequences of the same non-zero length")
+    }
+    guard t <= config.contextLength else {
+      throw bad("sequences of \(t) tokens exceed the model's context of \(config.contextLength)")
+    }
+    guard batch.mask.count == b, batch.mask.allSatisfy({ $0.count == t }) else {
+      throw bad("the mask does not match the tokens' shape")
+    }
+    guard labels.count == b, labels.allSatisfy({ $0.count == t }) else {
+      throw bad("the labels do not match the tokens' shape")
+    }
+    let vocab = config.vocabSize
+    for (row, sequence) in batch.tokens.enumerated() {
+      if let id = sequence.first(where: { $0 < 0 || $0 >= vocab }) {
+        throw bad("row \(row) has token id \(id), outside the vocabulary (0..<\(vocab))")
+      }
+    }
+    for (row, sequence) in labels.enumerated() {
+      if let label = sequence.first(where: {
+        $0 != Kernels.ignoreIndex && ($0 < 0 || $0 >= vocab)
+      }) {
+        throw bad(
+          "row \(row) has label \(label), neither -100 nor a token id (0..<\(vocab))")
+      }
+    }
+    let (loras, shadows) = try resolve(state.loras)
+    let training = gradientScale != nil
+    let threads = LlamaThreads.split(workers: max(1, trainingThreads))
+    let pass = LlamaPass(threads: threads, loras: loras, training: training, seed: state.seed)
+    // The pass splits its work itself; BLAS's own threads would make results depend on the
+    // thread count (OpenBLAS's SGEMM rounds differently with another split).
+    let blasThreads = BLAS.threads
+    BLAS.setThreads(1)
+    defer { BLAS.setThreads(blasThreads) }
+
+    let n = b * t
+    let c = config.embeddingLength
+    var positions = [Int](repeating: 0, count: n)
+    var padding: [[Int]] = []
+    for row in 0..<b {
+      var next = 0
+      for i in 0..<t {
+        positions[row * t + i] = next
+        if batch.mask[row][i] { next += 1 }
+      }
+      padding.append((0..<t).filter { !batch.mask[row][$0] })
+    }
+    let a = LlamaActivations(
+      config: config, batch: b, length: t, keys: t, keepingAllLayers: training,
+      workers: min(threads.workers, b * config.headCount))
+    run(
+      a, tokens: Array(batch.tokens.joined()), positions: positions, padding: padding,
+      cache: nil, pass: pass)
+
+    // Final norm (kept for its backward), then the LM head + cross-entropy in fixed row groups.
+    let shifted = Kernels.shiftedLabels(Array(labels.joined()), batch: b, length: t)
+    let final = Scratch([n * c, n, training ? n * c : 0])
+    defer { final.free() }
+    let (normed, rstd, dnormed) = (final[0], final[1], final[2])
+    let x = a.residual(blocks.count)
+    threads.forRows(n) { r in
+      Kernels.rmsnorm(
+        out: normed + r.lowerBound * c, rstd: rstd + r.lowerBound, inp: x + r.lowerBound * c,
+        weight: finalNorm.pointer, rows: r.count, channels: c, eps: config.rmsNormEpsilon)
+    }
+    let groups = (n + Self.headChunk - 1) / Self.headChunk
+    var losses = [Double](repeating: 0, count: groups)
+    var counts = [Int](repeating: 0, count: groups)
+    losses.withUnsafeMutableBufferPointer { losses in
+      counts.withUnsafeMutableBufferPointer { counts in
+        shifted.withUnsafeBufferPointer { labels in
+          Parallel.forEach(groups, workers: threads.workers) { group in
+            let first = group * Self.headChunk
+            let m = min(n, first + Self.headChunk) - first
+            let (loss, count) = Kernels.lmHeadCrossEntropy(
+              dinp: training ? dnormed + first * c : nil, inp: normed + first * c,
+              weight: head.weight.pointer, bias: head.bias?.pointer,
+              labels: labels.baseAddress! + first, rows: m, channels: c, vocab: vocab,
+              chunk: Self.headChunk, gradientScale: gradientScale ?? 1)
+            losses[group] = loss
+            counts[group] = count
+          }
+        }
+      }
+    }
+    let result = TrainingPassResult(lossSum: losses.reduce(0, +), count: counts.reduce(0, +))
+    guard training, !loras.isEmpty else { return result }
+    backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
+    for shadow in shadows {
+      let back = LlamaLayout.permuted(
+        shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
+      for i in back.indices { shadow.hf.gradient[i] += back[i] }
+    }
+    return result
+  }
+
+  /// A trainable `B` in GGUF's Q/K row order standing in for the state's (HF order) one.
+  private struct Shadow {
+    let hf: TrainableTensor
+    let gguf: TrainableTensor
+    let heads: Int
+  }
+
+  /// The state's LoRA layers by linear-layer slot, checked against the layers they target;
+  /// for GGUF models, LoRA layers on q_proj/k_proj get a `B` in GGUF row order (the returned
+  /// shadows, whose gradients the pass permutes back).
+  private func resolve(_ loras: [String: TrainableLoRA]) throws -> (
+    [Int: TrainableLoRA], [Shadow]
+  ) {
+    let slots = linearSlots
+    var result: [Int: TrainableLoRA] = [:]
+    var shadows: [Shadow] = []
+    for (module, lora) in loras.sorted(by: { $0.key < $1.key }) {
+      func bad(_ message: String) -> FlareError {
+        FlareError("adapter", .invalidArgument, message, path: source.path, tensor: module)
+      }
+      guard let slot = slots[module] else {
+        throw bad(
+          "LoRA targets a module that is not a linear layer of the model's blocks (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; the LM head is not trained)"
+        )
+      }
+      guard result[slot] == nil else {
+        throw bad("two LoRA layers target the same linear layer \(linearModules[slot])")
+      }
+      let layer = blocks[slot / 7].linear(slot % 7)
+      let r = lora.a.shape.first ?? 0
+      guard r > 0, lora.a.shape == [r, layer.inFeatures], lora.b.shape == [layer.outFeatures, r]
+      else {
+        throw bad(
+          "LoRA does not fit: expected A [r, \(layer.inFeatures)] and B [\(layer.outFeatures), r], got A \(lora.a.shape) and B \(lora.b.shape)"
+        )
+      }
+      guard lora.dropout >= 0 && lora.dropout < 1 else {
+        throw bad("LoRA dropout \(lora.dropout) is outside [0, 1)")
+      }
+      let j = slot % 7
+      if ropeStyle == .pairs && (j == 0 || j == 1) {
+        let heads = j == 0 ? config.headCount : config.headCountKV
+        let gguf = TrainableTensor(
+          name: lora.b.name, shape: lora.b.shape,
+          values: LlamaLayout.permuted(
+            lora.b.values, rows: layer.outFeatures, heads: heads, toGGUF: true))
+        shadows.append(Shadow(hf: lora.b, gguf: gguf, heads: heads))
+        result[slot] = TrainableLoRA(
+          module: lora.module, a: lora.a, b: gguf, scale: lora.scale, dropout: lora.dropout)
+      } else {
+        result[slot] = lora
+      }
+    }
+    return (result, shadows)
+  }
+
+  /// The backward pass from the gradient of the final norm's output: through the final norm
+  /// and every block down to the lowest one with a LoRA layer, accumulating the LoRA
+  /// gradients. Frozen linear layers pass the gradient to their input (one GEMM each) and get
+  /// none. Row-wise steps run in the pass's fixed row chunks; attention by (sequence, key/value
+  /// head); the LoRA weight gradients (sums over rows) run unsplit.
+  private func backward(
+    _ a: LlamaActivations, pass: LlamaPass, positions: [Int],
+    dnormed dfinal: UnsafeMutablePointer<Float>, normedInput: UnsafePointer<Float>,
+    rstd: UnsafePointer<Float>
+  ) {
+    let b = a.batch
+    let t = a.length
+    let n = b * t
+    let c = config.embeddingLength
+    let heads = config.headCount
+    let kvHeads = config.headCountKV
+    let d = config.headDim
+    let qDim = heads * d
+    let kvDim = kvHeads * d
+    let ff = config.feedForwardLength
+    let threads = pass.threads
+    guard let lowest = pass.loras.keys.min().map({ $0 / 7 }) else { return }
+    let buffers = Scratch([n * c, n * c, n * qDim, n * qDim, n * kvDim, n * kvDim, 3 * n * ff])
+    defer { buffers.free() }
+    let (dres, dnormed, dcontext, dq, dk, dv) = (
+      buffers[0], buffers[1], buffers[2], buffers[3], buffers[4], buffers[5]
+    )
+    let (dact, dgate, dup) = (buffers[6], buffers[6] + n * ff, buffers[6] + 2 * n * ff)
+    let (cosines, sines) = Kernels.ropeTables(
+      positions: positions, headDim: d, theta: config.ropeFreqBase)
+
+    /// `dinp = 0` then `+=` the RMSNorm backward, in row chunks (`dinp` may already hold a
+    /// gradient to add to when `zero` is false).
+    func rmsnormBackward(
+      dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>,
+      weight: Weight, rstd: UnsafePointer<Float>
+    ) {
+      threads.forRows(n) { r in
+        let o = r.lowerBound * c
+        Kernels.rmsnormBackward(
+          dinp: dinp + o, dweight: nil, dout: dout + o, inp: inp + o, weight: weight.pointer,
+          rstd: rstd + r.lowerBound, rows: r.count, channels: c)
+      }
+    }
+    /// Linear layer `j` of `layer`: the frozen weight's and the LoRA's share of the input
+    /// gradient (into `dinp`, zeroed first, if given), then the LoRA's weight gradients.
+    func linearBackward(
+      _ layer: Int, _ j: Int, dinp: UnsafeMutablePointer<Float>?, zero: Bool = true,
+      dout: UnsafePointer<Float>, inp: UnsafePointer<Float>
+    ) {
+      let slot = layer * 7 + j
+      let module = blocks[layer].linear(j)
+      let lora = pass.loras[slot]
+      let seed = pass.loraDropoutSeed(slot: slot)
+      if let dinp {
+        threads.forRows(n) { r in
+          let dinp = dinp + r.lowerBound * module.inFeatures
+          let dout = dout + r.lowerBound * module.outFeatures
+          if zero { dinp.update(repeating: 0, count: r.count * module.inFeatures) }
+          Kernels.matmulBackwardInput(
+            dinp: dinp, dout: dout, weight: module.weight.pointer, rows: r.count,
+            inFeatures: module.inFeatures, outFeatures: module.outFeatures)
+          lora?.backwardInput(
+            dinp: dinp, dout: dout, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
+        }
+      }
+      lora?.backwardWeights(dout: dout, inp: inp, rows: n, dropoutSeed: seed)
+    }
+
+    dres.update(repeating: 0, count: n * c)
+    rmsnormBackward(
+      dinp: dres, dout: dfinal, inp: normedInput, weight: finalNorm, rstd: rstd)
+    for layer in stride(from: blocks.count - 1, through: lowest, by: -1) {
+      let block = blocks[layer]
+      let hasLoRA = { (js: Range<Int>) in js.contains { pass.loras[layer * 7 + $0] != nil } }
+      let needsInput = layer > lowest
+      // MLP: residual(l+1) = mid + down(silu(gate)·up); dres is the gradient of both.
+      let needsMLPInput = needsInput || hasLoRA(0..<6)
+      linearBackward(
+        layer, 6, dinp: needsMLPInput || hasLoRA(4..<6) ? dact : nil, dout: dres,
+        inp: a.pointer(.act, layer: layer))
+      if needsMLPInput || hasLoRA(4..<6) {
+        let gate = a.pointer(.gate, layer: layer)
+        let up = a.pointer(.up, layer: layer)
+        threads.forRows(n) { r in
+          let o = r.lowerBound * ff
+          dgate.advanced(by: o).update(repeating: 0, count: r.count * ff)
+          dup.advanced(by: o).update(repeating: 0, count: r.count * ff)
+          Kernels.swigluBackward(
+            dgate: dgate + o, dup: dup + o, gate: gate + o, up: up + o, dout: dact + o,
+            count: r.count * ff)
+        }
+        let mlpNormed = a.pointer(.mlpNormed, layer: layer)
+        linearBackward(
+          layer, 4, dinp: needsMLPInput ? dnormed : nil, dout: dgate, inp: mlpNormed)
+        linearBackward(
+          layer, 5, dinp: needsMLPInput ? dnormed : nil, zero: false, dout: dup, inp: mlpNormed)
+        if needsMLPInput {
+          rmsnormBackward(
+            dinp: dres, dout: dnormed, inp: a.pointer(.mid, layer: layer),
+            weight: block.mlpNorm, rstd: a.pointer(.mlpRstd, layer: layer))
+        }
+      }
+      // Attention: mid = x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = norm(x).
+      guard needsInput || hasLoRA(0..<4) else { continue }
+      let needsAttention = needsInput || hasLoRA(0..<3)
+      linearBackward(
+        layer, 3, dinp: needsAttention ? dcontext : nil, dout: dres,
+        inp: a.pointer(.context, layer: layer))
+      guard needsAttention else { continue }
+      dq.update(repeating: 0, count: n * qDim)
+      dk.update(repeating: 0, count: n * kvDim)
+      dv.update(repeating: 0, count: n * kvDim)
+      Kernels.attentionBackward(
+        dq: dq, dk: dk, dv: dv, dout: dcontext, q: a.pointer(.q, layer: layer),
+        k: a.pointer(.k, layer: layer), v: a.pointer(.v, layer: layer),
+        probs: a.pointer(.probs, layer: layer), dropout: nil, batch: b, length: t, heads: heads,
+        kvHeads: kvHeads, headDim: d, workers: threads.workers)
+      cosines.withUnsafeBufferPointer { cs in
+        sines.withUnsafeBufferPointer { ss in
+          let (cos, sin) = (cs.baseAddress!, ss.baseAddress!)
+          threads.forRows(n) { r in
+            let first = r.lowerBound
+            let half = d / 2
+            Kernels.ropeBackward(
+              dq + first * qDim, rows: r.count, stride: qDim, heads: heads, headDim: d,
+              cos: cos + first * half, sin: sin + first * half, style: ropeStyle)
+            Kernels.ropeBackward(
+              dk + first * kvDim, rows: r.count, stride: kvDim, heads: kvHeads, headDim: d,
+              cos: cos + first * half, sin: sin + first * half, style: ropeStyle)
+          }
+        }
+      }
+      let normed = a.pointer(.attentionNormed, layer: layer)
+      let dh = needsInput ? dnormed : nil
+      linearBackward(layer, 0, dinp: dh, dout: dq, inp: normed)
+      linearBackward(layer, 1, dinp: dh, zero: false, dout: dk, inp: normed)
+      linearBackward(layer, 2, dinp: dh, zero: false, dout: dv, inp: normed)
+      if needsInput {
+        rmsnormBackward(
+          dinp: dres, dout: dnormed, inp: a.residual(layer), weight: block.attentionNorm,
+          rstd: a.pointer(.attentionRstd, layer: layer))
+      }
+    }
+  }
+}
