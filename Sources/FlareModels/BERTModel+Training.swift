@@ -290,8 +290,8 @@ extension BERTModel: TrainableModel {
       throw FlareError(
         "model", .tensorNotFound,
         adapter == nil
-          ? "the model has no sequence-classification head; give an adapter that saved one (modules_to_save)"
-          : "neither the adapter (modules_to_save) nor the checkpoint has a sequence-classification head",
+          ? "is missing: the model has no sequence-classification head; give an adapter that saved one (modules_to_save)"
+          : "is missing: neither the adapter (modules_to_save) nor the checkpoint has a sequence-classification head",
         path: adapter?.path ?? path,
         tensor: String(last.weightName.dropFirst(Self.peftPrefix.count)))
     }

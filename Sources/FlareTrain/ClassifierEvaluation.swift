@@ -78,6 +78,13 @@ public enum ClassifierEvaluation {
   ///   does not fit it, or no classification head in the adapter or the checkpoint.
   public static func run(_ request: Request) throws -> ClassifierReport {
     let raw = try JSONLReader.read(path: request.data, task: .classification)
+    let architecture = try WeightSource(path: request.model).architecture()
+    guard ["bert", "roberta", "xlm-roberta"].contains(architecture) else {
+      throw FlareError(
+        "eval", .unsupported,
+        "classify runs BERT and XLM-R encoders; the model is '\(architecture)'",
+        path: request.model)
+    }
     let loaded = try TrainingModel.open(request.model, task: .classification)
     guard let model = loaded.model as? BERTModel else {
       throw FlareError(
