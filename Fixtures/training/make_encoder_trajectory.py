@@ -17,7 +17,8 @@ Fixtures/training/encoder-run/ (next to the committed data, train.jsonl and test
    r 4, alpha 8, query and value, lora_dropout 0, modules_to_save classifier and pooler): LoRA A
    uniform in PEFT's default range, B non-zero, the classifier random, the pooler the checkpoint's
    (rounded to float16). adapter_config.json is PEFT's, with base_model_name_or_path set to the hub
-   id instead of this machine's path; PEFT's README.md is not kept.
+   id instead of this machine's path and target_modules sorted (PEFT keeps a set, whose order
+   varies); PEFT's README.md is not kept.
 2. The oracle: the run flare-train makes with `--init-adapter init --no-shuffle --model-dropout 0
    --max-steps 20 --batch-size 4 --grad-accum 2 --schedule cosine --warmup-steps 3 ...`
    (FLARE_TRAIN_ARGUMENTS below), done in PyTorch the way transformers' Trainer does it: the
@@ -38,6 +39,10 @@ Fixtures/training/encoder-run/ (next to the committed data, train.jsonl and test
    the SHA-256 and CRC-32 of the adapter_model.safetensors they come from, scikit-learn's accuracy,
    macro-F1 and confusion matrix of those logits' predictions, and how far flare-train's final
    tensors are from the PyTorch run's (measured, for the record).
+5. With 4: runs the built flare-merge --verify (FLARE_MERGE_ARGUMENTS) on that adapter, loads the
+   merged folder with transformers alone (AutoModelForSequenceClassification; no missing or
+   unexpected keys allowed) and records its logits of test.jsonl's examples, its architectures
+   and id2label.
 
 Files:
   init/adapter_config.json, init/adapter_model.safetensors   the starting adapter (PEFT)
@@ -94,6 +99,9 @@ FLARE_TRAIN_ARGUMENTS = [
     "--lr", repr(LR), "--schedule", "cosine", "--warmup-steps", str(WARMUP),
     "--weight-decay", repr(WEIGHT_DECAY), "--max-grad-norm", repr(MAX_GRAD_NORM),
     "--max-length", str(MAX_LENGTH), "--seed", "0", "--quiet",
+]
+FLARE_MERGE_ARGUMENTS = [
+    "--base", "{model}", "--adapter", "{adapter}", "--output", "{output}", "--verify", "--json",
 ]
 TOLERANCE = {
     "loss_relative": 1e-4,
@@ -173,6 +181,8 @@ def make_init(folder):
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     saved["base_model_name_or_path"] = "sentence-transformers/all-MiniLM-L6-v2"
+    # PEFT keeps target_modules as a set: its order varies from run to run.
+    saved["target_modules"] = sorted(saved["target_modules"])
     with open(path, "w", encoding="utf-8") as f:
         json.dump(saved, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -256,11 +266,11 @@ def train(init_folder, examples, dtype):
 # MARK: - 3. flare-train's run and PEFT's logits with its adapter
 
 
-def flare_binary():
-    candidates = [os.path.join(ROOT, ".build", kind, "flare-train") for kind in ("release", "debug")]
+def flare_binary(tool="flare-train"):
+    candidates = [os.path.join(ROOT, ".build", kind, tool) for kind in ("release", "debug")]
     found = [c for c in candidates if os.path.exists(c)]
     if not found:
-        sys.exit("no built flare-train: run `swift build` (or use --no-flare)")
+        sys.exit(f"no built {tool}: run `swift build` (or use --no-flare)")
     return max(found, key=os.path.getmtime)
 
 
@@ -281,6 +291,32 @@ def flare_run(init_folder, output):
     )
     subprocess.run([binary] + arguments, check=True)
     return binary
+
+
+def flare_merge(adapter, output):
+    arguments = fill(FLARE_MERGE_ARGUMENTS, model=MODEL, adapter=adapter, output=output)
+    result = subprocess.run([flare_binary("flare-merge")] + arguments, check=True, capture_output=True)
+    return json.loads(result.stdout)
+
+
+def merged_logits(folder, test_examples):
+    """transformers alone (no PEFT) on the folder flare-merge wrote."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    problems = {k: sorted(v) for k, v in info.items() if v}
+    if problems:
+        sys.exit(f"transformers loads the merged folder with {problems}")
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(test_examples), BATCH):
+            rows += model(**collate(test_examples[start : start + BATCH])).logits.tolist()
+    return {
+        "logits": rows,
+        "architectures": model.config.architectures,
+        "id2label": {str(k): v for k, v in model.config.id2label.items()},
+    }
 
 
 def peft_logits(adapter_folder, test_examples):
@@ -412,6 +448,17 @@ def main(argv):
             measured["flare_vs_oracle_loss_relative"] = [
                 abs(e["loss"] - s["loss"]) / abs(s["loss"]) for e, s in zip(log, steps)
             ]
+            merged = os.path.join(scratch, "merged")
+            report = flare_merge(output, merged)
+            golden["flare_merge_arguments"] = FLARE_MERGE_ARGUMENTS
+            golden["test_transformers_with_merged"] = merged_logits(merged, test_examples)
+            measured["flare_merge_forward_check"] = report["forward"]
+            measured["merged_vs_peft_logits_max_abs"] = float(
+                np.abs(
+                    np.array(golden["test_transformers_with_merged"]["logits"])
+                    - np.array(logits)
+                ).max()
+            )
 
     save_file(
         tensors, os.path.join(HERE, "trajectory.safetensors"), metadata={"format": "flare-golden"}

@@ -449,6 +449,27 @@ extension BERTModel: TrainableModel {
     return (result, (0..<b).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) })
   }
 
+  /// The sequence-classification logits of each row through the inference forward (attached
+  /// adapters apply), with `heads` in place of the checkpoint's head layers: tensors named as
+  /// ``classificationHeadNames`` (``savedClassificationHead(adapter:)`` gives an adapter's); a
+  /// layer `heads` lacks runs from the checkpoint. What `flare-merge --verify` compares a
+  /// merged classifier with.
+  /// - Returns: `B` rows of the head's label count.
+  /// - Throws: ``FlareError`` for a head layer neither `heads` nor the checkpoint has, a
+  ///   misshapen head tensor, or as ``forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``.
+  public func logits(
+    tokens: [[Int]], attentionMask: [[Bool]]? = nil, tokenTypes: [[Int]]? = nil,
+    heads: [String: TrainableTensor]
+  ) throws -> [[Float]] {
+    let steps = try headSteps(heads)
+    let a = try forward(tokens: tokens, attentionMask: attentionMask, tokenTypes: tokenTypes)
+    guard a.batch > 0, a.length > 0 else { return Array(repeating: [], count: a.batch) }
+    let flat = runHead(first: firstTokens(a), rows: a.batch, steps: steps, options: nil).outputs
+      .last!
+    let width = flat.count / a.batch
+    return (0..<a.batch).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) }
+  }
+
   /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); returns the
   /// logits, `B×labels`, too.
   private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws

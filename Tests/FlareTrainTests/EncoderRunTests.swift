@@ -90,7 +90,7 @@ struct EncoderRunTests {
   /// as the golden records them. Then PEFT's logits with the adapter flare-train wrote (the
   /// script ran the same command): `flare-eval classify` within 1e-3 absolute, and the same
   /// predictions, accuracy, macro-F1 (scikit-learn) and confusion matrix.
-  @Test("20 steps match PyTorch + PEFT; PEFT and flare-eval classify agree on the adapter")
+  @Test("20 steps match PyTorch + PEFT; PEFT, flare-eval classify and the merged model agree")
   func trajectory() throws {
     guard let model = try Self.model() else { return }
     let golden = try Self.golden()
@@ -179,6 +179,56 @@ struct EncoderRunTests {
     #expect(try #require(report["labels"]?.arrayValue) == golden["labels"]?.arrayValue)
     print(
       "flare-eval classify vs PEFT with flare-train's adapter (\(sameBytes ? "the same bytes the script evaluated" : "bytes differ from the script's run")): logits worst absolute difference \(worstLogit)"
+    )
+    try Self.checkMerge(model: model, adapter: output, golden: golden, scratch: scratch)
+  }
+
+  /// `flare-merge --verify` bakes the trained adapter into the MiniLM checkpoint: LoRA into
+  /// the query and value weights, the saved pooler over the checkpoint's, the classifier added
+  /// with `config.json` made a `BertForSequenceClassification` with the adapter's labels.
+  /// Oracles: its own checks (stored tensors = base + ΔW; merged vs base + adapter forward,
+  /// bounded at 1e-3 for F32), and transformers alone loading the folder the script's run of
+  /// the same command wrote: `flare-eval classify` on the merged folder, without an adapter,
+  /// gives transformers' logits within 1e-3 and the same predictions.
+  static func checkMerge(model: String, adapter: String, golden: JSONValue, scratch: String)
+    throws
+  {
+    let merged = "\(scratch)/merged"
+    let arguments = try #require(golden["flare_merge_arguments"]?.arrayValue).map {
+      ($0.stringValue ?? "").replacing("{model}", with: model)
+        .replacing("{adapter}", with: adapter).replacing("{output}", with: merged)
+    }
+    let report = try JSONParser.parse(Array(try run("flare-merge", arguments).stdout.utf8))
+    #expect(report["verified"]?.doubleValue == 0, "stored tensors differ from base + ΔW")
+    let forward = try #require(report["forward"])
+    #expect(forward["checked"] == .bool(true) && forward["bounded"] == .bool(true))
+    #expect(forward["compared"] == .string("logits"))
+    let difference = try #require(forward["max_abs_diff"]?.doubleValue)
+    #expect(difference <= 1e-3)
+    let kinds = try #require(report["tensors"]?.arrayValue).compactMap { $0["kind"]?.stringValue }
+    #expect(kinds.filter { $0 == "lora" }.count == 12)
+    #expect(kinds.filter { $0 == "replace" }.count == 4)
+    let oracle = try #require(golden["test_transformers_with_merged"])
+    let config = try JSONParser.parse(try readSmallFile("\(merged)/config.json"))
+    #expect(config["architectures"] == oracle["architectures"])
+    #expect(config["id2label"] == oracle["id2label"])
+    let result = try run(
+      "flare-eval",
+      [
+        "classify", "--model", merged, "--data", test, "--json", "--batch-size", "4",
+        "--max-length", "32",
+      ])
+    let classified = try JSONParser.parse(Array(result.stdout.utf8))
+    #expect(classified["labels"] == golden["labels"])
+    var expected = oracle
+    if case .object(var members) = oracle, let peft = golden["test_peft_with_flare_adapter"] {
+      members.append(("predictions", peft["predictions"] ?? .null))
+      expected = .object(members)
+    }
+    let worst = try compareLogits(
+      classified, expected, tolerance: try #require(golden["tolerance"]))
+    print(
+      "flare-merge --verify: merged vs base + adapter \(difference); flare-eval classify on the merged folder vs transformers on it: logits worst absolute difference \(worst)"
     )
   }
 
