@@ -44,6 +44,7 @@ let package = Package(
       name: "FlareEval",
       dependencies: [
         "FlareCore", "FlareGGUF", "FlareTensor", "FlareTokenizers", "FlareModels", "FlareCLI",
+        "FlareTrain",
       ]),
     .target(
       name: "FlareTrain",
@@ -91,7 +92,7 @@ let package = Package(
       name: "FlareTrainTests",
       dependencies: [
         "FlareTrain", "FlareModels", "FlareAdapters", "FlareTokenizers", "FlareCLI",
-        "_FlareTestSupport", "flare-train",
+        "_FlareTestSupport", "flare-train", "flare-eval", "flare-merge",
       ]),
     .testTarget(
       name: "FlareCLITests",

@@ -4,6 +4,7 @@ import FlareCore
 import FlareModels
 import FlareTensor
 import FlareTokenizers
+import FlareTrain
 
 #if canImport(Glibc)
   import Glibc
@@ -34,6 +35,7 @@ public enum EvalCommand {
       ("logits", logitsSpec, logits),
       ("tokenize", tokenizeSpec, tokenize),
       ("embed", embedSpec, embed),
+      ("classify", classifySpec, classify),
       ("perplexity", perplexitySpec, perplexity),
       ("compare", compareSpec, compare),
       ("bench", benchSpec, bench),
@@ -41,7 +43,8 @@ public enum EvalCommand {
 
   public static let spec = CommandSpec(
     name: "flare-eval",
-    overview: "Run Llama and BERT/XLM-R models in-process: generate, score, embed, compare.",
+    overview:
+      "Run Llama and BERT/XLM-R models in-process: generate, score, embed, classify, compare.",
     positionals: [PositionalSpec("subcommand", help: "One of the subcommands below.")],
     options: [],
     discussion: """
@@ -50,6 +53,7 @@ public enum EvalCommand {
         logits      The prompt's ids and the top logits at its last position.
         tokenize    The token ids of a text.
         embed       One vector per text from an encoder (mean or CLS pooling).
+        classify    Accuracy, macro-F1 and confusion matrix of a classifier on labelled data.
         perplexity  Perplexity of a text file.
         compare     Logit differences and top-1 agreement between two models.
         bench       Prefill and decode speed.
@@ -340,6 +344,112 @@ public enum EvalCommand {
     let fraction = String(magnitude % 10_000)
     return
       "\(sign)\(magnitude / 10_000).\(String(repeating: "0", count: 4 - fraction.count))\(fraction)"
+  }
+
+  // MARK: - classify
+
+  static let classifySpec = CommandSpec(
+    name: "flare-eval classify",
+    overview: "Evaluate a BERT or XLM-R sequence classifier on labelled JSONL data.",
+    positionals: [],
+    options: [
+      model,
+      OptionSpec(
+        "--adapter", value: "dir",
+        help: "A PEFT LoRA folder with its classification head (modules_to_save)."),
+      OptionSpec(
+        "--data", value: "path",
+        help: "Examples, one JSON object per line: {\"text\", \"label\"}, optionally \"text_pair\"."
+      ),
+      OptionSpec("--batch-size", value: "n", default: "8", help: "Examples per forward pass."),
+      OptionSpec(
+        "--max-length", value: "n", default: "128",
+        help: "Tokens per example at most (longer ones are truncated, as in training)."),
+      threads, json,
+    ],
+    discussion: """
+      The data is read and tokenized as flare-train reads classification data. The head is the
+      adapter's (its modules_to_save: BERT's pooler and classifier, XLM-R's classifier) or, for
+      what the adapter does not save, the model's own. Labels are those of the adapter's
+      flare_labels.json (written by flare-train); without it, integer labels are class ids and
+      string labels are looked up in the model's config.json id2label. --json prints every
+      example's line, label, prediction and logits too.
+
+      \(exitStatus)
+      """)
+
+  static func classify(_ arguments: ParsedArguments) throws -> ExitStatus {
+    try applyThreads(arguments, spec: classifySpec)
+    let adapters = arguments.allValues("--adapter")
+    guard adapters.count <= 1 else {
+      throw UsageError("'--adapter' is given \(adapters.count) times; classify takes one")
+    }
+    let batchSize = try arguments.int("--batch-size", spec: classifySpec) ?? 8
+    let maxLength = try arguments.int("--max-length", spec: classifySpec) ?? 128
+    guard batchSize >= 1 else { throw UsageError("'--batch-size' must be at least 1") }
+    guard maxLength >= 8 else { throw UsageError("'--max-length' must be at least 8") }
+    let report = try ClassifierEvaluation.run(
+      ClassifierEvaluation.Request(
+        model: try required(arguments, EvalCommand.model), adapter: adapters.first,
+        data: try required(arguments, OptionSpec("--data", value: "path", help: "")),
+        batchSize: batchSize, maxLength: maxLength,
+        threads: try arguments.int("--threads", spec: classifySpec)))
+    if arguments.flag("--json") {
+      Console.out(JSONWriter.compact(classifyJSON(report)) + "\n")
+    } else {
+      Console.out(classifyText(report))
+    }
+    return .success
+  }
+
+  static func classifyJSON(_ report: ClassifierReport) -> JSONValue {
+    func label(_ index: Int) -> JSONValue {
+      switch report.labels[index] {
+      case .integer(let value): .integer(value)
+      case .string(let text): .string(text)
+      }
+    }
+    return .object([
+      ("examples", .integer(report.examples.count)),
+      ("truncated", .integer(report.truncatedCount)),
+      ("labels", .array(report.labels.indices.map(label))),
+      ("accuracy", .exact(report.accuracy)), ("macro_f1", .exact(report.macroF1)),
+      ("loss", .exact(report.loss)),
+      ("confusion", .array(report.confusion.map { .array($0.map { .integer($0) }) })),
+      (
+        "predictions",
+        .array(
+          report.examples.map { example in
+            .object([
+              ("line", .integer(example.line)), ("label", label(example.truth)),
+              ("prediction", label(example.prediction)),
+              ("logits", .array(example.logits.map { .float($0) })),
+              ("loss", .exact(example.loss)),
+            ])
+          })
+      ),
+    ])
+  }
+
+  static func classifyText(_ report: ClassifierReport) -> String {
+    let names = report.labels.map(\.description)
+    var lines = [
+      "examples: \(report.examples.count) (\(report.truncatedCount) truncated)",
+      "accuracy: \(fourDecimals(report.accuracy)) (\(report.correctCount)/\(report.examples.count))",
+      "macro-F1: \(fourDecimals(report.macroF1))",
+      "loss: \(fourDecimals(report.loss))",
+      "confusion matrix (rows: label, columns: prediction):",
+    ]
+    let counts = report.confusion.flatMap { $0 }.map(String.init)
+    let width = max(names.map(\.count).max() ?? 1, counts.map(\.count).max() ?? 1)
+    func pad(_ text: String) -> String {
+      String(repeating: " ", count: max(0, width - text.count)) + text
+    }
+    lines.append("  " + pad("") + "  " + names.map(pad).joined(separator: "  "))
+    for (name, row) in zip(names, report.confusion) {
+      lines.append("  " + pad(name) + "  " + row.map { pad(String($0)) }.joined(separator: "  "))
+    }
+    return lines.joined(separator: "\n") + "\n"
   }
 
   // MARK: - perplexity

@@ -170,7 +170,7 @@ public enum MergeCommand {
       if let check = forward.check {
         let c = check.comparison
         Console.out(
-          "verified forward pass: merged vs base + adapters unmerged on \(check.prompts) prompts (\(c.positions) positions): max |logit difference| \(c.maxAbsDifference), mean \(c.meanAbsDifference), top-1 agreement \(c.top1Agreements)/\(c.positions)\(check.exact ? " (F32 output: bound \(ForwardCheck.exactTolerance))" : " (rounded output: reported, not bounded)")\n"
+          "verified forward pass: merged vs base + adapters unmerged on \(check.prompts) prompts (\(c.positions) positions): max |\(check.quantity == "logits" ? "logit" : "hidden-state") difference| \(c.maxAbsDifference), mean \(c.meanAbsDifference), top-1 agreement \(c.top1Agreements)/\(c.positions)\(check.exact ? " (F32 output: bound \(ForwardCheck.exactTolerance))" : " (rounded output: reported, not bounded)")\n"
         )
       } else if let reason = forward.reason {
         Console.out("note: no forward-pass check: \(reason)\n")
@@ -239,7 +239,8 @@ public enum MergeCommand {
     }
     let c = check.comparison
     return .object([
-      ("checked", .bool(true)), ("prompts", .integer(check.prompts)),
+      ("checked", .bool(true)), ("compared", .string(check.quantity)),
+      ("prompts", .integer(check.prompts)),
       ("positions", .integer(c.positions)), ("max_abs_diff", .float(c.maxAbsDifference)),
       ("mean_abs_diff", .exact(c.meanAbsDifference)), ("top1_agreement", .exact(c.top1Agreement)),
       ("bounded", .bool(check.exact)),

@@ -89,7 +89,9 @@ extension Merger {
         return TensorSpec(name: view.name, dtype: dtype, shape: view.shape)
       }
       let newTensors = plan.changes.filter(\.isNew)
-      // A new untied head goes into the file that holds the embedding it starts from.
+      let addedHeads = plan.changes.filter(\.isAddedHead)
+      // A new untied head goes into the file that holds the embedding it starts from; an added
+      // classification head into the first file.
       func specs(_ file: SafetensorsFile) -> [TensorSpec] {
         var list = file.views.map(spec)
         for change in newTensors where file.info(change.source) != nil {
@@ -97,12 +99,29 @@ extension Merger {
           list.append(
             TensorSpec(name: change.tensor, dtype: outputType ?? source.dtype, shape: source.shape))
         }
+        if file === model.files.first {
+          for change in addedHeads {
+            list.append(
+              TensorSpec(
+                name: change.tensor,
+                dtype: outputType ?? DType(rawValue: change.outputType.uppercased()) ?? .f32,
+                shape: change.replacement?.shape ?? []))
+          }
+        }
         return list
       }
       // Merged tensors in the order they are written, computed one ahead of the writer.
       nonisolated(unsafe) let source = model
       let order = model.files.flatMap { specs($0).map(\.name) }.filter { changes[$0] != nil }
       let ahead = ComputeAhead<([Float], MergeReport.Tensor)>(order: order) { name in
+        if let change = changes[name], change.isAddedHead, let replacement = change.replacement {
+          // No base tensor: the change is measured from zero.
+          let values = replacement.floats()
+          let zeros = [Float](repeating: 0, count: values.count)
+          return (
+            values, try zeros.withUnsafeBytes { try summary(change, base: $0, merged: values) }
+          )
+        }
         guard let change = changes[name], let view = source.view(change.source) else {
           throw FlareError("merge", .invalidArgument, "no base tensor for '\(name)'")
         }
@@ -122,6 +141,12 @@ extension Merger {
       }
       func body(_ sink: TensorSink) throws {
         let change = changes[sink.spec.name]
+        if let change, change.isAddedHead {
+          let (values, tensorSummary) = try ahead.value(for: change.tensor)
+          summaries[change.tensor] = tensorSummary
+          try values.withUnsafeBufferPointer { try sink.write(floats: $0) }
+          return
+        }
         guard let view = model.view(change?.source ?? sink.spec.name) else { return }
         guard let change else {
           // Copied in 8 MiB pieces, each piece's mapped pages dropped once written, so copying
@@ -175,11 +200,18 @@ extension Merger {
         }
         for name in folderFiles(folder)
         where !names.contains(name) && !name.hasSuffix(".safetensors") {
-          if name == "config.json" && !newTensors.isEmpty {
-            // The head is its own tensor now: the model must not tie it back to the embeddings.
+          if name == "config.json" && (!newTensors.isEmpty || plan.addedHead != nil) {
             let config = try JSONParser.parse(file: "\(folder)/\(name)", domain: "merge")
-            var members = (config.objectMembers ?? []).filter { $0.0 != "tie_word_embeddings" }
-            members.append(("tie_word_embeddings", .bool(false)))
+            var members = config.objectMembers ?? []
+            if !newTensors.isEmpty {
+              // The head is its own tensor now: the model must not tie it back to the
+              // embeddings.
+              members = members.filter { $0.0 != "tie_word_embeddings" }
+              members.append(("tie_word_embeddings", .bool(false)))
+            }
+            if let head = plan.addedHead {
+              members = try classifierConfig(members, labels: head.labels, adapter: head.adapter)
+            }
             try writeFileAtomically(
               Array((JSONWriter.pretty(.object(members)) + "\n").utf8),
               to: "\(staging.path)/\(name)")
@@ -200,6 +232,11 @@ extension Merger {
         if !newTensors.isEmpty {
           report.notes.append(
             "a single .safetensors file carries no config: load it with tie_word_embeddings=false")
+        }
+        if let head = plan.addedHead {
+          report.notes.append(
+            "a single .safetensors file carries no config: load it as the sequence-classification model with \(head.labels) labels"
+          )
         }
       }
       report.bytes = model.files.flatMap { specs($0) }.reduce(0) { $0 + ($1.byteCount ?? 0) }
@@ -315,6 +352,47 @@ extension Merger {
     }
   }
 
+  /// `config.json` members for an encoder that gained a `labels`-way classification head: the
+  /// task model's `architectures` (`BertForSequenceClassification`,
+  /// `XLMRobertaForSequenceClassification`, `RobertaForSequenceClassification` by `model_type`)
+  /// and `id2label` / `label2id`, named by the adapter's `flare_labels.json` (written by
+  /// flare-train) when it has one, else by the config's own `id2label` when that has `labels`
+  /// entries, else `LABEL_<i>` as transformers names them.
+  static func classifierConfig(
+    _ members: [(String, JSONValue)], labels: Int, adapter: String
+  ) throws -> [(String, JSONValue)] {
+    let config = JSONValue.object(members)
+    let architecture =
+      switch config["model_type"]?.stringValue {
+      case "xlm-roberta": "XLMRobertaForSequenceClassification"
+      case "roberta": "RobertaForSequenceClassification"
+      default: "BertForSequenceClassification"
+      }
+    var names = (0..<labels).map { "LABEL_\($0)" }
+    let labelFile = "\(adapter)/flare_labels.json"
+    if fileExists(labelFile) {
+      let json = try JSONParser.parse(file: labelFile, domain: "merge")
+      if let items = json["labels"]?.arrayValue, items.count == labels {
+        names = items.map { $0.stringValue ?? $0.intValue.map(String.init) ?? "" }
+      }
+    } else if let own = config["id2label"]?.objectMembers, own.count == labels {
+      for (key, value) in own {
+        if let id = Int(key), names.indices.contains(id), let name = value.stringValue {
+          names[id] = name
+        }
+      }
+    }
+    var result = members.filter {
+      !["architectures", "id2label", "label2id", "num_labels"].contains($0.0)
+    }
+    result.append(("architectures", .array([.string(architecture)])))
+    result.append(
+      ("id2label", .object(names.enumerated().map { (String($0.offset), .string($0.element)) })))
+    result.append(
+      ("label2id", .object(names.enumerated().map { ($0.element, .integer($0.offset)) })))
+    return result
+  }
+
   /// Regular files in a folder (not sub-folders), sorted.
   static func folderFiles(_ folder: String) -> [String] {
     folderEntries(folder).filter { !$0.hasPrefix(".") && !isDirectory("\(folder)/\($0)") }.sorted()
@@ -333,14 +411,20 @@ extension Merger {
     case .safetensors(let model, _):
       let merged = try SafetensorsModel.open(output)
       for change in plan.changes {
-        guard let source = model.view(change.source), let stored = merged.view(change.tensor) else {
+        let source = model.view(change.source)
+        guard let stored = merged.view(change.tensor), source != nil || change.isAddedHead else {
           throw FlareError(
             "merge", .invalidArgument, "is missing from the output", path: output,
             tensor: change.tensor)
         }
-        let expected = try mergedValues(
-          change, base: source.floats(), shape: source.shape, adapters: adapters, ropeHeads: nil,
-          threads: threads)
+        let expected: [Float]
+        if let source {
+          expected = try mergedValues(
+            change, base: source.floats(), shape: source.shape, adapters: adapters,
+            ropeHeads: nil, threads: threads)
+        } else {
+          expected = change.replacement?.floats() ?? []
+        }
         var encoded = [UInt8](repeating: 0, count: stored.info.byteCount)
         try expected.withUnsafeBufferPointer { values in
           try encoded.withUnsafeMutableBytes { try stored.dtype.encode(values, into: $0) }

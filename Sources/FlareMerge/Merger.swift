@@ -39,6 +39,9 @@ public struct TensorChange: Sendable {
   public var source: String = ""
   /// Whether `tensor` is new: the output head of a tied model, written untied.
   public var isNew = false
+  /// Whether `tensor` is a classification-head tensor the base does not have (an encoder's
+  /// `classifier.*`), written from the adapter's saved copy (`replacement`).
+  public var isAddedHead = false
   /// The weights the adapter saved for this module's base layer (targeted embeddings), used as
   /// the base instead of the model's.
   public var baseOverride: TensorView?
@@ -49,6 +52,10 @@ public struct MergePlan: Sendable {
   public var changes: [TensorChange]
   public var untouched: Int
   public var notes: [String]
+  /// When the merge adds a classification head to an encoder base: the label count and the
+  /// adapter folder the head came from (its `flare_labels.json` names the labels).
+  /// `config.json` gets the task model's `architectures` and the labels.
+  public var addedHead: (labels: Int, adapter: String)?
 }
 
 /// Folds PEFT LoRA adapters into base weights exactly: ΔW in F32 with cblas, `W + ΔW`
@@ -124,6 +131,21 @@ public enum Merger {
     }
     let headName = isGGUFBase ? "output.weight" : "lm_head.weight"
     let embeddingName = isGGUFBase ? "token_embd.weight" : "model.embed_tokens.weight"
+    // BERT / XLM-R bases: the checkpoint's prefix ("", "bert." or "roberta."). Adapters trained
+    // on the task model name modules `bert.encoder…`; a base encoder checkpoint has `encoder…`.
+    let encoderPrefix = ["", "bert.", "roberta."].first {
+      !isGGUFBase && byName["\($0)embeddings.word_embeddings.weight"] != nil
+    }
+    // The base's name for an adapter's tensor name: itself, or for an encoder base, the same
+    // tensor with the base's prefix instead of the adapter's.
+    func canonical(_ name: String) -> String {
+      guard let prefix = encoderPrefix, byName[name] == nil else { return name }
+      let bare =
+        ["bert.", "roberta."].first(where: name.hasPrefix).map { String(name.dropFirst($0.count)) }
+        ?? name
+      return byName[prefix + bare] != nil ? prefix + bare : name
+    }
+    var addedHead: (labels: Int, adapter: String)?
     // The base tensor for `name`, or for the missing output head of a tied model, the embedding.
     func resolve(_ name: String) -> (BaseTensor, String)? {
       if let tensor = byName[name] { return (tensor, name) }
@@ -163,7 +185,7 @@ public enum Merger {
         }
       }
       for module in adapter.modules {
-        let name = baseName("\(module.path).weight", base: base)
+        let name = canonical(baseName("\(module.path).weight", base: base))
         guard let (target, source) = resolve(name) else {
           throw fail(adapter, "the base has no tensor for module '\(module.path)'", tensor: name)
         }
@@ -208,7 +230,7 @@ public enum Merger {
         }
         changes[name]?.sources.append((index, module))
         if module.bBias != nil {
-          let biasName = baseName("\(module.path).bias", base: base)
+          let biasName = canonical(baseName("\(module.path).bias", base: base))
           guard let bias = byName[biasName] else {
             throw fail(
               adapter, "lora_bias needs a bias in the base, and '\(biasName)' does not exist",
@@ -229,8 +251,32 @@ public enum Merger {
         }
       }
       for (hfName, view) in adapter.replacements {
-        let name = baseName(hfName, base: base)
+        let name = canonical(baseName(hfName, base: base))
         guard let (target, source) = resolve(name) else {
+          if let prefix = encoderPrefix, name.hasPrefix("classifier.") {
+            // A sequence-classification head for an encoder checkpoint that has none.
+            let head = try addedHeadChange(
+              name: name, view: view, adapter: adapter, prefix: prefix, byName: byName,
+              replaced: Set(adapter.replacements.map { canonical(baseName($0.name, base: base)) }),
+              outtype: outtype)
+            guard changes[name] == nil else {
+              throw FlareError(
+                "merge", .invalidArgument, "is added by more than one adapter", path: adapter.path,
+                tensor: name)
+            }
+            if let labels = head.labels {
+              guard addedHead == nil || addedHead?.adapter == adapter.path else {
+                throw FlareError(
+                  "merge", .invalidArgument,
+                  "two adapters add a classification head; merge one of them", path: adapter.path,
+                  tensor: name)
+              }
+              addedHead = (labels, adapter.path)
+            }
+            order.append(name)
+            changes[name] = head.change
+            continue
+          }
           throw fail(adapter, "the base has no tensor '\(name)' for a saved module", tensor: name)
         }
         guard target.shape == view.shape else {
@@ -252,7 +298,7 @@ public enum Merger {
     }
     for input in adapters {
       for (hfName, view) in input.adapter.baseLayers {
-        let name = baseName(hfName, base: base)
+        let name = canonical(baseName(hfName, base: base))
         guard let (target, _) = resolve(name) else {
           throw fail(
             input.adapter, "the base has no tensor '\(name)' for a saved base layer", tensor: name)
@@ -283,8 +329,62 @@ public enum Merger {
         "the output head was tied to the embeddings and the merge changes it: \(head.tensor) is written untied (from \(head.source))"
           + (isGGUFBase ? "" : "; config.json gets tie_word_embeddings=false"))
     }
-    let untouched = tensors.count - result.filter { !$0.isNew }.count
-    return MergePlan(changes: result, untouched: untouched, notes: notes)
+    if let addedHead {
+      let names = result.filter(\.isAddedHead).map(\.tensor).joined(separator: ", ")
+      notes.append(
+        "the base has no classification head: \(names) are added from the adapter's saved copy (modules_to_save)"
+          + "; config.json gets the task model's architectures and \(addedHead.labels) labels")
+    }
+    let untouched = tensors.count - result.filter { !$0.isNew && !$0.isAddedHead }.count
+    return MergePlan(
+      changes: result, untouched: untouched, notes: notes, addedHead: addedHead)
+  }
+
+  /// The change that adds head tensor `name` (`classifier.weight`, `classifier.out_proj.bias`,
+  /// …) from an adapter to an encoder base without a head, with its checked shape; `labels` is
+  /// the label count when `name` is the head's output weight.
+  /// - Throws: ``FlareError`` for a shape that does not fit the encoder's width, or a BERT
+  ///   classifier without a pooler in the base or the adapter.
+  static func addedHeadChange(
+    name: String, view: TensorView, adapter: PEFTAdapter, prefix: String,
+    byName: [String: BaseTensor], replaced: Set<String>, outtype: String?
+  ) throws -> (change: TensorChange, labels: Int?) {
+    guard let embedding = byName["\(prefix)embeddings.word_embeddings.weight"] else {
+      throw FlareError("merge", .invalidArgument, "no word embeddings", tensor: name)
+    }
+    let hidden = embedding.shape.last ?? 0
+    let isRoberta = name.hasPrefix("classifier.dense.") || name.hasPrefix("classifier.out_proj.")
+    let isOutput = name == "classifier.weight" || name == "classifier.out_proj.weight"
+    let expected: [Int]?
+    switch name {
+    case "classifier.weight", "classifier.out_proj.weight":
+      expected = view.shape.count == 2 && view.shape[0] > 0 ? [view.shape[0], hidden] : nil
+    case "classifier.bias", "classifier.out_proj.bias":
+      expected = view.shape.count == 1 && view.shape[0] > 0 ? view.shape : nil
+    case "classifier.dense.weight": expected = [hidden, hidden]
+    case "classifier.dense.bias": expected = [hidden]
+    default: expected = nil
+    }
+    guard let expected, view.shape == expected else {
+      throw FlareError(
+        "merge", .invalidArgument,
+        "adapter does not fit this base: the saved head tensor has shape \(view.shape); the encoder's head takes \(expected.map { "\($0)" } ?? "no tensor of this name") (hidden size \(hidden))",
+        path: adapter.path, tensor: name)
+    }
+    if !isRoberta {
+      let pooler = "\(prefix)pooler.dense.weight"
+      guard byName[pooler] != nil || replaced.contains(pooler) else {
+        throw FlareError(
+          "merge", .invalidArgument,
+          "adapter does not fit this base: BERT's classifier sits on the pooler, which neither the base nor the adapter has",
+          path: adapter.path, tensor: pooler)
+      }
+    }
+    var change = TensorChange(
+      tensor: name, kind: .replace, sources: [], replacement: view,
+      outputType: outtype ?? embedding.typeName, source: name, isNew: false)
+    change.isAddedHead = true
+    return (change, isOutput ? view.shape[0] : nil)
   }
 
   // MARK: Computing merged tensors

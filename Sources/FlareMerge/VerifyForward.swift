@@ -10,6 +10,10 @@ public struct ForwardCheck: Sendable {
   public var prompts: Int
   /// Whether the comparison is held to the F32 bound (every merged tensor stored as F32).
   public var exact: Bool
+  /// What was compared: `logits` (Llama: every position's next-token logits; an encoder with
+  /// a classification head: each prompt's class logits) or `hidden states` (an encoder
+  /// without one: every token's output vector; "top-1" is then its largest component).
+  public var quantity = "logits"
   /// The largest logit difference allowed when `exact`.
   public static let exactTolerance: Float = 1e-3
 }
@@ -34,8 +38,16 @@ extension Merger {
   public static func verifyForward(
     output: String, basePath: String, adapters: [WeightedAdapter], report: MergeReport
   ) throws -> (check: ForwardCheck?, reason: String?) {
-    guard let source = try? WeightSource(path: basePath), (try? source.architecture()) == "llama"
-    else { return (nil, "the forward-pass check runs Llama models") }
+    guard let source = try? WeightSource(path: basePath),
+      let architecture = try? source.architecture()
+    else { return (nil, "Flare cannot read the base model's architecture") }
+    if ["bert", "roberta", "xlm-roberta"].contains(architecture) {
+      return try verifyEncoderForward(
+        output: output, basePath: basePath, source: source, adapters: adapters, report: report)
+    }
+    guard architecture == "llama" else {
+      return (nil, "the forward-pass check runs Llama models and BERT/XLM-R encoders")
+    }
     let base: LlamaModel
     do {
       base = try LlamaModel(source: source)
@@ -64,6 +76,91 @@ extension Merger {
       throw FlareError(
         "merge", .invalidArgument,
         "verification failed: the merged model's logits differ from base + adapters by \(comparison.maxAbsDifference) (allowed \(ForwardCheck.exactTolerance))",
+        path: output)
+    }
+    return (check, nil)
+  }
+
+  /// The encoder form of ``verifyForward(output:basePath:adapters:report:)``: the merged
+  /// encoder against the base with the adapters' LoRA applied unmerged and, when the merged
+  /// model has a sequence-classification head, the head the adapters saved (their
+  /// `modules_to_save`, else the base's own): class logits of each prompt; without a head,
+  /// every token's hidden state.
+  static func verifyEncoderForward(
+    output: String, basePath: String, source: WeightSource, adapters: [WeightedAdapter],
+    report: MergeReport
+  ) throws -> (check: ForwardCheck?, reason: String?) {
+    guard isDirectory(output) else {
+      return (nil, "the output is a single .safetensors file, without the config an encoder needs")
+    }
+    let base: BERTModel
+    do {
+      base = try BERTModel.load(path: basePath)
+    } catch let error as FlareError {
+      return (nil, "Flare cannot run this base model (\(error.message))")
+    }
+    // The saved head runs as the head below; the LoRA layers are attached.
+    var unmerged = adapters.map { ($0.adapter, $0.weight) }
+    for i in unmerged.indices { unmerged[i].0.replacements = [] }
+    do {
+      try base.attach(adapters: unmerged)
+    } catch let error as FlareError {
+      return (nil, "the adapters cannot be applied unmerged (\(error.message))")
+    }
+    let merged = try BERTModel.load(path: output)
+    let limit = base.config.maxPositions - (base.config.kind == .xlmRoberta ? 2 : 0)
+    var prompts: [[Int]]
+    if let tokenizer = try? source.tokenizer() {
+      prompts = verifyPrompts.map { Array(tokenizer.encode($0).prefix(max(1, limit))) }
+    } else {
+      let vocab = base.config.vocab
+      prompts = (0..<3).map { p in (0..<12).map { ($0 * 7919 + p * 104_729 + 13) % vocab } }
+    }
+    prompts = prompts.filter { !$0.isEmpty }
+    var rowsA: [[Float]] = []
+    var rowsB: [[Float]] = []
+    var quantity = "logits"
+    if merged.labelCount != nil {
+      let headAdapter = adapters.first { !$0.adapter.replacements.isEmpty }?.adapter
+      let heads = try base.savedClassificationHead(adapter: headAdapter).tensors
+      rowsA = try merged.logits(tokens: prompts)
+      rowsB = try base.logits(tokens: prompts, heads: heads)
+    } else {
+      quantity = "hidden states"
+      let c = base.config.hidden
+      for ids in prompts {
+        let a = try merged.hiddenStates(tokens: [ids])
+        let b = try base.hiddenStates(tokens: [ids])
+        for position in 0..<ids.count {
+          rowsA.append(Array(a[(position * c)..<((position + 1) * c)]))
+          rowsB.append(Array(b[(position * c)..<((position + 1) * c)]))
+        }
+      }
+    }
+    var comparison = LogitComparison()
+    var sum = 0.0
+    var count = 0
+    for (row, (a, b)) in zip(rowsA, rowsB).enumerated() {
+      for (i, (x, y)) in zip(a, b).enumerated() {
+        let difference = abs(x - y)
+        sum += Double(difference)
+        count += 1
+        if difference > comparison.maxAbsDifference || difference.isNaN {
+          comparison.maxAbsDifference = difference
+          comparison.worst = (row, 0, i)
+        }
+      }
+      if Sampler.argmax(a[...]) == Sampler.argmax(b[...]) { comparison.top1Agreements += 1 }
+      comparison.positions += 1
+    }
+    comparison.meanAbsDifference = count == 0 ? 0 : sum / Double(count)
+    let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
+    var check = ForwardCheck(comparison: comparison, prompts: prompts.count, exact: exact)
+    check.quantity = quantity
+    if exact && !(comparison.maxAbsDifference <= ForwardCheck.exactTolerance) {
+      throw FlareError(
+        "merge", .invalidArgument,
+        "verification failed: the merged encoder's \(quantity) differ from base + adapters by \(comparison.maxAbsDifference) (allowed \(ForwardCheck.exactTolerance))",
         path: output)
     }
     return (check, nil)

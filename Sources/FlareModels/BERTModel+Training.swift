@@ -1,6 +1,7 @@
 import Dispatch
 import FlareAdapters
 import FlareCore
+import FlareSafetensors
 import FlareTensor
 
 #if canImport(Glibc)
@@ -267,6 +268,53 @@ extension BERTModel: TrainableModel {
   public func makeClassificationHead(
     labelCount: Int, seed: UInt64, adapter: PEFTAdapter? = nil
   ) throws -> [String: TrainableTensor] {
+    try classificationHead(labelCount: labelCount, seed: seed, adapter: adapter)
+  }
+
+  /// The classification head of a trained classifier, for evaluation: each tensor from
+  /// `adapter`'s `modules_to_save` copy or else the checkpoint's, never a fresh
+  /// initialisation. The label count is that of the adapter's last head layer
+  /// (`classifier.weight`, `classifier.out_proj.weight`), or else the checkpoint's.
+  /// - Parameter adapter: The trained adapter, if any.
+  /// - Returns: The label count and the head tensors by name (as
+  ///   ``classificationHeadNames``).
+  /// - Throws: ``FlareError`` `.tensorNotFound` naming the first head tensor neither the
+  ///   adapter nor the checkpoint has (a base encoder without a classifier needs an adapter
+  ///   that saved one), or as ``makeClassificationHead(labelCount:seed:adapter:)``.
+  public func savedClassificationHead(adapter: PEFTAdapter?) throws -> (
+    labelCount: Int, tensors: [String: TrainableTensor]
+  ) {
+    let last = headLayers.last!
+    let saved = adapter.flatMap { savedHeadTensor(last.weightName, in: $0) }
+    guard let labelCount = saved?.shape.first ?? self.labelCount, labelCount >= 1 else {
+      throw FlareError(
+        "model", .tensorNotFound,
+        adapter == nil
+          ? "is missing: the model has no sequence-classification head; give an adapter that saved one (modules_to_save)"
+          : "is missing: neither the adapter (modules_to_save) nor the checkpoint has a sequence-classification head",
+        path: adapter?.path ?? path,
+        tensor: String(last.weightName.dropFirst(Self.peftPrefix.count)))
+    }
+    return (labelCount, try classificationHead(labelCount: labelCount, seed: nil, adapter: adapter))
+  }
+
+  /// The prefix PEFT gives every saved tensor.
+  private static let peftPrefix = "base_model.model."
+
+  /// `adapter`'s saved copy of head tensor `name` (`base_model.model.<module>.weight`), found
+  /// with or without the task model's `bert.` / `roberta.` prefix.
+  private func savedHeadTensor(_ name: String, in adapter: PEFTAdapter) -> TensorView? {
+    let saved = name.dropFirst(Self.peftPrefix.count)
+    return adapter.replacements.first(where: {
+      $0.name == saved || taskPrefix + $0.name == saved
+    })?.view
+  }
+
+  /// ``makeClassificationHead(labelCount:seed:adapter:)``; without a seed, a tensor that
+  /// neither the adapter nor the checkpoint has is an error instead of a fresh initialisation.
+  private func classificationHead(
+    labelCount: Int, seed: UInt64?, adapter: PEFTAdapter?
+  ) throws -> [String: TrainableTensor] {
     guard labelCount >= 1 else {
       throw FlareError(
         "model", .invalidArgument,
@@ -275,7 +323,7 @@ extension BERTModel: TrainableModel {
     }
     let c = config.hidden
     let deviation = try initializerRange()
-    var random = SplitMix64(seed: seed)
+    var random = SplitMix64(seed: seed ?? 0)
     var result: [String: TrainableTensor] = [:]
     for layer in headLayers {
       let out = layer.outFeatures ?? labelCount
@@ -283,10 +331,7 @@ extension BERTModel: TrainableModel {
         let isWeight = shape.count == 2
         var values: [Float]?
         if let adapter {
-          let saved = name.dropFirst("base_model.model.".count)
-          if let view = adapter.replacements.first(where: {
-            $0.name == saved || taskPrefix + $0.name == saved
-          })?.view {
+          if let view = savedHeadTensor(name, in: adapter) {
             guard view.shape == shape else {
               throw FlareError(
                 "adapter", .invalidArgument,
@@ -309,6 +354,12 @@ extension BERTModel: TrainableModel {
           }
         }
         if values == nil {
+          guard seed != nil else {
+            throw FlareError(
+              "model", .tensorNotFound,
+              "is not in the \(adapter == nil ? "model" : "adapter's saved modules (modules_to_save) nor in the model"); the classification head needs it",
+              path: adapter?.path ?? path, tensor: String(name.dropFirst(Self.peftPrefix.count)))
+          }
           values =
             isWeight
             ? random.normals(count: out * c, std: deviation)
@@ -358,7 +409,7 @@ extension BERTModel: TrainableModel {
   public func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float)
     throws -> TrainingPassResult
   {
-    try pass(batch: batch, state: state, gradientScale: gradientScale)
+    try pass(batch: batch, state: state, gradientScale: gradientScale).result
   }
 
   /// The loss and predictions of `batch` without dropout and without gradients, with the
@@ -367,12 +418,47 @@ extension BERTModel: TrainableModel {
   public func evaluationPass(batch: TrainingBatch, state: TrainingState) throws
     -> TrainingPassResult
   {
-    try pass(batch: batch, state: state, gradientScale: nil)
+    try pass(batch: batch, state: state, gradientScale: nil).result
   }
 
-  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`).
+  /// An evaluation pass that also returns the logits: `B` rows of the head's label count, in
+  /// batch order (what `flare-eval classify` prints).
+  /// - Throws: ``FlareError`` as ``trainingPass(batch:state:gradientScale:)``.
+  public func classificationLogits(batch: TrainingBatch, state: TrainingState) throws -> (
+    result: TrainingPassResult, logits: [[Float]]
+  ) {
+    let (result, flat) = try pass(batch: batch, state: state, gradientScale: nil)
+    let b = batch.tokens.count
+    guard b > 0 else { return (result, []) }
+    let width = flat.count / b
+    return (result, (0..<b).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) })
+  }
+
+  /// The sequence-classification logits of each row through the inference forward (attached
+  /// adapters apply), with `heads` in place of the checkpoint's head layers: tensors named as
+  /// ``classificationHeadNames`` (``savedClassificationHead(adapter:)`` gives an adapter's); a
+  /// layer `heads` lacks runs from the checkpoint. What `flare-merge --verify` compares a
+  /// merged classifier with.
+  /// - Returns: `B` rows of the head's label count.
+  /// - Throws: ``FlareError`` for a head layer neither `heads` nor the checkpoint has, a
+  ///   misshapen head tensor, or as ``forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``.
+  public func logits(
+    tokens: [[Int]], attentionMask: [[Bool]]? = nil, tokenTypes: [[Int]]? = nil,
+    heads: [String: TrainableTensor]
+  ) throws -> [[Float]] {
+    let steps = try headSteps(heads)
+    let a = try forward(tokens: tokens, attentionMask: attentionMask, tokenTypes: tokenTypes)
+    guard a.batch > 0, a.length > 0 else { return Array(repeating: [], count: a.batch) }
+    let flat = runHead(first: firstTokens(a), rows: a.batch, steps: steps, options: nil).outputs
+      .last!
+    let width = flat.count / a.batch
+    return (0..<a.batch).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) }
+  }
+
+  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); returns the
+  /// logits, `B×labels`, too.
   private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws
-    -> TrainingPassResult
+    -> (result: TrainingPassResult, logits: [Float])
   {
     func bad(_ message: String, _ code: FlareError.Code = .invalidArgument) -> FlareError {
       FlareError("model", code, message, path: path)
@@ -405,7 +491,7 @@ extension BERTModel: TrainableModel {
     }
     let inputs = try prepare(
       tokens: batch.tokens, attentionMask: batch.mask, tokenTypes: batch.tokenTypes)
-    guard b > 0 else { return TrainingPassResult(lossSum: 0, count: 0, predictions: []) }
+    guard b > 0 else { return (TrainingPassResult(lossSum: 0, count: 0, predictions: []), []) }
     let training = gradientScale != nil
     let options = BERTPassOptions(
       loras: loras, dropout: training ? state.modelDropout : 0, training: training,
@@ -437,7 +523,7 @@ extension BERTModel: TrainableModel {
       let dfirst = headBackward(head, steps: steps, dlogits: dlogits, rows: b)
       if !loras.isEmpty { encoderBackward(a, options: options, dfirst: dfirst) }
     }
-    return TrainingPassResult(lossSum: loss, count: count, predictions: predictions)
+    return (TrainingPassResult(lossSum: loss, count: count, predictions: predictions), logits)
   }
 
   /// The state's LoRA layers by encoder slot, checked against the layers they target.

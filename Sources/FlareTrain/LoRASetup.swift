@@ -150,7 +150,8 @@ public enum LoRAFactory {
     return result
   }
 
-  /// LoRA layers (and head tensors) taken from a PEFT folder (`--init-adapter`): every module
+  /// LoRA layers (and head tensors) taken from a PEFT folder (`--init-adapter`, and the
+  /// adapter `flare-eval classify` evaluates): every module
   /// of the adapter, with its own rank and scale, and the values of its saved heads.
   ///
   /// - Parameters:
@@ -168,14 +169,16 @@ public enum LoRAFactory {
       FlareError("train", .unsupported, message, path: adapter.path, tensor: tensor)
     }
     guard !adapter.config.fanInFanOut, !adapter.config.useDora else {
-      throw refuse("--init-adapter takes plain LoRA adapters (no DoRA, no fan_in_fan_out)")
+      throw refuse(
+        "--init-adapter and flare-eval classify take plain LoRA adapters (no DoRA, no fan_in_fan_out)"
+      )
     }
     guard !adapter.modules.isEmpty else { throw refuse("the adapter has no LoRA modules") }
     var loras: [String: TrainableLoRA] = [:]
     for module in adapter.modules {
       guard module.magnitude == nil, module.bBias == nil, !module.isEmbedding else {
         throw refuse(
-          "--init-adapter cannot start from DoRA, lora_bias or embedding LoRA modules",
+          "--init-adapter and flare-eval classify take plain LoRA modules, not DoRA, lora_bias or embedding LoRA",
           tensor: module.path)
       }
       guard let shape = model.linearShape(module.path) else {

@@ -74,7 +74,7 @@ public enum TrainCommand {
       "--seed", value: "n", default: 0, help: "Seed of the LoRA init, data order and dropout.")
     public static let threads = TypedOption<Int>.integer(
       "--threads", value: "n", minimum: 1, maximum: 1024,
-      help: "OpenBLAS threads (default: all cores).")
+      help: "Threads of the training passes and OpenBLAS (default: all cores).")
     public static let evalEvery = TypedOption<Int>.integer(
       "--eval-every", value: "n", default: 0, minimum: 0,
       help: "Validate every n steps (0: after each epoch).")

@@ -1,0 +1,207 @@
+import FlareAdapters
+import FlareCore
+import FlareModels
+import FlareTensor
+import FlareTokenizers
+
+/// One example's result in ``ClassifierEvaluation``.
+public struct ClassifiedExample: Sendable, Equatable {
+  /// The line of the data file.
+  public var line: Int
+  /// The class of the example's label.
+  public var truth: Int
+  /// The class with the largest logit (the first one on a tie).
+  public var prediction: Int
+  public var logits: [Float]
+  /// The cross-entropy of the logits against the label.
+  public var loss: Double
+}
+
+/// The result of ``ClassifierEvaluation/run(_:)``.
+public struct ClassifierReport: Sendable {
+  /// The label of each class.
+  public var labels: [ExampleLabel]
+  public var examples: [ClassifiedExample]
+  /// Examples the maximum length shortened.
+  public var truncatedCount: Int
+  /// Mean cross-entropy over the examples.
+  public var loss: Double
+  public var accuracy: Double
+  /// scikit-learn's `f1_score(average="macro")`: over the classes that occur as a label or a
+  /// prediction.
+  public var macroF1: Double
+  /// `confusion[label][prediction]`: how many examples of each class got each prediction.
+  public var confusion: [[Int]]
+
+  /// Examples whose prediction is their label.
+  public var correctCount: Int { examples.reduce(0) { $0 + ($1.prediction == $1.truth ? 1 : 0) } }
+}
+
+/// A sequence classifier evaluated on a labelled JSONL file (`flare-eval classify`): the
+/// encoder with an adapter's LoRA layers and classification head (its `modules_to_save`),
+/// or the checkpoint's own head, on examples read and tokenized exactly as `flare-train`
+/// reads training data (``JSONLReader``, ``ExampleEncoder``, ``Collator``).
+///
+/// Labels: those of the adapter's `flare_labels.json` (written by `flare-train`) when it has
+/// one; otherwise integer labels are class ids and string labels are looked up in the
+/// model's `config.json` `id2label`.
+public enum ClassifierEvaluation {
+  /// What to evaluate.
+  public struct Request: Sendable {
+    public var model: String
+    public var adapter: String?
+    public var data: String
+    public var batchSize: Int
+    public var maxLength: Int
+    /// Threads of the passes (`nil`: BLAS's current count).
+    public var threads: Int?
+
+    public init(
+      model: String, adapter: String?, data: String, batchSize: Int = 8, maxLength: Int = 128,
+      threads: Int? = nil
+    ) {
+      self.model = model
+      self.adapter = adapter
+      self.data = data
+      self.batchSize = batchSize
+      self.maxLength = maxLength
+      self.threads = threads
+    }
+  }
+
+  /// The label file `flare-train` writes beside a classification adapter.
+  public static let labelFile = "flare_labels.json"
+
+  /// Evaluates the classifier on every example of the data file.
+  /// - Throws: ``TrainingDataError`` for a bad data line or a label the classifier does not
+  ///   have; ``FlareError`` for a model that is not a BERT/XLM-R encoder, an adapter that
+  ///   does not fit it, or no classification head in the adapter or the checkpoint.
+  public static func run(_ request: Request) throws -> ClassifierReport {
+    let raw = try JSONLReader.read(path: request.data, task: .classification)
+    let architecture = try WeightSource(path: request.model).architecture()
+    guard ["bert", "roberta", "xlm-roberta"].contains(architecture) else {
+      throw FlareError(
+        "eval", .unsupported,
+        "classify runs BERT and XLM-R encoders; the model is '\(architecture)'",
+        path: request.model)
+    }
+    let loaded = try TrainingModel.open(request.model, task: .classification)
+    guard let model = loaded.model as? BERTModel else {
+      throw FlareError(
+        "eval", .unsupported,
+        "classify runs BERT and XLM-R encoders; the model is '\(loaded.architecture)'",
+        path: request.model)
+    }
+    model.trainingThreads = request.threads ?? BLAS.threads
+    let adapter = try request.adapter.map { try PEFTAdapter(folder: $0) }
+    let head = try model.savedClassificationHead(adapter: adapter)
+    var loras: [String: TrainableLoRA] = [:]
+    if let adapter, !adapter.modules.isEmpty {
+      loras = try LoRAFactory.load(adapter: adapter, model: model, heads: [], dropout: 0).loras
+    }
+    let labels = try labelSet(
+      adapter: request.adapter, model: request.model, count: head.labelCount, data: raw,
+      dataPath: request.data)
+    let encoder = ExampleEncoder(
+      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: request.maxLength,
+      vocabularySize: loaded.vocabularySize)
+    let data = try encoder.encode(raw, path: request.data, labels: labels)
+    let state = TrainingState(loras: loras, heads: head.tensors)
+    let tokenizer = loaded.tokenizer
+    let collator = Collator(padID: tokenizer.pad ?? tokenizer.eos ?? 0, side: loaded.paddingSide)
+    var examples: [ClassifiedExample] = []
+    var lossSum = 0.0
+    var start = 0
+    while start < data.examples.count {
+      let chunk = Array(data.examples[start..<min(start + request.batchSize, data.examples.count)])
+      start += request.batchSize
+      let (result, logits) = try model.classificationLogits(
+        batch: collator.batch(chunk), state: state)
+      lossSum += result.lossSum
+      for (example, row) in zip(chunk, logits) {
+        let truth = example.classIndex ?? 0
+        examples.append(
+          ClassifiedExample(
+            line: example.line, truth: truth, prediction: Sampler.argmax(row[...]), logits: row,
+            loss: crossEntropy(row, truth)))
+      }
+    }
+    let predictions = examples.map(\.prediction)
+    let truth = examples.map(\.truth)
+    var confusion = [[Int]](
+      repeating: [Int](repeating: 0, count: labels.count), count: labels.count)
+    for (t, p) in zip(truth, predictions) { confusion[t][p] += 1 }
+    return ClassifierReport(
+      labels: labels.labels, examples: examples, truncatedCount: data.truncatedCount,
+      loss: lossSum / Double(max(examples.count, 1)),
+      accuracy: Trainer.accuracy(predictions: predictions, truth: truth),
+      macroF1: Trainer.macroF1(predictions: predictions, truth: truth), confusion: confusion)
+  }
+
+  /// `logsumexp(logits) − logits[label]`, in `Double`.
+  static func crossEntropy(_ logits: [Float], _ label: Int) -> Double {
+    let largest = Double(logits.max() ?? 0)
+    let sum = logits.reduce(0.0) { $0 + exp(Double($1) - largest) }
+    return largest + log(sum) - Double(logits[label])
+  }
+
+  /// The classes: the adapter's `flare_labels.json`, or class ids (integer labels), or the
+  /// model's `id2label` names (string labels).
+  static func labelSet(
+    adapter: String?, model: String, count: Int, data: [RawExample], dataPath: String
+  ) throws -> LabelSet {
+    if let adapter, fileExists("\(adapter)/\(labelFile)") {
+      let path = "\(adapter)/\(labelFile)"
+      let json = try JSONParser.parse(file: path, domain: "adapter", limit: 16 << 20)
+      guard let labels = LabelSet(json: json) else {
+        throw FlareError(
+          "adapter", .invalidArgument, "has no \"labels\" array of strings or integers", path: path
+        )
+      }
+      guard labels.count == count else {
+        throw FlareError(
+          "adapter", .invalidArgument,
+          "lists \(labels.count) labels; the classification head has \(count) outputs", path: path)
+      }
+      return labels
+    }
+    let stringLabel = data.lazy.compactMap { example -> (Int, String)? in
+      guard case .classification(_, _, .string(let text)) = example.content else { return nil }
+      return (example.line, text)
+    }.first
+    guard let (line, text) = stringLabel else {
+      return LabelSet(labels: (0..<count).map { .integer($0) })
+    }
+    let names = try id2label(model: model, count: count)
+    guard let names else {
+      throw TrainingDataError(
+        .unknownLabel, path: dataPath, line: line,
+        "label '\(text)' is a string, but there is no \(labelFile) beside the adapter and no id2label in the model's config.json to name the \(count) classes (use class ids 0-\(count - 1))"
+      )
+    }
+    return LabelSet(labels: names.map { .string($0) })
+  }
+
+  /// `id2label` of the model's `config.json` when it names every class.
+  static func id2label(model: String, count: Int) throws -> [String]? {
+    let path = "\(model)/config.json"
+    guard fileExists(path) else { return nil }
+    let json = try JSONParser.parse(file: path, domain: "config", limit: 16 << 20)
+    guard let members = json["id2label"]?.objectMembers else { return nil }
+    var names = [String?](repeating: nil, count: count)
+    for (key, value) in members {
+      guard let id = Int(key), names.indices.contains(id), let name = value.stringValue else {
+        return nil
+      }
+      names[id] = name
+    }
+    let complete = names.compactMap { $0 }
+    return complete.count == count ? complete : nil
+  }
+}
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
