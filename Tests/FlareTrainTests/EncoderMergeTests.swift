@@ -35,7 +35,7 @@ struct EncoderMergeTests {
   static func adapter(
     in folder: String, modules: [String], hidden: Int, heads: [(String, [Int])], labels: [String]
   ) throws -> String {
-    var random = SeededRandom(seed: 41)
+    var random = SplitMix64(seed: 41)
     func values(_ count: Int) -> [Float] { (0..<count).map { _ in random.symmetric(0.3) } }
     var tensors: [PEFTTensor] = []
     for module in modules {
