@@ -1,5 +1,6 @@
 import FlareAdapters
 import FlareCore
+import FlareModels
 import FlareSafetensors
 import FlareTrain
 import Foundation
