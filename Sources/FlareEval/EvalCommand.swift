@@ -29,17 +29,16 @@ public enum EvalCommand {
     """
 
   /// Every subcommand: name, spec, implementation.
-  static let subcommands:
-    [(name: String, spec: CommandSpec, run: @Sendable (ParsedArguments) throws -> ExitStatus)] = [
-      ("generate", generateSpec, generate),
-      ("logits", logitsSpec, logits),
-      ("tokenize", tokenizeSpec, tokenize),
-      ("embed", embedSpec, embed),
-      ("classify", classifySpec, classify),
-      ("perplexity", perplexitySpec, perplexity),
-      ("compare", compareSpec, compare),
-      ("bench", benchSpec, bench),
-    ]
+  static let subcommands: [ToolMain.Subcommand] = [
+    .init("generate", generateSpec, generate),
+    .init("logits", logitsSpec, logits),
+    .init("tokenize", tokenizeSpec, tokenize),
+    .init("embed", embedSpec, embed),
+    .init("classify", classifySpec, classify),
+    .init("perplexity", perplexitySpec, perplexity),
+    .init("compare", compareSpec, compare),
+    .init("bench", benchSpec, bench),
+  ]
 
   public static let spec = CommandSpec(
     name: "flare-eval",
@@ -65,27 +64,7 @@ public enum EvalCommand {
 
   /// Dispatches to the subcommand named by the first argument; never returns.
   public static func main(arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
-    guard let first = arguments.first else {
-      ToolMain.reportUsage(UsageError("missing expected argument '<subcommand>'"), spec: spec)
-      exit(ExitStatus.usage.rawValue)
-    }
-    if first == "--help" || first == "-h" || first == "help" {
-      Console.out(spec.helpText)
-      exit(ExitStatus.success.rawValue)
-    }
-    guard let sub = subcommands.first(where: { $0.name == first }) else {
-      let names = subcommands.map(\.name)
-      let near = names.min {
-        ArgumentParser.editDistance($0, first) < ArgumentParser.editDistance($1, first)
-      }
-      var message = "unknown subcommand '\(first)'"
-      if let near, ArgumentParser.editDistance(near, first) <= 2 {
-        message += "; did you mean '\(near)'?"
-      }
-      ToolMain.reportUsage(UsageError(message), spec: spec)
-      exit(ExitStatus.usage.rawValue)
-    }
-    ToolMain.run(sub.spec, arguments: Array(arguments.dropFirst()), body: sub.run)
+    ToolMain.dispatch(spec, subcommands: subcommands, arguments: arguments)
   }
 
   public static func run(_ arguments: ParsedArguments) throws -> ExitStatus {

@@ -374,14 +374,7 @@ extension BERTModel: TrainableModel {
   /// `initializer_range` from `config.json` (transformers' default 0.02).
   private func initializerRange() throws -> Float {
     let configPath = "\(path)/config.json"
-    let json: JSONValue
-    do {
-      json = try JSONParser.parse(try readSmallFile(configPath, limit: 16 << 20))
-    } catch let failure as JSONParser.Failure {
-      throw FlareError(
-        "config", .invalidArgument, "invalid JSON: \(failure.message)", path: configPath,
-        offset: failure.offset)
-    }
+    let json = try JSONParser.parse(file: configPath, domain: "config", limit: 16 << 20)
     guard let value = json["initializer_range"], value != .null else { return 0.02 }
     guard let range = value.doubleValue, range.isFinite, range >= 0 else {
       throw FlareError(

@@ -142,14 +142,7 @@ public enum CheckpointStore {
     func bad(_ message: String) -> FlareError {
       FlareError("train", .invalidArgument, message, path: statePath)
     }
-    let state: JSONValue
-    do {
-      state = try JSONParser.parse(try readSmallFile(statePath, limit: 256 << 20))
-    } catch let failure as JSONParser.Failure {
-      throw FlareError(
-        "train", .invalidArgument, "not valid JSON: \(failure.message)", path: statePath,
-        offset: failure.offset)
-    }
+    let state = try JSONParser.parse(file: statePath, domain: "train")
     guard state["format"]?.stringValue == formatName else {
       throw bad("not a flare-train checkpoint (no \"format\": \"\(formatName)\")")
     }

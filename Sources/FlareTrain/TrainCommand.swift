@@ -153,23 +153,8 @@ public enum TrainCommand {
 
   /// Dispatches to the subcommand named by the first argument; never returns.
   public static func main(arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
-    guard let first = arguments.first else {
-      ToolMain.reportUsage(UsageError("missing expected argument '<subcommand>'"), spec: spec)
-      exit(ExitStatus.usage.rawValue)
-    }
-    if first == "--help" || first == "-h" || first == "help" {
-      Console.out(spec.helpText)
-      exit(ExitStatus.success.rawValue)
-    }
-    guard first == "lora" else {
-      var message = "unknown subcommand '\(first)'"
-      if ArgumentParser.editDistance(first, "lora") <= 2 { message += "; did you mean 'lora'?" }
-      ToolMain.reportUsage(UsageError(message), spec: spec)
-      exit(ExitStatus.usage.rawValue)
-    }
-    ToolMain.run(loraSpec, arguments: Array(arguments.dropFirst())) { parsed in
-      try runLoRA(parsed)
-    }
+    ToolMain.dispatch(
+      spec, subcommands: [.init("lora", loraSpec, { try runLoRA($0) })], arguments: arguments)
   }
 
   // MARK: - lora
