@@ -10,7 +10,7 @@ E5 := $(FLARE_CACHE)/models/multilingual-e5-small
 DEMO_PROMPT := Once upon a time, there was a little
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
-.PHONY: all deps build build-debug models demo test unit lint format man-check bench clean
+.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check clean
 
 all: build
 
@@ -85,6 +85,16 @@ unit: deps
 test: deps models lint man-check unit
 
 ## Benchmarks (not part of the tests): flare-inspect against the Python safetensors package.
+## Rebuild the committed Bible data (Fixtures/data/bible) from the Debian SWORD Bibles and
+## Apertium (installs them when missing); runs need only the committed files.
+data:
+	python3 scripts/build-bible-data.py
+
+## Does flare-train learn on real data? e5-small genre classification and a SmolLM2 LoRA on Bible
+## text (about 15 minutes; figures in scripts/TRAINING.md). Not part of `make test`.
+learn-check: build models
+	scripts/learn-check.sh
+
 bench: build models
 	python3 scripts/bench-inspect.py
 	python3 scripts/bench-gguf.py
