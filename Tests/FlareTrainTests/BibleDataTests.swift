@@ -112,7 +112,7 @@ struct BibleDataTests {
     let sameVerse = test.filter { trainRefs.contains($0.ref) }.map(\.ref)
     let sameText = test.filter { trainTexts.contains($0.text) }.map(\.ref)
     #expect(sameVerse.isEmpty, "test verses in training: \(sameVerse.prefix(5))")
-    #expect(sameText.isEmpty, "test verses whose English text is in training: \(sameText.prefix(5))")
+    #expect(sameText.isEmpty, "test verses with an English text in training: \(sameText.prefix(5))")
     let spanishTrain = Set(try rows("train.es-mt").map(\.text))
     #expect(try rows("test.es").filter { spanishTrain.contains($0.text) }.isEmpty)
     // The Spanish test files carry, line by line, the same verses; the oracle source is the
