@@ -44,6 +44,11 @@ for name in ("valid", "test-es"):
           f"on {r['examples']} examples (majority baseline 1/6 = 0.1667)")
 EOF
 
+if python3 -c 'import peft' 2>/dev/null; then
+  echo "-- the same adapter in PEFT + transformers"
+  python3 scripts/check-classifier.py "$E5" "$OUT/e5-genre" "$DATA/valid.en" "$OUT/e5-genre-valid.json"
+fi
+
 echo "== 2. causal LM: SmolLM2-135M on WEB verses, perplexity of held-out verses"
 python3 - "$DATA" "$OUT" <<'EOF'
 import json, sys
