@@ -100,6 +100,7 @@ bench: build models
 	python3 scripts/bench-gguf.py
 	python3 scripts/bench-merge.py
 	python3 scripts/bench-eval.py
+	python3 scripts/bench-train.py
 
 clean:
 	rm -rf .build

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""flare-train vs PyTorch + PEFT: time and peak memory of a LoRA training step.
+
+Cases (same model, data, batch, adapter and optimizer on both sides, 2 threads each):
+  smollm2-qv    SmolLM2-135M F32, LoRA r=8 on q_proj,v_proj, causal LM, batch 8 x 128 tokens
+  smollm2-all   SmolLM2-135M F32, LoRA r=16 on all linear layers, causal LM, batch 8 x 128
+  e5-cls        multilingual-e5-small, LoRA r=8 on query,value + head, classification, 32 x 128
+
+Each side runs as its own process (peak RSS from wait4): Flare is `flare-train lora --json`
+(per-step seconds from its log), PyTorch a script that builds the same PEFT model and times
+forward + backward + clip + AdamW per step with torch.set_num_threads(2). The first
+--warmup steps are left out; the median of the rest is reported. Data: running WEB Bible text
+(Fixtures/data/bible/lm-train.jsonl) cut into examples that fill all 128 tokens, identical token
+counts on both sides. Model FLOPs per step count the matrix products of the forward pass (2 per
+weight per token) and of the input gradients (2 more; frozen weights get no weight gradient),
+plus attention; "of peak" divides by this machine's SGEMM rate (numpy float32 4096^2 at 2
+threads, measured in the same run).
+
+Usage: python3 scripts/bench-train.py [--cases smollm2-qv,...] [--steps 6] [--warmup 2]
+       [--wait-idle] [--json OUT]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("FLARE_CACHE") or Path.home() / ".cache" / "flare")
+RELEASE = REPO / ".build" / "release"
+SMOL = CACHE / "models" / "smollm2-hf"
+E5 = CACHE / "models" / "multilingual-e5-small"
+
+CASES = {
+    "smollm2-qv": dict(model=SMOL, task="causal-lm", targets="q_proj,v_proj", rank=8, batch=8),
+    "smollm2-all": dict(model=SMOL, task="causal-lm", targets="all-linear", rank=16, batch=8),
+    "e5-cls": dict(model=E5, task="classification", targets="query,value", rank=8, batch=32),
+}
+LENGTH = 128
+
+TORCH_SIDE = r'''
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from peft import LoraConfig, get_peft_model
+model_dir, task, targets, rank, data, steps = sys.argv[1:7]
+rank, steps = int(rank), int(steps)
+torch.set_num_threads(2)
+torch.manual_seed(0)
+rows = [json.loads(l) for l in open(data)]
+if task == "causal-lm":
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets if targets == "all-linear"
+                     else targets.split(","), lora_dropout=0.0, task_type="CAUSAL_LM")
+else:
+    labels = sorted({r["label"] for r in rows})
+    base = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(labels), dtype=torch.float32)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets.split(","),
+                     lora_dropout=0.0, task_type="SEQ_CLS")
+model = get_peft_model(base, cfg)
+model.train()
+for m in model.modules():
+    if isinstance(m, torch.nn.Dropout):
+        m.p = 0.0
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4,
+                        weight_decay=0.0)
+batch = int(sys.argv[7])
+out = []
+for step in range(steps):
+    chunk = rows[step * batch:(step + 1) * batch]
+    ids = torch.tensor([r["ids"] for r in chunk])
+    t0 = time.perf_counter()
+    if task == "causal-lm":
+        loss = model(input_ids=ids, labels=ids).loss
+    else:
+        y = torch.tensor([labels.index(r["label"]) for r in chunk])
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=y).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    out.append({"step": step + 1, "seconds": time.perf_counter() - t0,
+                "tokens": int(ids.numel()), "loss": float(loss)})
+print(json.dumps(out))
+'''
+
+
+def wait_idle(limit=0.5, timeout=600):
+    start = time.time()
+    while os.getloadavg()[0] >= limit and time.time() - start < timeout:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def make_data(case, work, steps):
+    """Examples of exactly LENGTH tokens (by the model's tokenizer): the same token ids go to
+    PyTorch, and their decoded text (re-encoded to the same ids, checked) to Flare."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(case["model"]))
+    text = " ".join(json.loads(l)["text"] for l in
+                    open(REPO / "Fixtures" / "data" / "bible" / "lm-train.jsonl"))
+    classification = case["task"] == "classification"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    body = LENGTH - (2 if classification else 0)  # <s> ... </s> around an XLM-R example
+    need = case["batch"] * steps
+    rows, flare_rows, pos = [], [], 0
+    while len(rows) < need:
+        piece = ids[pos:pos + body]
+        pos += body // 2
+        if pos + body >= len(ids):
+            pos = 0
+        string = tok.decode(piece)
+        enc = tok(string, add_special_tokens=classification)["input_ids"][:LENGTH]
+        if len(enc) != LENGTH:
+            continue
+        label = ["a", "b", "c", "d"][len(rows) % 4]
+        rows.append({"ids": enc, "label": label})
+        flare_rows.append({"text": string, "label": label} if classification else {"text": string})
+    torch_data, flare_data = work / "torch.jsonl", work / "flare.jsonl"
+    torch_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flare_data.write_text("".join(json.dumps(r) + "\n" for r in flare_rows))
+    return torch_data, flare_data
+
+
+def model_flops(case, tokens_per_step):
+    cfg = json.load(open(case["model"] / "config.json"))
+    h, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    inter = cfg["intermediate_size"]
+    if case["task"] == "causal-lm":
+        kv = h // cfg["num_attention_heads"] * cfg.get("num_key_value_heads",
+                                                       cfg["num_attention_heads"])
+        per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter
+        head = cfg["vocab_size"] * h
+    else:
+        per_layer = 4 * h * h + 2 * h * inter
+        head = 0
+    weights = layers * per_layer + head
+    attention = layers * 2 * 2 * LENGTH * h  # QK^T and PV per token, 2 FLOPs each
+    forward = tokens_per_step * (2 * weights + attention)
+    return forward * 2  # forward + input gradients
+
+
+def sgemm_peak():
+    code = ("import numpy as np, time\n"
+            "a=np.random.rand(4096,4096).astype(np.float32); b=a.copy(); a@b\n"
+            "t=time.perf_counter(); [a@b for _ in range(5)]; d=time.perf_counter()-t\n"
+            "print(5*2*4096**3/d)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, check=True).stdout)
+
+
+def run_case(name, args, work):
+    case = CASES[name]
+    steps = args.steps + args.warmup
+    torch_data, flare_data = make_data(case, work, steps)
+    out = work / f"flare-{name}"
+    log = work / f"flare-{name}.jsonl"
+    cmd = [str(RELEASE / "flare-train"), "lora", "--model", str(case["model"]), "--task",
+           case["task"], "--data", str(flare_data), "--output", str(out), "--target-modules",
+           case["targets"], "--rank", str(case["rank"]), "--alpha", str(2 * case["rank"]),
+           "--batch-size", str(case["batch"]), "--max-steps", str(steps), "--max-length",
+           str(LENGTH), "--no-shuffle", "--model-dropout", "0", "--threads", "2", "--json",
+           "--force", "--quiet"]
+    with open(log, "w") as f:
+        flare_wall, flare_rss = benchlib.run_once(cmd, stdout=f)
+    flare_steps = [json.loads(l) for l in open(log) if l.strip()]
+    flare_steps = [s for s in flare_steps if "seconds" in s][args.warmup:]
+    torch_out = work / f"torch-{name}.json"
+    with open(torch_out, "w") as f:
+        torch_wall, torch_rss = benchlib.run_once(
+            [sys.executable, "-c", TORCH_SIDE, str(case["model"]), case["task"], case["targets"],
+             str(case["rank"]), str(torch_data), str(steps), str(case["batch"])], stdout=f)
+    torch_steps = json.load(open(torch_out))[args.warmup:]
+    tokens = case["batch"] * LENGTH
+    fs = statistics.median(s["seconds"] for s in flare_steps)
+    ts = statistics.median(s["seconds"] for s in torch_steps)
+    ftok = statistics.median(s["tokens"] for s in flare_steps)
+    return {
+        "case": name, "tokens_per_step": tokens, "flare_tokens_counted": ftok,
+        "flare_step_s": fs, "torch_step_s": ts,
+        "flare_tok_s": tokens / fs, "torch_tok_s": tokens / ts, "speed_ratio": ts / fs,
+        "flare_rss_mib": flare_rss / 1024, "torch_rss_mib": torch_rss / 1024,
+        "rss_ratio": flare_rss / torch_rss, "flare_wall_s": flare_wall,
+        "torch_wall_s": torch_wall, "model_gflop_per_step": model_flops(case, tokens) / 1e9,
+        "flare_losses": [s["loss"] for s in flare_steps],
+        "torch_losses": [s["loss"] for s in torch_steps],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default="smollm2-qv,smollm2-all,e5-cls")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps (default: 6)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (default: 2)")
+    ap.add_argument("--wait-idle", action="store_true", help="wait for 1-min load < 0.5 first")
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    args = ap.parse_args()
+    if not benchlib.executable(RELEASE / "flare-train"):
+        benchlib.die("build first: swift build -c release")
+    info = benchlib.machine_info(["torch", "transformers", "peft", "numpy"])
+    load = wait_idle() if args.wait_idle else os.getloadavg()[0]
+    peak = sgemm_peak()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.cases.split(","):
+            results.append(run_case(name, args, Path(tmp)))
+    print(f"machine: {info['cpu_model']}, nproc={info['nproc']}, load before: {load:.2f}; "
+          f"torch {info['torch']}, peft {info['peft']}; SGEMM peak (numpy, 2 threads): "
+          f"{peak / 1e9:.0f} GFLOP/s")
+    print("| case | Flare s/step | PyTorch s/step | Flare tok/s | PyTorch tok/s | speed ratio "
+          "| Flare RSS MiB | PyTorch RSS MiB | RSS ratio | GFLOP/step | Flare % of peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        frac = r["model_gflop_per_step"] * 1e9 / r["flare_step_s"] / peak
+        r["flare_fraction_of_peak"] = frac
+        print(f"| {r['case']} | {r['flare_step_s']:.2f} | {r['torch_step_s']:.2f} | "
+              f"{r['flare_tok_s']:.0f} | {r['torch_tok_s']:.0f} | {r['speed_ratio']:.2f}x | "
+              f"{r['flare_rss_mib']:.0f} | {r['torch_rss_mib']:.0f} | {r['rss_ratio']:.2f} | "
+              f"{r['model_gflop_per_step']:.0f} | {100 * frac:.0f}% |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "load_before": load,
+                                               "sgemm_peak_flops": peak, "results": results},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
