@@ -142,6 +142,10 @@ public protocol TrainableModel: AnyObject {
   /// The `[out, in]` shape of a linear layer by module path.
   func linearShape(_ module: String) -> (outFeatures: Int, inFeatures: Int)?
 
+  /// Threads of a training or evaluation pass. Passes split their work in a fixed partition
+  /// and run BLAS single-threaded, so results are bit-identical for any count.
+  var trainingThreads: Int { get set }
+
   func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float) throws
     -> TrainingPassResult
 

@@ -76,11 +76,9 @@ public final class LoRARun {
     }
     if let threads = request.threads { BLAS.setThreads(threads) }
     let loaded = try loader(request.model, task)
-    // The encoder's passes split their work over threads themselves, in a fixed partition
+    // The passes split their work over threads themselves, in a fixed partition
     // (bit-identical results for any count), and run BLAS single-threaded.
-    if let encoder = loaded.model as? BERTModel {
-      encoder.trainingThreads = request.threads ?? BLAS.threads
-    }
+    loaded.model.trainingThreads = request.threads ?? BLAS.threads
     if task == .causalLM && loaded.layout != .decoder {
       throw FlareError(
         "train", .unsupported,

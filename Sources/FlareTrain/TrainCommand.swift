@@ -280,6 +280,7 @@ public enum TrainCommand {
             ("memory_weights_bytes", .integer(memory.weights)),
             ("memory_activations_bytes", .integer(memory.activations)),
             ("memory_trainable_bytes", .integer(memory.trainable)),
+            ("threads", .integer(run.loaded.model.trainingThreads)),
           ])) + "\n")
       return
     }
@@ -298,6 +299,7 @@ public enum TrainCommand {
       "  steps: \(plan.stepsPerEpoch) per epoch, \(plan.totalSteps) in all (\(plan.epochs) epoch\(plan.epochs == 1 ? "" : "s"); batch \(options.batchSize) x accumulation \(options.gradientAccumulation))",
       "  optimizer: AdamW lr \(TrainingReport.format(options.learningRate)), \(options.schedule.rawValue) schedule, \(options.warmupSteps) warm-up steps, weight decay \(TrainingReport.format(options.optimizer.weightDecay)), clip \(TrainingReport.format(options.maxGradNorm))",
       "  memory estimate: \(bytes(memory.total)) (weights \(bytes(memory.weights)), activations \(bytes(memory.activations)), adapter + optimizer \(bytes(memory.trainable)))",
+      "  threads: \(run.loaded.model.trainingThreads)",
     ]
     Console.out(lines.joined(separator: "\n") + "\n")
   }

@@ -107,6 +107,19 @@ struct CommandTests {
     // The plan is printed and nothing is written.
     #expect(try setup.run(["--dry-run", "--json"], classification: classification) == .success)
     #expect(!fileExists(setup.output))
+    // --threads reaches the model's passes (Llama runs once got one thread whatever was asked).
+    var model: (any TrainableModel)?
+    let planned = try TrainCommand.runLoRA(
+      ArgumentParser.parse(
+        setup.arguments(["--dry-run", "--threads", "2"], classification: classification),
+        spec: TrainCommand.loraSpec),
+      loader: { path, task in
+        let loaded = try setup.loader(classification: classification)(path, task)
+        model = loaded.model
+        return loaded
+      })
+    #expect(planned == .success)
+    #expect(model?.trainingThreads == 2)
     #expect(try setup.run([], classification: classification) == .success)
     var expected = [
       "adapter_config.json", "adapter_model.safetensors", "training_log.jsonl",

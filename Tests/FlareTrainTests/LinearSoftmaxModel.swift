@@ -22,6 +22,8 @@ class LinearSoftmaxModel: TrainableModel, ClassificationHeadProvider, @unchecked
   /// Returns a NaN loss from this training-pass call on (counting from 0), when set.
   var nanFromCall: Int?
   var trainingCalls = 0
+  /// Set by the run (`--threads`); the model itself runs on one thread.
+  var trainingThreads = 1
 
   init(vocabulary: Int, dim: Int, embedding: [Float], weight: [Float], classification: Bool) {
     self.vocabulary = vocabulary
