@@ -39,6 +39,8 @@ public final class LlamaModel: @unchecked Sendable {
   /// attention by (sequence, head), so its results are bit-identical for any thread count.
   /// Inference (``forward(tokens:mask:cache:logits:)``) uses BLAS's own threads instead.
   public var trainingThreads = 1
+  /// Training and evaluation passes' activations, kept for the next pass of the same shape.
+  let activationPool = ActivationPool()
 
   /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
   /// (architecture `llama`; quantized tensors are dequantized to F32 once).
@@ -234,7 +236,7 @@ public final class LlamaModel: @unchecked Sendable {
     let threads = LlamaThreads.blas
     let workers = max(1, min(threads.workers, batch * config.headCount))
     let a = LlamaActivations(
-      config: config, batch: batch, length: t, keys: keys, keepingAllLayers: false,
+      config: config, batch: batch, length: t, keys: keys, keeping: nil,
       workers: workers)
     // The padding slots each sequence must not attend to (usually none).
     let padding = cache.valid.map { slots in (0..<keys).filter { !slots[$0] } }

@@ -1,5 +1,6 @@
 import FlareGGUF
 import FlareTensor
+import Synchronization
 
 /// How a Llama pass uses threads: an explicit parameter of the pass, not a global toggle.
 enum LlamaThreads: Sendable {
@@ -19,21 +20,15 @@ enum LlamaThreads: Sendable {
     }
   }
 
-  /// Rows per chunk of row-wise work under `.split`: a constant, so the chunks (and so every
-  /// value) do not depend on the thread count.
-  static let rowChunk = 64
-
-  /// Runs `body` over rows `0..<n`: whole under `.blas`, in chunks of ``rowChunk`` rows spread
+  /// Runs `body` over rows `0..<n`: whole under `.blas`, in chunks of
+  /// ``Parallel/rowChunk(_:)`` rows spread
   /// over the workers under `.split`.
   func forRows(_ n: Int, _ body: (Range<Int>) -> Void) {
     guard case .split(let workers) = self else {
       body(0..<n)
       return
     }
-    let chunks = (n + Self.rowChunk - 1) / Self.rowChunk
-    Parallel.forEach(chunks, workers: workers) { chunk in
-      body((chunk * Self.rowChunk)..<min(n, (chunk + 1) * Self.rowChunk))
-    }
+    Parallel.forRowChunks(n, workers: workers, body)
   }
 }
 
@@ -76,25 +71,54 @@ final class LlamaActivations: @unchecked Sendable {
   let batch: Int
   let length: Int
   let keys: Int
+  /// Training mode (every layer's ``kept`` regions kept) or the compact mode.
   let keepsAllLayers: Bool
+  /// The regions kept for every layer in training mode.
+  let kept: Set<Region>
   let workers: Int
   let heads: Int
   let storage: FloatStorage
   private let offsets: [Int]
   private let slotSizes: [Int]
 
+  /// The regions a training pass always keeps for every layer: what the backward pass through
+  /// the frozen model reads (norm inputs and statistics, Q/K/V, probabilities, SwiGLU's
+  /// inputs). The linear layers' inputs (`attentionNormed`, `context`, `mlpNormed`, `act`) are
+  /// needed only for the weight gradients of LoRA layers on them.
+  static let backwardRegions: Set<Region> = [
+    .residual, .attentionRstd, .q, .k, .v, .probs, .mid, .mlpRstd, .gate, .up,
+  ]
+
+  /// The regions a training pass keeps for `loras` (linear-layer slots `7·layer + j`): the
+  /// ``backwardRegions`` plus the inputs of the linear layers that carry a LoRA.
+  static func kept(loraSlots: some Sequence<Int>) -> Set<Region> {
+    var kept = backwardRegions
+    for slot in loraSlots {
+      switch slot % 7 {
+      case 0, 1, 2: kept.insert(.attentionNormed)
+      case 3: kept.insert(.context)
+      case 4, 5: kept.insert(.mlpNormed)
+      default: kept.insert(.act)
+      }
+    }
+    return kept
+  }
+
   /// - Parameters:
   ///   - batch, length: `B` sequences of `T` tokens (`N = B·T` rows).
   ///   - keys: Keys each query may see (`T` without a cache, cache length + `T` with one).
-  ///   - keepingAllLayers: Training (every layer kept) or the compact mode.
+  ///   - keeping: Training: the regions kept for every layer (the others get one slot that
+  ///     each layer overwrites, see ``kept(loraSlots:)``); `nil`: the compact mode.
   ///   - workers: Attention workers (compact mode's probability slots).
   init(
-    config: LlamaConfig, batch: Int, length: Int, keys: Int, keepingAllLayers: Bool, workers: Int
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int
   ) {
     self.batch = batch
     self.length = length
     self.keys = keys
+    let keepingAllLayers = keeping != nil
     keepsAllLayers = keepingAllLayers
+    kept = keeping ?? []
     self.workers = max(1, workers)
     heads = config.headCount
     let n = batch * length
@@ -102,11 +126,12 @@ final class LlamaActivations: @unchecked Sendable {
     let qDim = config.headCount * config.headDim
     let kvDim = config.headCountKV * config.headDim
     let ff = config.feedForwardLength
-    let layers = keepingAllLayers ? config.blockCount : 1
+    let layers = config.blockCount
     var offsets: [Int] = []
     var slotSizes: [Int] = []
     var total = 0
     for region in Region.allCases {
+      let layers = kept.contains(region) ? layers : 1
       var (size, slots): (Int, Int)
       switch region {
       case .residual: (size, slots) = (n * c, keepingAllLayers ? config.blockCount + 1 : 1)
@@ -141,7 +166,7 @@ final class LlamaActivations: @unchecked Sendable {
       if region == .mid { region = .residual }
       if region == .act { region = .gate }
     }
-    let slot = keepsAllLayers && region != .projected ? layer : 0
+    let slot = keepsAllLayers && kept.contains(region) ? layer : 0
     return storage.buffer.baseAddress! + offsets[region.rawValue]
       + slot * slotSizes[region.rawValue]
   }
@@ -159,5 +184,39 @@ final class LlamaActivations: @unchecked Sendable {
     let base = pointer(.probs, layer: layer)
     return keepsAllLayers
       ? base + (b * heads + h) * length * keys : base + worker * length * keys
+  }
+}
+
+/// Activation buffers kept between passes of one model, so a training run allocates (and the
+/// kernel zero-fills) its activations once instead of every micro-batch: one set per mode
+/// (training, compact), reused when the next pass has the same shape. Passes running at the
+/// same time on one model each get their own buffers.
+final class ActivationPool: Sendable {
+  private let cached = Mutex<[Bool: LlamaActivations]>([:])
+
+  /// Buffers for a pass of this shape: the cached ones when they match, new ones otherwise.
+  func take(
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<LlamaActivations.Region>?,
+    workers: Int
+  ) -> LlamaActivations {
+    let mode = keeping != nil
+    let reused = cached.withLock { cache -> LlamaActivations? in
+      guard let a = cache[mode], a.batch == batch, a.length == length, a.keys == keys,
+        a.kept == (keeping ?? []), a.workers == max(1, workers)
+      else { return nil }
+      cache[mode] = nil
+      return a
+    }
+    if let reused { return reused }
+    // Drop a cached set of another shape before allocating the new one.
+    cached.withLock { $0[mode] = nil }
+    return LlamaActivations(
+      config: config, batch: batch, length: length, keys: keys, keeping: keeping,
+      workers: workers)
+  }
+
+  /// Returns buffers after a pass, for the next one of the same mode.
+  func give(_ a: LlamaActivations) {
+    cached.withLock { $0[a.keepsAllLayers] = a }
   }
 }

@@ -148,9 +148,11 @@ extension LlamaModel: TrainableModel {
       }
       padding.append((0..<t).filter { !batch.mask[row][$0] })
     }
-    let a = LlamaActivations(
-      config: config, batch: b, length: t, keys: t, keepingAllLayers: training,
+    let a = activationPool.take(
+      config: config, batch: b, length: t, keys: t,
+      keeping: training ? LlamaActivations.kept(loraSlots: loras.keys) : nil,
       workers: min(threads.workers, b * config.headCount))
+    defer { activationPool.give(a) }
     run(
       a, tokens: Array(batch.tokens.joined()), positions: positions, padding: padding,
       cache: nil, pass: pass)
