@@ -22,6 +22,11 @@ padding and on the first 4 tokens of the first text, a "prompt"):
         (as `generate` passes them) and `-100` also on each row's first real token (a padding
         position must not predict it). Loss and gradient norms in the JSON; the script checks
         that its gradients equal the right-padded ones (figure recorded).
+  cls   sequence classification: transformers' `LlamaForSequenceClassification` (3 labels,
+        `pad_token_id` 2 as in config.json: the score head on each row's last non-padding
+        token), PEFT `SEQ_CLS` (LoRA r 4, alpha 8 on q_proj, v_proj; `score` in
+        `modules_to_save`, saved as `base_model.model.score.weight` and initialised by the same
+        generator with the A scale), class labels 0, 2, 1, right padding. Every gradient stored.
 
 Init generator (per case seed; LoRA tensors in the order of their sorted saved keys, each
 row-major): SplitMix64 (state += 0x9E3779B97F4A7C15; the usual output mix), value
@@ -62,6 +67,7 @@ CASES = {
     "qv": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8, seed=11, padding="right"),
     "all": dict(target_modules="all-linear", r=2, alpha=4, seed=22, padding="right"),
     "left": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8, seed=11, padding="left"),
+    "cls": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8, seed=33, padding="right", classes=[0, 2, 1]),
 }
 FULL_LAYERS = {"all": [0, 15, 29]}
 TOLERANCE = {"loss_relative": 1e-5, "gradient_relative_frobenius": 1e-4}
@@ -83,14 +89,14 @@ def init_values(keys_shapes, seed):
     values = {}
     for key, shape in sorted(keys_shapes):
         count = int(np.prod(shape))
-        scale = 2.0**-14 if ".lora_A." in key else 2.0**-15
+        scale = 2.0**-15 if ".lora_B." in key else 2.0**-14
         raw = [(int((next(stream) >> 40) % 2049) - 1024) for _ in range(count)]
         values[key] = (np.array(raw, dtype=np.float64) * scale).astype(np.float32).reshape(shape)
     return values
 
 
 def saved_key(parameter_name):
-    return parameter_name.replace(".default", "")
+    return parameter_name.replace(".modules_to_save.default", "").replace(".default", "")
 
 
 def batch(padding):
@@ -125,9 +131,18 @@ def step(case, dtype):
     from transformers import AutoModelForCausalLM
 
     spec = CASES[case]
-    base = AutoModelForCausalLM.from_pretrained(FOLDER, dtype=torch.float32, attn_implementation="eager")
+    classes = spec.get("classes")
+    if classes:
+        from transformers import AutoModelForSequenceClassification
+
+        base = AutoModelForSequenceClassification.from_pretrained(
+            FOLDER, dtype=torch.float32, attn_implementation="eager", num_labels=3
+        )
+        assert base.config.pad_token_id == 2
+    else:
+        base = AutoModelForCausalLM.from_pretrained(FOLDER, dtype=torch.float32, attn_implementation="eager")
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_CLS if classes else TaskType.CAUSAL_LM,
         r=spec["r"],
         lora_alpha=spec["alpha"],
         lora_dropout=0.0,
@@ -147,12 +162,16 @@ def step(case, dtype):
         input_ids=torch.tensor(ids),
         attention_mask=torch.tensor(mask),
         position_ids=torch.tensor(positions),
-        labels=torch.tensor(labels),
+        labels=torch.tensor(classes if classes else labels),
     )
     out.loss.backward()
     grads = {saved_key(n): p.grad.detach().to(torch.float64).numpy() for n, p in model.named_parameters() if p.requires_grad}
-    count = sum(1 for row in labels for label in row[1:] if label != -100)
-    modules = sorted({k.rsplit(".lora_", 1)[0].replace("base_model.model.", "", 1) for k in grads})
+    if classes:
+        labels = classes
+        count = len(classes)
+    else:
+        count = sum(1 for row in labels for label in row[1:] if label != -100)
+    modules = sorted({k.rsplit(".lora_", 1)[0].replace("base_model.model.", "", 1) for k in grads if ".lora_" in k})
     return dict(
         loss=float(out.loss.detach()), count=count, grads=grads, modules=modules, batch=(ids, mask, labels), scale=spec["alpha"] / spec["r"]
     )
@@ -186,7 +205,7 @@ def main():
         stored = []
         if case != "left":
             for key, g in r32["grads"].items():
-                layer = int(key.split(".layers.")[1].split(".")[0])
+                layer = int(key.split(".layers.")[1].split(".")[0]) if ".layers." in key else None
                 if full is None or layer in full:
                     tensors[f"{case}.grad.{key}"] = g.astype(np.float32)
                     stored.append(key)
@@ -200,6 +219,7 @@ def main():
             input_ids=ids,
             attention_mask=mask,
             labels=labels,
+            classes=spec.get("classes"),
             loss=r32["loss"],
             label_count=r32["count"],
             modules=r32["modules"],

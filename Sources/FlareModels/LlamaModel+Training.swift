@@ -40,25 +40,35 @@ extension LlamaModel: TrainableModel {
     return index
   }
 
-  /// One forward and backward pass of causal language modelling on `batch` (targets
-  /// `.tokens`, transformers' unshifted `labels`): the model with `state`'s LoRA layers (each
-  /// with its LoRA dropout, masks from `state.seed`), the cross-entropy of every position whose
-  /// shifted label is not `-100` (position `t` scored against `labels[t + 1]`), and the
-  /// gradient of `gradientScale · lossSum` accumulated into every LoRA `A` and `B`.
+  /// One forward and backward pass on `batch`, accumulating the gradient of
+  /// `gradientScale · lossSum` into every LoRA `A` and `B` (and the `score` head):
   ///
-  /// Padding may be on either side: positions count real tokens (transformers'
-  /// `cumsum(mask) − 1`) and padding keys are never attended to; a padding position must carry
-  /// label `-100`, and so must a real token whose predecessor is padding (left padding).
-  /// Work is split over ``trainingThreads`` threads with BLAS single-threaded (restored
-  /// afterwards), so results are bit-identical for any thread count.
-  /// - Throws: ``FlareError`` for class targets, labels outside the vocabulary, a LoRA layer on a
-  ///   module the model does not have or of the wrong shape, a LoRA dropout outside [0, 1), a
-  ///   non-zero `state.modelDropout` (Llama has no hidden dropout), head tensors in the state,
-  ///   adapters attached with ``attach(adapters:)``, or a batch the model cannot take.
+  /// - Causal language modelling (targets `.tokens`, transformers' unshifted `labels`): the
+  ///   cross-entropy of every position whose shifted label is not `-100` (position `t` scored
+  ///   against `labels[t + 1]`) through the LM head; `state.heads` must be empty.
+  /// - Sequence classification (targets `.classes`), as `LlamaForSequenceClassification`:
+  ///   the `score` head (``scoreHeadName``, `[classes, C]`, no bias, in `state.heads`) on the
+  ///   final norm's output at each sequence's last real token (the last position of its
+  ///   mask; transformers takes the last token that is not `pad_token_id`, the same token
+  ///   unless the text itself contains the pad token), and the cross-entropy of each sequence.
+  ///
+  /// The model runs with `state`'s LoRA layers (each with its LoRA dropout, masks from
+  /// `state.seed`). Padding may be on either side: positions count real tokens
+  /// (transformers' `cumsum(mask) − 1`) and padding keys are never attended to; for causal
+  /// LM a padding position must carry label `-100`, and so must a real token whose
+  /// predecessor is padding (left padding). Work is split over ``trainingThreads`` threads
+  /// with BLAS single-threaded (restored afterwards), so results are bit-identical for any
+  /// thread count.
+  /// - Throws: ``FlareError`` for labels outside the vocabulary or classes outside the head,
+  ///   a LoRA layer on a module the model does not have or of the wrong shape, a LoRA dropout
+  ///   outside [0, 1), a non-zero `state.modelDropout` (Llama has no hidden dropout), head
+  ///   tensors in a causal-LM state or anything but a fitting `score` head in a
+  ///   classification state, a sequence without real tokens to classify, adapters attached
+  ///   with ``attach(adapters:)``, or a batch the model cannot take.
   public func trainingPass(batch: TrainingBatch, state: TrainingState, gradientScale: Float)
     throws -> TrainingPassResult
   {
-    try pass(batch: batch, state: state, gradientScale: gradientScale)
+    try pass(batch: batch, state: state, gradientScale: gradientScale).result
   }
 
   /// The loss of `batch` without dropout and without gradients, with the compact activations
@@ -67,12 +77,30 @@ extension LlamaModel: TrainableModel {
   public func evaluationPass(batch: TrainingBatch, state: TrainingState) throws
     -> TrainingPassResult
   {
-    try pass(batch: batch, state: state, gradientScale: nil)
+    try pass(batch: batch, state: state, gradientScale: nil).result
   }
 
-  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`).
+  /// An evaluation pass of sequence classification that also returns the logits: `B` rows of
+  /// the `score` head's class count, in batch order (what `flare-eval classify` prints).
+  /// - Throws: ``FlareError`` as ``trainingPass(batch:state:gradientScale:)``.
+  public func classificationLogits(batch: TrainingBatch, state: TrainingState) throws -> (
+    result: TrainingPassResult, logits: [[Float]]
+  ) {
+    let (result, flat) = try pass(batch: batch, state: state, gradientScale: nil)
+    let b = batch.tokens.count
+    guard b > 0, !flat.isEmpty else { return (result, Array(repeating: [], count: b)) }
+    let width = flat.count / b
+    return (result, (0..<b).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) })
+  }
+
+  /// The saved name of `LlamaForSequenceClassification`'s head, `score` (`[classes, C]`, no
+  /// bias), as PEFT saves it in `modules_to_save`.
+  public static let scoreHeadName = "base_model.model.score.weight"
+
+  /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); for sequence
+  /// classification also the logits, `B×classes`.
   private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws
-    -> TrainingPassResult
+    -> (result: TrainingPassResult, logits: [Float])
   {
     func bad(_ message: String, _ code: FlareError.Code = .invalidArgument) -> FlareError {
       FlareError("model", code, message, path: source.path)
@@ -82,23 +110,47 @@ extension LlamaModel: TrainableModel {
         "adapters are attached to \(attached.path); a training or evaluation pass takes its LoRA layers from the training state (load the model again without them)",
         .unsupported)
     }
-    guard case .tokens(let labels) = batch.targets else {
-      throw bad(
-        "a Llama model trains a causal language model (token targets); the score head of LlamaForSequenceClassification is not supported",
-        .unsupported)
-    }
     guard state.modelDropout == 0 else {
       throw bad(
         "model dropout \(state.modelDropout) is not supported for Llama models (they have no hidden dropout; use LoRA dropout)",
         .unsupported)
     }
-    if let name = state.heads.keys.sorted().first {
-      throw bad(
-        "head tensor \(name): Llama causal-LM training trains LoRA layers only (LM head and embedding training are out of scope)",
-        .unsupported)
-    }
     let b = batch.tokens.count
-    guard b > 0 else { return TrainingPassResult(lossSum: 0, count: 0) }
+    // Causal LM: token labels, no head tensors. Classification: one class per sequence and
+    // the `score` head.
+    var labels: [[Int]] = []
+    var classes: [Int]?
+    var score: TrainableTensor?
+    switch batch.targets {
+    case .tokens(let tokens):
+      labels = tokens
+      if let name = state.heads.keys.sorted().first {
+        throw bad(
+          "head tensor \(name): Llama causal-LM training trains LoRA layers only (LM head and embedding training are out of scope)",
+          .unsupported)
+      }
+    case .classes(let targets):
+      classes = targets
+      let c = config.embeddingLength
+      guard let head = state.heads[Self.scoreHeadName], state.heads.count == 1 else {
+        throw bad(
+          "Llama sequence classification needs exactly the score head (\(Self.scoreHeadName)); the state has \(state.heads.keys.sorted())",
+          .unsupported)
+      }
+      guard head.shape.count == 2, head.shape[0] >= 1, head.shape[1] == c else {
+        throw bad(
+          "the score head has shape \(head.shape); expected [classes, \(c)]")
+      }
+      guard targets.count == b else {
+        throw bad("\(targets.count) class targets for a batch of \(b) sequences")
+      }
+      if let row = targets.firstIndex(where: { $0 < 0 || $0 >= head.shape[0] }) {
+        throw bad(
+          "row \(row) has class \(targets[row]), outside the score head's 0..<\(head.shape[0])")
+      }
+      score = head
+    }
+    guard b > 0 else { return (TrainingPassResult(lossSum: 0, count: 0), []) }
     let t = batch.tokens[0].count
     guard t > 0, batch.tokens.allSatisfy({ $0.count == t }) else {
       throw bad("a batch needs sequences of the same non-zero length")
@@ -109,8 +161,12 @@ extension LlamaModel: TrainableModel {
     guard batch.mask.count == b, batch.mask.allSatisfy({ $0.count == t }) else {
       throw bad("the mask does not match the tokens' shape")
     }
-    guard labels.count == b, labels.allSatisfy({ $0.count == t }) else {
-      throw bad("the labels do not match the tokens' shape")
+    if classes == nil {
+      guard labels.count == b, labels.allSatisfy({ $0.count == t }) else {
+        throw bad("the labels do not match the tokens' shape")
+      }
+    } else if let row = batch.mask.firstIndex(where: { !$0.contains(true) }) {
+      throw bad("row \(row) has no real token to classify (its mask is all padding)")
     }
     let vocab = config.vocabSize
     for (row, sequence) in batch.tokens.enumerated() {
@@ -157,8 +213,8 @@ extension LlamaModel: TrainableModel {
       a, tokens: Array(batch.tokens.joined()), positions: positions, padding: padding,
       cache: nil, pass: pass)
 
-    // Final norm (kept for its backward), then the LM head + cross-entropy in fixed row groups.
-    let shifted = Kernels.shiftedLabels(Array(labels.joined()), batch: b, length: t)
+    // Final norm (kept for its backward), then the LM head + cross-entropy in fixed row groups
+    // (or the score head on the last real tokens).
     let final = Scratch([n * c, n, training ? n * c : 0])
     defer { final.free() }
     let (normed, rstd, dnormed) = (final[0], final[1], final[2])
@@ -168,6 +224,23 @@ extension LlamaModel: TrainableModel {
         out: normed + r.lowerBound * c, rstd: rstd + r.lowerBound, inp: x + r.lowerBound * c,
         weight: finalNorm.pointer, rows: r.count, channels: c, eps: config.rmsNormEpsilon)
     }
+    if let classes, let score {
+      // LlamaForSequenceClassification: the score head on each sequence's last real token.
+      let last = (0..<b).map { row in row * t + batch.mask[row].lastIndex(of: true)! }
+      let (result, logits) = classify(
+        rows: last, normed: normed, dnormed: training ? dnormed : nil, score: score,
+        classes: classes, gradientScale: gradientScale ?? 1)
+      if training {
+        backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
+        for shadow in shadows {
+          let back = LlamaLayout.permuted(
+            shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
+          for i in back.indices { shadow.hf.gradient[i] += back[i] }
+        }
+      }
+      return (result, logits)
+    }
+    let shifted = Kernels.shiftedLabels(Array(labels.joined()), batch: b, length: t)
     let groups = (n + Self.headChunk - 1) / Self.headChunk
     var losses = [Double](repeating: 0, count: groups)
     var counts = [Int](repeating: 0, count: groups)
@@ -189,14 +262,74 @@ extension LlamaModel: TrainableModel {
       }
     }
     let result = TrainingPassResult(lossSum: losses.reduce(0, +), count: counts.reduce(0, +))
-    guard training, !loras.isEmpty else { return result }
+    guard training else { return (result, []) }
     backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
     for shadow in shadows {
       let back = LlamaLayout.permuted(
         shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
       for i in back.indices { shadow.hf.gradient[i] += back[i] }
     }
-    return result
+    return (result, [])
+  }
+
+  /// The `score` head and its cross-entropy on the pooled rows `rows` (one per sequence) of
+  /// the final norm's output `normed`: logits `normed[row]·scoreᵀ` (dot products summed in
+  /// double precision, rounded once), the loss `logsumexp − logit[class]` per sequence, the
+  /// predictions (first largest logit), and with `dnormed` the gradients: `g = gradientScale ·
+  /// (softmax − onehot)`, `score.gradient += gᵀ·normed[rows]`, `dnormed[row] = g·score`
+  /// (other rows stay as they are, zero).
+  private func classify(
+    rows: [Int], normed: UnsafePointer<Float>, dnormed: UnsafeMutablePointer<Float>?,
+    score: TrainableTensor, classes: [Int], gradientScale: Float
+  ) -> (TrainingPassResult, [Float]) {
+    let c = config.embeddingLength
+    let k = score.shape[0]
+    var logits = [Float](repeating: 0, count: rows.count * k)
+    score.values.withUnsafeBufferPointer { w in
+      for (i, row) in rows.enumerated() {
+        let x = normed + row * c
+        for j in 0..<k {
+          var sum = 0.0
+          for m in 0..<c { sum += Double(x[m]) * Double(w[j * c + m]) }
+          logits[i * k + j] = Float(sum)
+        }
+      }
+    }
+    var lossSum = 0.0
+    var predictions: [Int] = []
+    var dlogits = [Float](repeating: 0, count: rows.count * k)
+    logits.withUnsafeBufferPointer { z in
+      dlogits.withUnsafeMutableBufferPointer { g in
+        for i in rows.indices {
+          var best = 0
+          for j in 1..<max(k, 1) where z[i * k + j] > z[i * k + best] { best = j }
+          predictions.append(best)
+          g.baseAddress!.advanced(by: i * k).update(from: z.baseAddress! + i * k, count: k)
+          lossSum += Kernels.crossEntropyRowInPlace(
+            g.baseAddress! + i * k, classes: k, label: classes[i], scale: gradientScale)
+        }
+      }
+    }
+    if let dnormed {
+      score.values.withUnsafeBufferPointer { w in
+        score.gradient.withUnsafeMutableBufferPointer { dw in
+          for (i, row) in rows.enumerated() {
+            let x = normed + row * c
+            let dx = dnormed + row * c
+            for j in 0..<k {
+              let gj = dlogits[i * k + j]
+              for m in 0..<c {
+                dw[j * c + m] += gj * x[m]
+                dx[m] += gj * w[j * c + m]
+              }
+            }
+          }
+        }
+      }
+    }
+    return (
+      TrainingPassResult(lossSum: lossSum, count: rows.count, predictions: predictions), logits
+    )
   }
 
   /// A trainable `B` in GGUF's Q/K row order standing in for the state's (HF order) one.

@@ -37,8 +37,9 @@ public struct ClassifierReport: Sendable {
   public var correctCount: Int { examples.reduce(0) { $0 + ($1.prediction == $1.truth ? 1 : 0) } }
 }
 
-/// A sequence classifier evaluated on a labelled JSONL file (`flare-eval classify`): the
-/// encoder with an adapter's LoRA layers and classification head (its `modules_to_save`),
+/// A sequence classifier evaluated on a labelled JSONL file (`flare-eval classify`): a BERT/
+/// XLM-R encoder or a Llama model (`LlamaForSequenceClassification`'s `score` head on the last
+/// real token) with an adapter's LoRA layers and classification head (its `modules_to_save`),
 /// or the checkpoint's own head, on examples read and tokenized exactly as `flare-train`
 /// reads training data (``JSONLReader``, ``ExampleEncoder``, ``Collator``).
 ///
@@ -74,22 +75,22 @@ public enum ClassifierEvaluation {
 
   /// Evaluates the classifier on every example of the data file.
   /// - Throws: ``TrainingDataError`` for a bad data line or a label the classifier does not
-  ///   have; ``FlareError`` for a model that is not a BERT/XLM-R encoder, an adapter that
+  ///   have; ``FlareError`` for a model that is neither Llama nor BERT/XLM-R, an adapter that
   ///   does not fit it, or no classification head in the adapter or the checkpoint.
   public static func run(_ request: Request) throws -> ClassifierReport {
     let raw = try JSONLReader.read(path: request.data, task: .classification)
     let architecture = try WeightSource(path: request.model).architecture()
-    guard ["bert", "roberta", "xlm-roberta"].contains(architecture) else {
+    guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
       throw FlareError(
         "eval", .unsupported,
-        "classify runs BERT and XLM-R encoders; the model is '\(architecture)'",
+        "classify runs Llama models and BERT/XLM-R encoders; the model is '\(architecture)'",
         path: request.model)
     }
     let loaded = try TrainingModel.open(request.model, task: .classification)
-    guard let model = loaded.model as? BERTModel else {
+    guard let model = loaded.model as? any SequenceClassifier else {
       throw FlareError(
         "eval", .unsupported,
-        "classify runs BERT and XLM-R encoders; the model is '\(loaded.architecture)'",
+        "classify runs Llama models and BERT/XLM-R encoders; the model is '\(loaded.architecture)'",
         path: request.model)
     }
     model.trainingThreads = request.threads ?? BLAS.threads

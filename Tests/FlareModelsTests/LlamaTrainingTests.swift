@@ -29,13 +29,20 @@ struct LlamaTrainingGolden {
         try #require(row.arrayValue).map { try #require($0.intValue) }
       }
     }
+    let targets: TrainingBatch.Targets
+    if let classes = spec["classes"]?.arrayValue {
+      targets = .classes(try classes.map { try #require($0.intValue) })
+    } else {
+      targets = .tokens(try rows("labels"))
+    }
     return TrainingBatch(
       tokens: try rows("input_ids"), mask: try rows("attention_mask").map { $0.map { $0 != 0 } },
-      targets: .tokens(try rows("labels")))
+      targets: targets)
   }
 
-  /// The case's LoRA layers at the script's starting values: its integer generator
-  /// (SplitMix64, tensors in sorted saved-key order) recomputed here.
+  /// The case's LoRA layers (and, for classification, the `score` head) at the script's
+  /// starting values: its integer generator (SplitMix64, tensors in sorted saved-key order)
+  /// recomputed here.
   func state(_ name: String, model: LlamaModel) throws -> TrainingState {
     let spec = try spec(name)
     let r = try #require(spec["r"]?.intValue)
@@ -52,10 +59,16 @@ struct LlamaTrainingGolden {
           name: key, shape: dims, values: [Float](repeating: 0, count: dims[0] * dims[1]))
       }
     }
+    if let classes = spec["classes"]?.arrayValue {
+      let shape = [classes.count, model.config.embeddingLength]
+      tensors[LlamaModel.scoreHeadName] = TrainableTensor(
+        name: LlamaModel.scoreHeadName, shape: shape,
+        values: [Float](repeating: 0, count: shape[0] * shape[1]))
+    }
     var random = SplitMix64(seed: UInt64(try #require(spec["seed"]?.intValue)))
     for key in tensors.keys.sorted() {
       let tensor = tensors[key]!
-      let unit: Float = key.contains(".lora_A.") ? 0x1p-14 : 0x1p-15
+      let unit: Float = key.contains(".lora_B.") ? 0x1p-15 : 0x1p-14
       for i in 0..<tensor.count {
         tensor.values[i] = Float(Int((random.next() >> 40) % 2049) - 1024) * unit
       }
@@ -66,7 +79,8 @@ struct LlamaTrainingGolden {
         module: module, a: tensors["base_model.model.\(module).lora_A.weight"]!,
         b: tensors["base_model.model.\(module).lora_B.weight"]!, scale: scale, dropout: 0)
     }
-    return TrainingState(loras: loras)
+    let heads = tensors[LlamaModel.scoreHeadName].map { [LlamaModel.scoreHeadName: $0] } ?? [:]
+    return TrainingState(loras: loras, heads: heads)
   }
 
   func gradient(_ name: String, key: String) throws -> [Float] {
@@ -151,6 +165,65 @@ struct LlamaTrainingTests {
     #expect(abs(evaluation.lossSum / Double(evaluation.count) - loss) <= 1e-6 * loss)
   }
 
+  /// Oracle: PEFT (`get_peft_model`, SEQ_CLS, `score` in `modules_to_save`) on transformers'
+  /// `LlamaForSequenceClassification` (3 labels, the score head on each row's last
+  /// non-padding token), float32, one `loss.backward()`: the mean cross-entropy within 1e-5
+  /// relative, every LoRA and `score` gradient within 2e-4 relative Frobenius (as ``check``);
+  /// the evaluation pass gives the same loss (1e-6), PEFT's predictions, and logits that
+  /// reproduce its loss. Then the same pass with left padding (the last real token is then
+  /// the last position) gives the same loss and gradients within 1e-5.
+  @Test("sequence classification: the score head on the last real token matches PEFT")
+  func classification() throws {
+    guard let folder = try smolLM2HFFolder() else { return }
+    let model = try LlamaModel(path: folder)
+    let golden = try LlamaTrainingGolden()
+    let (loss, count, gradients) = try Self.step("cls", model: model, golden: golden)
+    #expect(count == 3)
+    #expect(gradients[LlamaModel.scoreHeadName] != nil)
+    try Self.check("cls", loss: loss, count: count, gradients: gradients, golden: golden)
+
+    let batch = try golden.batch("cls")
+    let (result, logits) = try model.classificationLogits(
+      batch: batch, state: try golden.state("cls", model: model))
+    #expect(abs(result.lossSum / 3 - loss) <= 1e-6 * loss)
+    #expect(logits.count == 3 && logits.allSatisfy { $0.count == 3 })
+    let predictions = try #require(result.predictions)
+    #expect(predictions == logits.map { row in row.indices.max { row[$0] < row[$1] }! })
+
+    // Left padding: the same rows padded on the other side.
+    var left = batch
+    for row in left.tokens.indices {
+      let real = left.mask[row].filter { $0 }.count
+      let padding = left.tokens[row].count - real
+      left.tokens[row] = Array(repeating: 2, count: padding) + left.tokens[row].prefix(real)
+      left.mask[row] = Array(repeating: false, count: padding) + Array(repeating: true, count: real)
+    }
+    let state = try golden.state("cls", model: model)
+    let leftResult = try model.trainingPass(batch: left, state: state, gradientScale: 1 / 3)
+    #expect(abs(leftResult.lossSum / 3 - loss) <= 1e-5 * loss)
+    for (key, values) in gradients {
+      let error = relativeFrobenius(try #require(FlareModelsTests.gradients(state)[key]), values)
+      #expect(error < 1e-5, "\(key): left vs right \(error)")
+    }
+
+    // A causal-LM state (no head) or a class outside the head is refused.
+    var bad = batch
+    bad.targets = .classes([0, 3, 1])
+    #expect(throws: FlareError.self) {
+      try model.trainingPass(batch: bad, state: state, gradientScale: 1)
+    }
+    var headless = state
+    headless.heads = [:]
+    #expect(throws: FlareError.self) {
+      try model.trainingPass(batch: batch, state: headless, gradientScale: 1)
+    }
+    var empty = batch
+    empty.mask[1] = empty.mask[1].map { _ in false }
+    #expect(throws: FlareError.self) {
+      try model.trainingPass(batch: empty, state: state, gradientScale: 1)
+    }
+  }
+
   /// Left padding with positions `cumsum(mask) − 1`: oracle PEFT on the same texts left-padded
   /// (loss 1e-5, gradient norms 2e-4); and the gradients equal the right-padded pass's within
   /// 1e-5 relative Frobenius (the same function of the real tokens).
@@ -202,6 +275,7 @@ struct LlamaTrainingTests {
     let golden = try LlamaTrainingGolden()
     let state = try golden.state("qv", model: model)
     var batch = try golden.batch("qv")
+    // Classes without a score head in the state.
     batch.targets = .classes([0, 1, 2])
     #expect(throws: FlareError.self) {
       try model.trainingPass(batch: batch, state: state, gradientScale: 1)
