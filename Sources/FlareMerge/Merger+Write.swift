@@ -352,9 +352,10 @@ extension Merger {
     }
   }
 
-  /// `config.json` members for an encoder that gained a `labels`-way classification head: the
+  /// `config.json` members for a model that gained a `labels`-way classification head: the
   /// task model's `architectures` (`BertForSequenceClassification`,
-  /// `XLMRobertaForSequenceClassification`, `RobertaForSequenceClassification` by `model_type`)
+  /// `XLMRobertaForSequenceClassification`, `RobertaForSequenceClassification`,
+  /// `LlamaForSequenceClassification` by `model_type`)
   /// and `id2label` / `label2id`, named by the adapter's `flare_labels.json` (written by
   /// flare-train) when it has one, else by the config's own `id2label` when that has `labels`
   /// entries, else `LABEL_<i>` as transformers names them.
@@ -366,6 +367,7 @@ extension Merger {
       switch config["model_type"]?.stringValue {
       case "xlm-roberta": "XLMRobertaForSequenceClassification"
       case "roberta": "RobertaForSequenceClassification"
+      case "llama": "LlamaForSequenceClassification"
       default: "BertForSequenceClassification"
       }
     var names = (0..<labels).map { "LABEL_\($0)" }
@@ -386,6 +388,14 @@ extension Merger {
       !["architectures", "id2label", "label2id", "num_labels"].contains($0.0)
     }
     result.append(("architectures", .array([.string(architecture)])))
+    if architecture == "LlamaForSequenceClassification", config["pad_token_id"]?.intValue == nil,
+      let eos = config["eos_token_id"]?.intValue
+    {
+      // transformers finds each row's last token by pad_token_id and refuses batches without
+      // one; Flare pads with EOS when the tokenizer has no pad token.
+      result = result.filter { $0.0 != "pad_token_id" }
+      result.append(("pad_token_id", .integer(eos)))
+    }
     result.append(
       ("id2label", .object(names.enumerated().map { (String($0.offset), .string($0.element)) })))
     result.append(

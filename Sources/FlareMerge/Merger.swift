@@ -277,6 +277,37 @@ public enum Merger {
             changes[name] = head.change
             continue
           }
+          if name == "score.weight", let embedding = byName[embeddingName] {
+            // LlamaForSequenceClassification's head for a Llama checkpoint that has none.
+            guard !isGGUFBase else {
+              throw fail(
+                adapter,
+                "a GGUF base cannot take a sequence-classification head (score); merge into the HF folder",
+                tensor: name)
+            }
+            let hidden = embedding.shape.last ?? 0
+            guard view.shape.count == 2, view.shape[0] > 0, view.shape[1] == hidden else {
+              throw fail(
+                adapter,
+                "the saved head tensor has shape \(view.shape); the model's score head takes [labels, \(hidden)]",
+                tensor: name)
+            }
+            guard addedHead == nil || addedHead?.adapter == adapter.path, changes[name] == nil
+            else {
+              throw FlareError(
+                "merge", .invalidArgument,
+                "two adapters add a classification head; merge one of them", path: adapter.path,
+                tensor: name)
+            }
+            addedHead = (view.shape[0], adapter.path)
+            var change = TensorChange(
+              tensor: name, kind: .replace, sources: [], replacement: view,
+              outputType: outtype ?? embedding.typeName, source: name, isNew: false)
+            change.isAddedHead = true
+            order.append(name)
+            changes[name] = change
+            continue
+          }
           throw fail(adapter, "the base has no tensor '\(name)' for a saved module", tensor: name)
         }
         guard target.shape == view.shape else {

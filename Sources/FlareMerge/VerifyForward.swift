@@ -54,6 +54,11 @@ extension Merger {
     } catch let error as FlareError {
       return (nil, "Flare cannot run this base model (\(error.message))")
     }
+    let mergedSource = try WeightSource(path: output)
+    if mergedSource.gguf == nil, mergedSource.contains("score.weight") {
+      return try verifyLlamaClassifier(
+        output: output, base: base, source: source, adapters: adapters, report: report)
+    }
     do {
       try base.attach(adapters: adapters.map { ($0.adapter, $0.weight) })
     } catch let error as FlareError {
@@ -137,6 +142,60 @@ extension Merger {
         }
       }
     }
+    return (
+      try rowCheck(
+        rowsA, rowsB, prompts: prompts.count, quantity: quantity, model: "encoder",
+        output: output, report: report), nil
+    )
+  }
+
+  /// The Llama form of the check when the merged folder has a `score` head
+  /// (`LlamaForSequenceClassification`): each prompt's class logits from the merged model
+  /// against the base with the adapters' LoRA attached and the head they saved (else the
+  /// base's own).
+  static func verifyLlamaClassifier(
+    output: String, base: LlamaModel, source: WeightSource, adapters: [WeightedAdapter],
+    report: MergeReport
+  ) throws -> (check: ForwardCheck?, reason: String?) {
+    var unmerged = adapters.map { ($0.adapter, $0.weight) }
+    for i in unmerged.indices { unmerged[i].0.replacements = [] }
+    do {
+      try base.attach(adapters: unmerged)
+    } catch let error as FlareError {
+      return (nil, "the adapters cannot be applied unmerged (\(error.message))")
+    }
+    let merged = try LlamaModel(path: output)
+    let headAdapter = adapters.first { !$0.adapter.replacements.isEmpty }?.adapter
+    let head = try base.savedClassificationHead(adapter: headAdapter).tensors.values.first!
+    let baseScore = Weight(name: "score.weight", shape: head.shape, values: head.values)
+    let mergedScore = try merged.source.weight("score.weight")
+    var prompts: [[Int]]
+    if let tokenizer = try? source.tokenizer() {
+      prompts = verifyPrompts.map { tokenizer.encode($0) }
+    } else {
+      let vocab = base.config.vocabSize
+      prompts = (0..<3).map { p in (0..<12).map { ($0 * 7919 + p * 104_729 + 13) % vocab } }
+    }
+    prompts = prompts.filter { !$0.isEmpty }
+    var rowsA: [[Float]] = []
+    var rowsB: [[Float]] = []
+    for ids in prompts {
+      rowsA += try merged.classificationLogits(tokens: [ids], score: mergedScore)
+      rowsB += try base.classificationLogits(tokens: [ids], score: baseScore)
+    }
+    return (
+      try rowCheck(
+        rowsA, rowsB, prompts: prompts.count, quantity: "logits", model: "classifier",
+        output: output, report: report), nil
+    )
+  }
+
+  /// Compares the merged model's rows with base + adapters' (one row per prompt or
+  /// position), held to the F32 bound when every merged tensor is F32.
+  static func rowCheck(
+    _ rowsA: [[Float]], _ rowsB: [[Float]], prompts: Int, quantity: String, model: String,
+    output: String, report: MergeReport
+  ) throws -> ForwardCheck {
     var comparison = LogitComparison()
     var sum = 0.0
     var count = 0
@@ -155,14 +214,14 @@ extension Merger {
     }
     comparison.meanAbsDifference = count == 0 ? 0 : sum / Double(count)
     let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
-    var check = ForwardCheck(comparison: comparison, prompts: prompts.count, exact: exact)
+    var check = ForwardCheck(comparison: comparison, prompts: prompts, exact: exact)
     check.quantity = quantity
     if exact && !(comparison.maxAbsDifference <= ForwardCheck.exactTolerance) {
       throw FlareError(
         "merge", .invalidArgument,
-        "verification failed: the merged encoder's \(quantity) differ from base + adapters by \(comparison.maxAbsDifference) (allowed \(ForwardCheck.exactTolerance))",
+        "verification failed: the merged \(model)'s \(quantity) differ from base + adapters by \(comparison.maxAbsDifference) (allowed \(ForwardCheck.exactTolerance))",
         path: output)
     }
-    return (check, nil)
+    return check
   }
 }

@@ -187,10 +187,12 @@ public final class LlamaModel: @unchecked Sendable {
   ///
   /// Positions count real tokens only (transformers' `cumsum(mask) − 1`), so left padding
   /// gives the same logits as no padding. Padding keys are never attended to.
+  /// `head` replaces the LM head (a sequence-classification `score` layer gives class logits).
   /// - Throws: ``FlareError`` for token ids outside the vocabulary, ragged or empty batches,
   ///   or a cache that is full.
   public func forward(
-    tokens: [[Int]], mask: [[Bool]]? = nil, cache: KVCache, logits rows: LogitRows = .last
+    tokens: [[Int]], mask: [[Bool]]? = nil, cache: KVCache, logits rows: LogitRows = .last,
+    head: Linear? = nil
   ) throws -> [Float] {
     let batch = tokens.count
     guard batch == cache.batch, let t = tokens.first?.count, t > 0,
@@ -265,10 +267,11 @@ public final class LlamaModel: @unchecked Sendable {
         out: final[0] + i * c, rstd: nil, inp: x + row * c, weight: finalNorm.pointer, rows: 1,
         channels: c, eps: eps)
     }
-    var logits = [Float](repeating: 0, count: m * config.vocabSize)
+    let output = head ?? self.head
+    var logits = [Float](repeating: 0, count: m * output.outFeatures)
     logits.withUnsafeMutableBufferPointer { ls in
       guard let out = ls.baseAddress else { return }
-      head.forward(out: out, inp: final[0], rows: m)
+      output.forward(out: out, inp: final[0], rows: m)
     }
     return logits
   }

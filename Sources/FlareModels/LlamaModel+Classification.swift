@@ -78,6 +78,30 @@ extension LlamaModel: SequenceClassifier {
       values: random.normals(count: labelCount * c, std: deviation))
   }
 
+  /// Sequence-classification logits through the inference forward (attached adapters
+  /// apply): `score` (`[classes, C]`) on each sequence's last real token. What `flare-merge
+  /// --verify` compares a merged classifier with.
+  /// - Returns: `B` rows of `classes` logits.
+  /// - Throws: ``FlareError`` for a `score` of another width, or as
+  ///   ``forward(tokens:mask:cache:logits:head:)``.
+  public func classificationLogits(tokens: [[Int]], mask: [[Bool]]? = nil, score: Weight)
+    throws -> [[Float]]
+  {
+    guard score.shape.count == 2, score.shape[0] >= 1, score.shape[1] == config.embeddingLength
+    else {
+      throw FlareError(
+        "model", .invalidArgument,
+        "the score head has shape \(score.shape); expected [classes, \(config.embeddingLength)]",
+        path: source.path, tensor: score.name)
+    }
+    let t = tokens.first?.count ?? 0
+    let flat = try forward(
+      tokens: tokens, mask: mask, cache: makeCache(batch: tokens.count, capacity: max(t, 1)),
+      logits: .last, head: Linear(path: "score", weight: score))
+    let k = score.shape[0]
+    return (0..<tokens.count).map { Array(flat[($0 * k)..<(($0 + 1) * k)]) }
+  }
+
   /// The `score` head of a trained classifier: the adapter's saved copy, else the
   /// checkpoint's `score.weight`; the label count is its row count.
   /// - Throws: ``FlareError`` `.tensorNotFound` when neither has one, or as

@@ -346,13 +346,12 @@ struct EncoderRunTests {
     (value?.arrayValue ?? []).map { integers($0) }
   }
 
-  /// `flare-eval classify --json` of the test set.
-  static func classify(model: String, adapter: String, data: String = test) throws -> JSONValue {
+  /// `flare-eval classify --json` of the test set, with `adapter` when given.
+  static func classify(model: String, adapter: String?, data: String = test) throws -> JSONValue {
     let result = try run(
       "flare-eval",
-      [
-        "classify", "--model", model, "--adapter", adapter, "--data", data, "--json",
-        "--batch-size", "4", "--max-length", "32",
+      ["classify", "--model", model] + (adapter.map { ["--adapter", $0] } ?? []) + [
+        "--data", data, "--json", "--batch-size", "4", "--max-length", "32",
       ])
     return try JSONParser.parse(Array(result.stdout.utf8))
   }
