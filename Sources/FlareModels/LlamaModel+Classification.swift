@@ -41,7 +41,9 @@ extension LlamaModel: SequenceClassifier {
         "a classification head needs at least 1 label, got \(labelCount)", path: source.path)
     }
     let shape = [labelCount, c]
-    if let adapter, let view = adapter.replacements.first(where: { $0.name == "score.weight" })?.view {
+    if let adapter,
+      let view = adapter.replacements.first(where: { $0.name == "score.weight" })?.view
+    {
       guard view.shape == shape else {
         throw FlareError(
           "adapter", .invalidArgument,

@@ -10,7 +10,8 @@ import _FlareTestSupport
 /// `Fixtures/training/make_llama_classify.py` (PEFT and transformers on the adapter and the
 /// merged folder the same commands wrote there). Data: the sentiment examples of
 /// `Fixtures/training/encoder-run/`.
-@Suite("flare-train classification on SmolLM2: PEFT, flare-eval classify and the merged model agree")
+@Suite(
+  "flare-train classification on SmolLM2: PEFT, flare-eval classify and the merged model agree")
 struct LlamaClassifyRunTests {
   static let oracle = "training/llama-cls/oracle.json"
 
@@ -21,7 +22,8 @@ struct LlamaClassifyRunTests {
   /// 1e-5; transformers alone on the folder `flare-merge --verify` wrote: `flare-eval classify`
   /// on our merged folder gives its logits within 1e-3, and the merge's own checks pass
   /// (stored tensors = base + ΔW; merged vs base + adapter class logits within 1e-3).
-  @Test("a trained Llama classifier: PEFT loads it, flare-eval classify and the merged folder agree")
+  @Test(
+    "a trained Llama classifier: PEFT loads it, flare-eval classify and the merged folder agree")
   func classifier() throws {
     guard let model = try smolLM2HFFolder() else { return }
     let golden = try loadFixtureJSON(Self.oracle)
@@ -46,7 +48,8 @@ struct LlamaClassifyRunTests {
     let peft = try #require(golden["test_peft_with_flare_adapter"])
     let report = try EncoderRunTests.classify(model: model, adapter: adapter)
     let worst = try EncoderRunTests.compareLogits(report, peft, tolerance: tolerance)
-    #expect(EncoderRunTests.matrix(report["confusion"]) == EncoderRunTests.matrix(peft["confusion"]))
+    #expect(
+      EncoderRunTests.matrix(report["confusion"]) == EncoderRunTests.matrix(peft["confusion"]))
     for (key, limit) in [("accuracy", 1e-12), ("macro_f1", 1e-12), ("loss", 1e-5)] {
       let got = try #require(report[key]?.doubleValue)
       let expected = try #require(peft[key]?.doubleValue)
