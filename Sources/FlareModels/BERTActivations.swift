@@ -70,7 +70,8 @@ public struct BERTActivations: @unchecked Sendable {
   private let offsets: [Int]
   private let slotSizes: [Int]
 
-  init(config: BERTConfig, inputs: BERTInputs, keepingAllLayers: Bool) {
+  /// `pool`, when given, supplies the storage (a training or evaluation pass gives it back).
+  init(config: BERTConfig, inputs: BERTInputs, keepingAllLayers: Bool, pool: StoragePool? = nil) {
     batch = inputs.batch
     length = inputs.length
     channels = config.hidden
@@ -106,7 +107,7 @@ public struct BERTActivations: @unchecked Sendable {
     }
     self.offsets = offsets
     self.slotSizes = slotSizes
-    storage = FloatStorage(count: total)
+    storage = pool?.take(count: total) ?? FloatStorage(count: total)
   }
 
   /// The start of `region`'s slot for `layer` (ignored for single-slot regions).

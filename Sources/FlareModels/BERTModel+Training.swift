@@ -508,7 +508,9 @@ extension BERTModel: TrainableModel {
     let blasThreads = BLAS.threads
     BLAS.setThreads(1)
     defer { BLAS.setThreads(blasThreads) }
-    let a = BERTActivations(config: config, inputs: inputs, keepingAllLayers: training)
+    let a = BERTActivations(
+      config: config, inputs: inputs, keepingAllLayers: training, pool: storagePool)
+    defer { storagePool.give(a.storage) }
     run(a, options: options)
     let head = runHead(first: firstTokens(a), rows: b, steps: steps, options: options)
     let logits = head.outputs.last!

@@ -72,6 +72,8 @@ public final class BERTModel: @unchecked Sendable {
   /// Inference (``forward(tokens:attentionMask:tokenTypes:keepingAllLayers:)``) uses BLAS's
   /// own threads instead.
   public var trainingThreads = 1
+  /// The activation buffers of training and evaluation passes, kept for the next pass.
+  let storagePool = StoragePool()
 
   /// Whether the checkpoint has BERT's pooler (`pooler.dense`).
   public var hasPooler: Bool { poolerSlot != nil }

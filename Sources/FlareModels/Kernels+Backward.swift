@@ -398,11 +398,22 @@ extension Kernels {
     dinp: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, dout: UnsafePointer<Float>,
     count: Int
   ) {
-    for i in 0..<count {
+    var i = 0
+    while i + 8 <= count {
+      let x = UnsafeRawPointer(inp + i).loadUnaligned(as: SIMD8<Float>.self)
+      let g = UnsafeRawPointer(dout + i).loadUnaligned(as: SIMD8<Float>.self)
+      let d = UnsafeRawPointer(dinp + i).loadUnaligned(as: SIMD8<Float>.self)
+      let (cdf, pdf) = normal8(x)
+      UnsafeMutableRawPointer(dinp + i).storeBytes(
+        of: d + g * (cdf + x * pdf), as: SIMD8<Float>.self)
+      i += 8
+    }
+    while i < count {
       let x = inp[i]
       let cdf = 0.5 * (1 + erff(x * 0.707_106_77))
       let pdf = expf(-0.5 * x * x) * 0.398_942_28
       dinp[i] += dout[i] * (cdf + x * pdf)
+      i += 1
     }
   }
 

@@ -300,10 +300,45 @@ public enum Kernels {
 
   /// GELU with the exact error function (PyTorch's default `gelu`), in place.
   public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-    for i in 0..<count {
+    var i = 0
+    while i + 8 <= count {
+      let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+      UnsafeMutableRawPointer(x + i).storeBytes(of: v * normal8(v).cdf, as: SIMD8<Float>.self)
+      i += 8
+    }
+    while i < count {
       let v = x[i]
       x[i] = 0.5 * v * (1 + erff(v * 0.707_106_77))
+      i += 1
     }
+  }
+
+  /// The standard normal CDF `Φ(x) = ½·erfc(−x/√2)` and density `φ(x) = e^(−x²/2)/√(2π)` of
+  /// 8 lanes. `erfc` is the Chebyshev fit of Numerical Recipes (§6.2, fractional error below
+  /// 1.2e-7 for every argument) on `z = |x|/√2`, with ``exp8(_:)``: `Φ = ½·erfc(z)` for negative
+  /// `x` and `1 − ½·erfc(z)` otherwise, so neither side loses digits to cancellation; the
+  /// Gaussian factor comes from `x²` and its rounding error (an FMA), not from the rounded `z`,
+  /// since in the tails the exponent is large and its rounding would show. Measured in
+  /// `GELUTests`: GELU within 4e-7 relative of double precision, its derivative within 5e-7.
+  static func normal8(_ x: SIMD8<Float>) -> (cdf: SIMD8<Float>, density: SIMD8<Float>) {
+    let z = x.replacing(with: -x, where: x .< 0) * 0.707_106_77
+    let t = 1 / (1 + 0.5 * z)
+    var p = SIMD8<Float>(repeating: 0.170_872_77)
+    p = p * t - 0.822_152_23
+    p = p * t + 1.488_515_87
+    p = p * t - 1.135_203_98
+    p = p * t + 0.278_868_07
+    p = p * t - 0.186_288_06
+    p = p * t + 0.096_784_18
+    p = p * t + 0.374_091_96
+    p = p * t + 1.000_023_68
+    p = p * t - 1.265_512_23
+    let xx = x * x
+    let xxError = (-xx).addingProduct(x, x)  // fma(x, x, −xx), exact
+    let gauss = exp8(-0.5 * xx) * (1 - 0.5 * xxError)
+    let half = 0.5 * t * exp8(p) * gauss
+    let one = SIMD8<Float>(repeating: 1)
+    return ((one - half).replacing(with: half, where: x .< 0), gauss * 0.398_942_28)
   }
 
   /// `x += y` over `count` values.

@@ -39,8 +39,8 @@ public final class LlamaModel: @unchecked Sendable {
   /// attention by (sequence, head), so its results are bit-identical for any thread count.
   /// Inference (``forward(tokens:mask:cache:logits:)``) uses BLAS's own threads instead.
   public var trainingThreads = 1
-  /// Training and evaluation passes' activations, kept for the next pass of the same shape.
-  let activationPool = ActivationPool()
+  /// The activation buffers of training and evaluation passes, kept for the next pass.
+  let storagePool = StoragePool()
 
   /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
   /// (architecture `llama`; quantized tensors are dequantized to F32 once).

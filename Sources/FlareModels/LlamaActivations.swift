@@ -1,6 +1,5 @@
 import FlareGGUF
 import FlareTensor
-import Synchronization
 
 /// How a Llama pass uses threads: an explicit parameter of the pass, not a global toggle.
 enum LlamaThreads: Sendable {
@@ -110,8 +109,10 @@ final class LlamaActivations: @unchecked Sendable {
   ///   - keeping: Training: the regions kept for every layer (the others get one slot that
   ///     each layer overwrites, see ``kept(loraSlots:)``); `nil`: the compact mode.
   ///   - workers: Attention workers (compact mode's probability slots).
+  ///   - pool: Where to take the storage from (a training or evaluation pass gives it back).
   init(
-    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int,
+    pool: StoragePool? = nil
   ) {
     self.batch = batch
     self.length = length
@@ -155,7 +156,7 @@ final class LlamaActivations: @unchecked Sendable {
     }
     self.offsets = offsets
     self.slotSizes = slotSizes
-    storage = FloatStorage(count: total)
+    storage = pool?.take(count: total) ?? FloatStorage(count: total)
   }
 
   /// The start of `region`'s slot for `layer`. In the compact mode `mid` is the residual and
@@ -184,39 +185,5 @@ final class LlamaActivations: @unchecked Sendable {
     let base = pointer(.probs, layer: layer)
     return keepsAllLayers
       ? base + (b * heads + h) * length * keys : base + worker * length * keys
-  }
-}
-
-/// Activation buffers kept between passes of one model, so a training run allocates (and the
-/// kernel zero-fills) its activations once instead of every micro-batch: one set per mode
-/// (training, compact), reused when the next pass has the same shape. Passes running at the
-/// same time on one model each get their own buffers.
-final class ActivationPool: Sendable {
-  private let cached = Mutex<[Bool: LlamaActivations]>([:])
-
-  /// Buffers for a pass of this shape: the cached ones when they match, new ones otherwise.
-  func take(
-    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<LlamaActivations.Region>?,
-    workers: Int
-  ) -> LlamaActivations {
-    let mode = keeping != nil
-    let reused = cached.withLock { cache -> LlamaActivations? in
-      guard let a = cache[mode], a.batch == batch, a.length == length, a.keys == keys,
-        a.kept == (keeping ?? []), a.workers == max(1, workers)
-      else { return nil }
-      cache[mode] = nil
-      return a
-    }
-    if let reused { return reused }
-    // Drop a cached set of another shape before allocating the new one.
-    cached.withLock { $0[mode] = nil }
-    return LlamaActivations(
-      config: config, batch: batch, length: length, keys: keys, keeping: keeping,
-      workers: workers)
-  }
-
-  /// Returns buffers after a pass, for the next one of the same mode.
-  func give(_ a: LlamaActivations) {
-    cached.withLock { $0[a.keepsAllLayers] = a }
   }
 }

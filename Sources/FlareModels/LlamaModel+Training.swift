@@ -204,11 +204,11 @@ extension LlamaModel: TrainableModel {
       }
       padding.append((0..<t).filter { !batch.mask[row][$0] })
     }
-    let a = activationPool.take(
+    let a = LlamaActivations(
       config: config, batch: b, length: t, keys: t,
       keeping: training ? LlamaActivations.kept(loraSlots: loras.keys) : nil,
-      workers: min(threads.workers, b * config.headCount))
-    defer { activationPool.give(a) }
+      workers: min(threads.workers, b * config.headCount), pool: storagePool)
+    defer { storagePool.give(a.storage) }
     run(
       a, tokens: Array(batch.tokens.joined()), positions: positions, padding: padding,
       cache: nil, pass: pass)

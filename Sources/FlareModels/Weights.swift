@@ -1,6 +1,7 @@
 import FlareCore
 import FlareGGUF
 import FlareSafetensors
+import Synchronization
 
 /// F32 values owned by the process (decoded, dequantized or computed at load).
 final class FloatStorage: @unchecked Sendable {
@@ -18,6 +19,35 @@ final class FloatStorage: @unchecked Sendable {
   }
 
   deinit { buffer.deallocate() }
+}
+
+/// Float buffers kept between the passes of one model, so a training run allocates (and the
+/// kernel zero-fills) its activations once instead of every micro-batch. A pass takes a buffer
+/// of at least the size it needs (the smallest cached one that fits) and gives it back when it
+/// is done; a request no cached buffer fits drops the smaller ones first, so the pool holds
+/// about one buffer of the largest size asked for (plus smaller ones, such as an evaluation
+/// pass's). Reused buffers are not cleared: passes write every value before reading it.
+final class StoragePool: Sendable {
+  private let cached = Mutex<[FloatStorage]>([])
+
+  /// A buffer of at least `count` floats.
+  func take(count: Int) -> FloatStorage {
+    let count = max(count, 1)
+    let reused = cached.withLock { pool -> FloatStorage? in
+      let fitting = pool.indices.filter { pool[$0].buffer.count >= count }
+      guard let best = fitting.min(by: { pool[$0].buffer.count < pool[$1].buffer.count }) else {
+        pool.removeAll { $0.buffer.count < count }
+        return nil
+      }
+      return pool.remove(at: best)
+    }
+    return reused ?? FloatStorage(count: count)
+  }
+
+  /// Returns a buffer for later passes.
+  func give(_ storage: FloatStorage) {
+    cached.withLock { $0.append(storage) }
+  }
 }
 
 /// One model tensor as F32 values in row-major order (outermost dimension first; a linear
