@@ -117,22 +117,36 @@ final class LlamaActivations: @unchecked Sendable {
     self.batch = batch
     self.length = length
     self.keys = keys
-    let keepingAllLayers = keeping != nil
-    keepsAllLayers = keepingAllLayers
+    keepsAllLayers = keeping != nil
     kept = keeping ?? []
     self.workers = max(1, workers)
     heads = config.headCount
+    let layout = Self.layout(
+      config: config, batch: batch, length: length, keys: keys, keeping: keeping,
+      workers: workers)
+    offsets = layout.offsets
+    slotSizes = layout.slotSizes
+    let total = layout.total
+    storage = pool?.take(count: total) ?? FloatStorage(count: total)
+  }
+
+  /// Where each region starts and how large one slot of it is, and the floats in all, for a
+  /// pass of this shape (the arguments as ``init(config:batch:length:keys:keeping:workers:pool:)``'s).
+  static func layout(
+    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int
+  ) -> (offsets: [Int], slotSizes: [Int], total: Int) {
+    let keepingAllLayers = keeping != nil
+    let kept = keeping ?? []
     let n = batch * length
     let c = config.embeddingLength
     let qDim = config.headCount * config.headDim
     let kvDim = config.headCountKV * config.headDim
     let ff = config.feedForwardLength
-    let layers = config.blockCount
     var offsets: [Int] = []
     var slotSizes: [Int] = []
     var total = 0
     for region in Region.allCases {
-      let layers = kept.contains(region) ? layers : 1
+      let layers = kept.contains(region) ? config.blockCount : 1
       var (size, slots): (Int, Int)
       switch region {
       case .residual: (size, slots) = (n * c, keepingAllLayers ? config.blockCount + 1 : 1)
@@ -144,7 +158,7 @@ final class LlamaActivations: @unchecked Sendable {
         (size, slots) =
           keepingAllLayers
           ? (batch * config.headCount * length * keys, layers)
-          : (self.workers * length * keys, 1)
+          : (max(1, workers) * length * keys, 1)
       case .mid, .act:
         (size, slots) = (region == .mid ? n * c : n * ff, keepingAllLayers ? layers : 0)
       case .gate, .up: (size, slots) = (n * ff, layers)
@@ -154,9 +168,7 @@ final class LlamaActivations: @unchecked Sendable {
       slotSizes.append(size)
       total += size * slots
     }
-    self.offsets = offsets
-    self.slotSizes = slotSizes
-    storage = pool?.take(count: total) ?? FloatStorage(count: total)
+    return (offsets, slotSizes, total)
   }
 
   /// The start of `region`'s slot for `layer`. In the compact mode `mid` is the residual and

@@ -31,7 +31,7 @@ extension LlamaModel: TrainableModel {
   }
 
   /// Linear-layer slots (`7·layer + j`) by module path, also without the `model.` prefix.
-  private var linearSlots: [String: Int] {
+  var linearSlots: [String: Int] {
     var index: [String: Int] = [:]
     for (slot, path) in linearModules.enumerated() {
       index[path] = slot
@@ -91,6 +91,32 @@ extension LlamaModel: TrainableModel {
     guard b > 0, !flat.isEmpty else { return (result, Array(repeating: [], count: b)) }
     let width = flat.count / b
     return (result, (0..<b).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) })
+  }
+
+  /// The bytes a training pass holds for `batch × length` tokens with LoRA layers on
+  /// `loraModules`, besides the weights: the activations it keeps (the same layout the pass
+  /// allocates), the backward pass's gradient buffers, the final norm's, and the LM head's
+  /// logit chunks on `threads` workers.
+  public func trainingActivationBytes(
+    batch: Int, length: Int, loraModules: [String], threads: Int
+  ) -> Int {
+    let slots = linearSlots
+    let kept = LlamaActivations.kept(loraSlots: loraModules.compactMap { slots[$0] })
+    let workers = max(1, threads)
+    let activations = LlamaActivations.layout(
+      config: config, batch: batch, length: length, keys: length, keeping: kept,
+      workers: min(workers, batch * config.headCount)
+    ).total
+    let n = batch * length
+    let c = config.embeddingLength
+    let qDim = config.headCount * config.headDim
+    let kvDim = config.headCountKV * config.headDim
+    let backward = n * (2 * c + 2 * qDim + 2 * kvDim + 3 * config.feedForwardLength)
+    let final = n * (2 * c + 1)
+    let head =
+      min(workers, max(1, n / Self.headChunk)) * Self.headChunk
+      * (config.vocabSize + 2 * c)
+    return 4 * (activations + backward + final + head)
   }
 
   /// The saved name of `LlamaForSequenceClassification`'s head, `score` (`[classes, C]`, no

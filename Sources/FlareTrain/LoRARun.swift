@@ -303,7 +303,8 @@ public final class LoRARun {
   public var memoryEstimate: (weights: Int, activations: Int, trainable: Int, total: Int) {
     let longest = trainData.examples.map(\.tokens.count).max() ?? 0
     let weights = loaded.weightBytes
-    let activations = loaded.activationBytes(request.options.batchSize, longest)
+    let activations = loaded.activationBytes(
+      request.options.batchSize, longest, targets.adapted)
     let trainable = 16 * trainer.parameterCount
     return (weights, activations, trainable, weights + activations + trainable)
   }

@@ -20,14 +20,15 @@ public struct TrainingModel {
   public var defaultTargets: [String]
   /// Bytes of F32 weights in memory.
   public var weightBytes: Int
-  /// Estimated bytes of the activations a training pass keeps for `batch × length` tokens.
-  public var activationBytes: @Sendable (_ batch: Int, _ length: Int) -> Int
+  /// Estimated bytes of the activations a training pass keeps for `batch × length` tokens
+  /// with LoRA layers on `modules`.
+  public var activationBytes: @Sendable (_ batch: Int, _ length: Int, _ modules: [String]) -> Int
 
   public init(
     model: any TrainableModel, tokenizer: Tokenizer, architecture: String,
     layout: SequenceLayout, vocabularySize: Int, paddingSide: PaddingSide = .right,
     configDropout: Float = 0, defaultTargets: [String], weightBytes: Int = 0,
-    activationBytes: @escaping @Sendable (Int, Int) -> Int = { _, _ in 0 }
+    activationBytes: @escaping @Sendable (Int, Int, [String]) -> Int = { _, _, _ in 0 }
   ) {
     self.model = model
     self.tokenizer = tokenizer
@@ -73,11 +74,9 @@ public struct TrainingModel {
         model: model, tokenizer: tokenizer, architecture: architecture, layout: .decoder,
         vocabularySize: c.vocabSize, paddingSide: paddingSide, configDropout: 0,
         defaultTargets: ["q_proj", "v_proj"], weightBytes: 4 * parameters,
-        activationBytes: { batch, length in
-          let perToken =
-            c.blockCount
-            * (10 * c.embeddingLength + 4 * c.feedForwardLength + 2 * c.headCount * length)
-          return 4 * batch * length * perToken
+        activationBytes: { batch, length, modules in
+          llama.trainingActivationBytes(
+            batch: batch, length: length, loraModules: modules, threads: llama.trainingThreads)
         })
     case "bert", "roberta", "xlm-roberta":
       let bert = try BERTModel.load(path: path)
@@ -93,7 +92,7 @@ public struct TrainingModel {
         layout: SequenceLayout(architecture: architecture), vocabularySize: c.vocab,
         paddingSide: paddingSide, configDropout: dropout, defaultTargets: ["query", "value"],
         weightBytes: 4 * parameters,
-        activationBytes: { batch, length in
+        activationBytes: { batch, length, _ in
           let perToken = c.layers * (12 * c.hidden + 3 * c.intermediate + 2 * c.heads * length)
           return 4 * batch * length * perToken
         })

@@ -67,7 +67,7 @@ struct CommandTests {
           model: model, tokenizer: tokenizer, architecture: classification ? "bert" : "llama",
           layout: classification ? .bert : .decoder, vocabularySize: tokenizer.vocabularySize,
           configDropout: 0.1, defaultTargets: [model.module], weightBytes: 1000,
-          activationBytes: { b, t in b * t * 100 })
+          activationBytes: { b, t, _ in b * t * 100 })
       }
     }
 
