@@ -24,7 +24,11 @@ extension Merger {
   public static func combine(
     _ adapters: [WeightedAdapter], svdRank: Int?, output: String, overwrite: Bool, threads: Int
   ) throws -> (files: [String], discarded: [(module: String, energy: Double)]) {
-    BLAS.useSingleThread()
+    // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
+    // fixed blocks here), restored on return.
+    let blasThreads = BLAS.threads
+    BLAS.setThreads(1)
+    defer { BLAS.setThreads(blasThreads) }
     var discarded: [(module: String, energy: Double)] = []
     var parts: [String: [(module: LoRAModule, scale: Float)]] = [:]
     var order: [String] = []

@@ -37,7 +37,11 @@ extension Merger {
     outtype: String?,
     overwrite: Bool, threads: Int, progress: (@Sendable (Int, Int) -> Void)? = nil
   ) throws -> MergeReport {
-    BLAS.useSingleThread()
+    // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
+    // fixed blocks here), restored on return.
+    let blasThreads = BLAS.threads
+    BLAS.setThreads(1)
+    defer { BLAS.setThreads(blasThreads) }
     var report = MergeReport(output: output)
     report.untouched = plan.untouched
     report.notes = plan.notes
@@ -415,7 +419,11 @@ extension Merger {
   public static func verify(
     output: String, base: Base, adapters: [WeightedAdapter], plan: MergePlan, threads: Int
   ) throws -> Float {
-    BLAS.useSingleThread()
+    // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
+    // fixed blocks here), restored on return.
+    let blasThreads = BLAS.threads
+    BLAS.setThreads(1)
+    defer { BLAS.setThreads(blasThreads) }
     var worst: Float = 0
     switch base {
     case .safetensors(let model, _):

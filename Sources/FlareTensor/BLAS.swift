@@ -51,12 +51,6 @@ extension BLAS {
       Int32(m), Int32(n),
       Int32(k), alpha, a, Int32(max(lda, 1)), b, Int32(max(ldb, 1)), beta, c, Int32(max(ldc, 1)))
   }
-
-  /// Makes OpenBLAS single-threaded, so each call's summation order is fixed; callers split work
-  /// into fixed blocks themselves, which keeps results bit-identical for any thread count.
-  public static func useSingleThread() {
-    openblas_set_num_threads(1)
-  }
 }
 
 /// LAPACK through OpenBLAS.
