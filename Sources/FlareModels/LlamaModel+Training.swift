@@ -13,8 +13,11 @@ import FlareTensor
 // GGUF order (as `attach` permutes a loaded adapter) and its gradient permuted back.
 
 extension LlamaModel: TrainableModel {
-  /// Rows of the LM head + cross-entropy per call: `64 × vocab` logits per worker at once.
-  static let headChunk = 64
+  /// Rows of the LM head + cross-entropy per call: `256 × vocab` logits per worker at once
+  /// (SmolLM2: 50 MB). Each call's two GEMMs pack the whole head weight (113 MB for SmolLM2),
+  /// so fewer, larger calls pack it less often: 256 rows instead of 64 made SmolLM2's 8×128
+  /// step 6 % faster (2.96 → 2.77 s, medians of 20 steps, 5 interleaved runs each).
+  static let headChunk = 256
 
   /// The linear layers LoRA can target, as PEFT names them
   /// (`model.layers.0.self_attn.q_proj`, …, `model.layers.L-1.mlp.down_proj`); PEFT saves a
