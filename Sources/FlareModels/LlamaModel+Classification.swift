@@ -71,7 +71,7 @@ extension LlamaModel: SequenceClassifier {
         path: adapter?.path ?? source.path, tensor: "score.weight")
     }
     var deviation: Float = 0.02
-    if source.gguf == nil, let range = try source.config()["initializer_range"]?.doubleValue {
+    if source.gguf == nil, let range = (try? source.config())?["initializer_range"]?.doubleValue {
       deviation = Float(range)
     }
     var random = SplitMix64(seed: seed)

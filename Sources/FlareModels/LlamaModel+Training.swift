@@ -253,20 +253,23 @@ extension LlamaModel: TrainableModel {
         out: normed + r.lowerBound * c, rstd: rstd + r.lowerBound, inp: x + r.lowerBound * c,
         weight: finalNorm.pointer, rows: r.count, channels: c, eps: config.rmsNormEpsilon)
     }
+    /// From the gradient of the final norm's output (`dnormed`) down to the LoRA gradients,
+    /// those of GGUF-order shadows permuted back into the state's tensors.
+    func backpropagate() {
+      backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
+      for shadow in shadows {
+        let back = LlamaLayout.permuted(
+          shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
+        for i in back.indices { shadow.hf.gradient[i] += back[i] }
+      }
+    }
     if let classes, let score {
       // LlamaForSequenceClassification: the score head on each sequence's last real token.
       let last = (0..<b).map { row in row * t + batch.mask[row].lastIndex(of: true)! }
       let (result, logits) = classify(
         rows: last, normed: normed, dnormed: training ? dnormed : nil, score: score,
         classes: classes, gradientScale: gradientScale ?? 1)
-      if training {
-        backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
-        for shadow in shadows {
-          let back = LlamaLayout.permuted(
-            shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
-          for i in back.indices { shadow.hf.gradient[i] += back[i] }
-        }
-      }
+      if training { backpropagate() }
       return (result, logits)
     }
     let shifted = Kernels.shiftedLabels(Array(labels.joined()), batch: b, length: t)
@@ -291,13 +294,7 @@ extension LlamaModel: TrainableModel {
       }
     }
     let result = TrainingPassResult(lossSum: losses.reduce(0, +), count: counts.reduce(0, +))
-    guard training else { return (result, []) }
-    backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
-    for shadow in shadows {
-      let back = LlamaLayout.permuted(
-        shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
-      for i in back.indices { shadow.hf.gradient[i] += back[i] }
-    }
+    if training { backpropagate() }
     return (result, [])
   }
 
