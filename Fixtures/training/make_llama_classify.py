@@ -60,22 +60,9 @@ TOLERANCE = {"logits_absolute": 1e-3, "loss_absolute": 1e-5}
 
 torch.set_num_threads(1)
 
-
-def flare_binary(tool):
-    candidates = [os.path.join(ROOT, ".build", kind, tool) for kind in ("release", "debug")]
-    found = [c for c in candidates if os.path.exists(c)]
-    if not found:
-        sys.exit(f"no built {tool}: run `swift build`")
-    return max(found, key=os.path.getmtime)
-
-
-def fill(arguments, **values):
-    out = []
-    for argument in arguments:
-        for key, value in values.items():
-            argument = argument.replace("{" + key + "}", value)
-        out.append(argument)
-    return out
+# The same binary lookup and argument filling as the encoder run's script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_encoder_trajectory import fill, flare_binary  # noqa: E402
 
 
 def read_jsonl(path):
@@ -129,7 +116,7 @@ def main():
     test = read_jsonl(os.path.join(DATA, "test.jsonl"))
     with tempfile.TemporaryDirectory() as scratch:
         adapter = os.path.join(scratch, "adapter")
-        binary = flare_binary("flare-train")
+        binary = flare_binary()
         arguments = fill(FLARE_TRAIN_ARGUMENTS, model=MODEL, data=os.path.join(DATA, "train.jsonl"), output=adapter)
         subprocess.run([binary] + arguments, check=True)
         labels = json.load(open(os.path.join(adapter, "flare_labels.json")))["labels"]

@@ -65,15 +65,7 @@ extension Merger {
       return (nil, "the adapters cannot be applied unmerged (\(error.message))")
     }
     let merged = try LlamaModel(path: output)
-    var prompts: [[Int]]
-    if let tokenizer = try? source.tokenizer() {
-      prompts = verifyPrompts.map { tokenizer.encode($0) }
-    } else {
-      // No usable tokenizer: fixed ids spread over the vocabulary.
-      let vocab = base.config.vocabSize
-      prompts = (0..<3).map { p in (0..<12).map { ($0 * 7919 + p * 104_729 + 13) % vocab } }
-    }
-    prompts = prompts.filter { !$0.isEmpty }
+    let prompts = llamaPrompts(source: source, vocab: base.config.vocabSize)
     let comparison = try merged.compare(with: base, prompts: prompts)
     let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
     let check = ForwardCheck(comparison: comparison, prompts: prompts.count, exact: exact)
@@ -84,6 +76,18 @@ extension Merger {
         path: output)
     }
     return (check, nil)
+  }
+
+  /// The built-in prompts tokenized by the base's tokenizer, or without a usable tokenizer,
+  /// fixed ids spread over the vocabulary.
+  static func llamaPrompts(source: WeightSource, vocab: Int) -> [[Int]] {
+    var prompts: [[Int]]
+    if let tokenizer = try? source.tokenizer() {
+      prompts = verifyPrompts.map { tokenizer.encode($0) }
+    } else {
+      prompts = (0..<3).map { p in (0..<12).map { ($0 * 7919 + p * 104_729 + 13) % vocab } }
+    }
+    return prompts.filter { !$0.isEmpty }
   }
 
   /// The encoder form of ``verifyForward(output:basePath:adapters:report:)``: the merged
@@ -169,14 +173,7 @@ extension Merger {
     let head = try base.savedClassificationHead(adapter: headAdapter).tensors.values.first!
     let baseScore = Weight(name: "score.weight", shape: head.shape, values: head.values)
     let mergedScore = try merged.source.weight("score.weight")
-    var prompts: [[Int]]
-    if let tokenizer = try? source.tokenizer() {
-      prompts = verifyPrompts.map { tokenizer.encode($0) }
-    } else {
-      let vocab = base.config.vocabSize
-      prompts = (0..<3).map { p in (0..<12).map { ($0 * 7919 + p * 104_729 + 13) % vocab } }
-    }
-    prompts = prompts.filter { !$0.isEmpty }
+    let prompts = llamaPrompts(source: source, vocab: base.config.vocabSize)
     var rowsA: [[Float]] = []
     var rowsB: [[Float]] = []
     for ids in prompts {
