@@ -26,7 +26,8 @@ padding and on the first 4 tokens of the first text, a "prompt"):
         `pad_token_id` 2 as in config.json: the score head on each row's last non-padding
         token), PEFT `SEQ_CLS` (LoRA r 4, alpha 8 on q_proj, v_proj; `score` in
         `modules_to_save`, saved as `base_model.model.score.weight` and initialised by the same
-        generator with the A scale), class labels 0, 2, 1, right padding. Every gradient stored.
+        generator with the A scale), class labels 0, 2, 1, right padding. Gradients of layers 0,
+        15, 29 and the head stored in full, the norm of every gradient in the JSON.
 
 Init generator (per case seed; LoRA tensors in the order of their sorted saved keys, each
 row-major): SplitMix64 (state += 0x9E3779B97F4A7C15; the usual output mix), value
@@ -41,7 +42,8 @@ float32 oracle from the same step in float64 (its own rounding).
 The float64 step (cases qv, all, cls) runs the same PEFT model in float64 with the RoPE tables
 and the loss computed in float64 too (transformers computes both in float32 even for a float64
 model, so its own float64 run shares float32 roundings with the float32 oracle); its loss is
-`float64_loss` and its stored gradients are `<case>.grad64.<key>` (rounded to F32). It is the
+`float64_loss` and its gradients of layers 0, 15, 28, 29 (and the score head) are
+`<case>.grad64.<key>` (rounded to F32). It is the
 reference of the 1e-4 gradient check: PEFT's float32 gradients are themselves up to 1.4e-4 from
 it in the top layers.
 """
@@ -76,7 +78,10 @@ CASES = {
     "left": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8, seed=11, padding="left"),
     "cls": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8, seed=33, padding="right", classes=[0, 2, 1]),
 }
-FULL_LAYERS = {"all": [0, 15, 29]}
+FULL_LAYERS = {"all": [0, 15, 29], "cls": [0, 15, 29]}
+# Layers whose float64 gradients are stored (the float64 check needs the top layers, where the
+# float32 oracle is farthest off, and a few others; all of them would double the file).
+FLOAT64_LAYERS = [0, 15, 28, 29]
 TOLERANCE = {"loss_relative": 1e-5, "gradient_relative_frobenius": 1e-4}
 
 
@@ -255,7 +260,7 @@ def main():
                 layer = int(key.split(".layers.")[1].split(".")[0]) if ".layers." in key else None
                 if full is None or layer in full:
                     tensors[f"{case}.grad.{key}"] = g.astype(np.float32)
-                    if r64:
+                    if r64 and (layer is None or layer in FLOAT64_LAYERS):
                         tensors[f"{case}.grad64.{key}"] = r64["grads"][key].astype(np.float32)
                     stored.append(key)
         doc["cases"][case] = dict(

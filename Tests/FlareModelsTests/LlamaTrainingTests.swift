@@ -113,8 +113,9 @@ struct LlamaTrainingTests {
   /// Checks a pass's loss and gradients against case `name` of the golden. Two references:
   ///
   /// - The same step in float64 (the script's, with RoPE tables and loss in float64 too), the
-  ///   issue's bound: the loss within 1e-6 relative (measured ≤ 4e-8) and every stored gradient
-  ///   within 1e-4 relative Frobenius (measured ≤ 2.3e-5).
+  ///   issue's bound: the loss within 1e-6 relative (measured ≤ 4e-8) and every gradient stored
+  ///   in float64 (layers 0, 15, 28, 29 and the head) within 1e-4 relative Frobenius
+  ///   (measured ≤ 2.4e-5).
   /// - PEFT's float32 step: the loss within 1e-5 relative (measured 2–3e-6), each stored
   ///   gradient and the norm of every gradient within 2e-4. Not 1e-4: PEFT's float32 gradients
   ///   are themselves up to 1.7e-4 from the float64 step (v_proj in layers 28–29; the loss
@@ -151,7 +152,10 @@ struct LlamaTrainingTests {
     var worst64 = 0.0
     if let loss64 = spec["float64_loss"]?.doubleValue {
       #expect(abs(loss - loss64) / loss64 < 1e-6, "\(name): loss \(loss) vs float64 \(loss64)")
-      for key in try #require(spec["stored_gradients"]?.arrayValue).compactMap(\.stringValue) {
+      let keys = try #require(spec["stored_gradients"]?.arrayValue).compactMap(\.stringValue)
+        .filter { golden.arrays.contains("\(name).grad64.\($0)") }
+      #expect(!keys.isEmpty, "\(name): no float64 gradients stored")
+      for key in keys {
         let got = try #require(gradients[key], "no gradient \(key)")
         let error = relativeFrobenius(got, try golden.gradient(name, key: key, float64: true))
         worst64 = max(worst64, error)
