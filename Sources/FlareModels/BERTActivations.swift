@@ -79,9 +79,21 @@ public struct BERTActivations: @unchecked Sendable {
     self.inputs = inputs
     layers = config.layers
     heads = config.heads
-    let n = inputs.batch * inputs.length
+    let layout = Self.layout(
+      config: config, batch: inputs.batch, length: inputs.length,
+      keepingAllLayers: keepingAllLayers)
+    offsets = layout.offsets
+    slotSizes = layout.slotSizes
+    storage = pool?.take(count: layout.total) ?? FloatStorage(count: layout.total)
+  }
+
+  /// Where each region starts, the size of one of its slots, and the floats of the whole
+  /// layout for a `batch × length` pass.
+  static func layout(config: BERTConfig, batch: Int, length t: Int, keepingAllLayers: Bool) -> (
+    offsets: [Int], slotSizes: [Int], total: Int
+  ) {
+    let n = batch * t
     let c = config.hidden
-    let t = inputs.length
     let layerSlots = keepingAllLayers ? config.layers : 1
     var offsets: [Int] = []
     var slotSizes: [Int] = []
@@ -98,16 +110,13 @@ public struct BERTActivations: @unchecked Sendable {
       case .preGELU, .postGELU: (size, slots) = (n * config.intermediate, layerSlots)
       case .probs:
         (size, slots) =
-          keepingAllLayers
-          ? (inputs.batch * config.heads * t * t, layerSlots) : (config.heads * t * t, 1)
+          keepingAllLayers ? (batch * config.heads * t * t, layerSlots) : (config.heads * t * t, 1)
       }
       offsets.append(total)
       slotSizes.append(size)
       total += size * slots
     }
-    self.offsets = offsets
-    self.slotSizes = slotSizes
-    storage = pool?.take(count: total) ?? FloatStorage(count: total)
+    return (offsets, slotSizes, total)
   }
 
   /// The start of `region`'s slot for `layer` (ignored for single-slot regions).

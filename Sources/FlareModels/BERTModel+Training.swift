@@ -84,22 +84,7 @@ enum Parallel {
   /// thread `i % workers`); in order on the calling thread when `workers` is 1. Calls must
   /// write disjoint memory.
   static func forEach(_ count: Int, workers: Int, _ body: (Int) -> Void) {
-    let workers = max(1, min(workers, count))
-    guard workers > 1 else {
-      for i in 0..<count { body(i) }
-      return
-    }
-    withoutActuallyEscaping(body) { body in
-      // The calls write disjoint memory (the caller's contract).
-      nonisolated(unsafe) let body = body
-      DispatchQueue.concurrentPerform(iterations: workers) { worker in
-        var i = worker
-        while i < count {
-          body(i)
-          i += workers
-        }
-      }
-    }
+    WorkerPool.shared.run(count, workers: workers, body)
   }
 
   /// Rows per chunk of the row-wise work of a training or evaluation pass: a function of the
@@ -711,8 +696,27 @@ extension BERTModel: TrainableModel {
   /// The encoder's backward pass from the gradient of each row's first-token state: through
   /// every layer down to the lowest one with a LoRA layer, accumulating the LoRA gradients.
   /// Frozen linear layers pass the gradient to their input (one GEMM each) and get none.
-  /// Row-wise steps run in the pass's fixed row chunks; the LoRA weight gradients (sums over
-  /// rows) run unsplit.
+  /// Row-wise steps run in the pass's fixed row chunks; each chunk's share of the LoRA weight
+  /// gradients is added in chunk order (``LinearBackward``).
+  /// The floats of ``encoderBackward(_:options:dfirst:)``'s gradient buffers.
+  static func backwardCount(config: BERTConfig, batch: Int, length t: Int, dropout: Bool) -> Int {
+    let n = batch * t
+    return 10 * n * config.hidden + 2 * n * config.intermediate
+      + (dropout ? batch * config.heads * t * t : 0)
+  }
+
+  /// The bytes a training pass holds for `batch × length` tokens besides the weights: every
+  /// layer's activations (the layout the pass allocates) and the backward pass's gradient
+  /// buffers (with the attention dropout mask when `dropout` is on).
+  public func trainingActivationBytes(batch: Int, length: Int, dropout: Bool) -> Int {
+    let activations = BERTActivations.layout(
+      config: config, batch: batch, length: length, keepingAllLayers: true
+    ).total
+    return 4
+      * (activations
+        + Self.backwardCount(config: config, batch: batch, length: length, dropout: dropout))
+  }
+
   private func encoderBackward(_ a: BERTActivations, options: BERTPassOptions, dfirst: [Float]) {
     let b = a.batch
     let t = a.length
@@ -726,8 +730,8 @@ extension BERTModel: TrainableModel {
     // N×C each: the residual-stream gradient (current, next), dOutputSum, dNormed,
     // dAttentionSum, the gradient after a dropout, dContext, dQ, dK, dV; N×FF: dPost, dPre;
     // B×NH×T×T for the attention dropout mask when dropout is on.
+    let total = Self.backwardCount(config: config, batch: b, length: t, dropout: dropout > 0)
     let attentionMaskCount = dropout > 0 ? b * heads * t * t : 0
-    let total = 10 * n * c + 2 * n * ff + attentionMaskCount
     let storage = UnsafeMutablePointer<Float>.allocate(capacity: max(total, 1))
     defer { storage.deallocate() }
     var cursor = storage
@@ -772,26 +776,17 @@ extension BERTModel: TrainableModel {
       return ddropped
     }
     /// A linear layer's backward: the frozen weight's input gradient and the LoRA's share
-    /// (if `dinp`), then the LoRA's weight gradients.
+    /// (if `dinp`; added to it, or overwriting it without `accumulate`), and the LoRA's
+    /// weight gradients.
     func linearBackward(
-      _ slot: Int, dinp: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>,
-      inp: UnsafePointer<Float>
+      _ slot: Int, dinp: UnsafeMutablePointer<Float>?, accumulate: Bool = true,
+      dout: UnsafePointer<Float>, inp: UnsafePointer<Float>
     ) {
-      let layer = linears[slot]
-      let lora = options.loras[slot]
-      let seed = options.loraDropoutSeed(slot: slot)
-      if let dinp {
-        chunks { r in
-          let dinp = dinp + r.lowerBound * layer.inFeatures
-          let dout = dout + r.lowerBound * layer.outFeatures
-          Kernels.matmulBackwardInput(
-            dinp: dinp, dout: dout, weight: layer.weight.values.baseAddress!, rows: r.count,
-            inFeatures: layer.inFeatures, outFeatures: layer.outFeatures)
-          lora?.backwardInput(
-            dinp: dinp, dout: dout, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
-        }
-      }
-      lora?.backwardWeights(dout: dout, inp: inp, rows: n, dropoutSeed: seed)
+      LinearBackward(
+        linears[slot], lora: options.loras[slot], dropoutSeed: options.loraDropoutSeed(slot: slot)
+      ).run(
+        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
+        workers: options.threads)
     }
     /// LayerNorm backward (no weight gradients) of rows chunked: `dinp = 0`, then `+=`.
     func layernormBackward(
@@ -820,8 +815,9 @@ extension BERTModel: TrainableModel {
         rstd: a.pointer(.outputRstd, layer: layer))
       dnormed.update(from: doutputSum, count: n * c)
       let dffOut = throughDropout(doutputSum, site: .output(layer))
-      dpost.update(repeating: 0, count: n * ff)
-      linearBackward(s + 5, dinp: dpost, dout: dffOut, inp: a.pointer(.postGELU, layer: layer))
+      linearBackward(
+        s + 5, dinp: dpost, accumulate: false, dout: dffOut,
+        inp: a.pointer(.postGELU, layer: layer))
       let pre = a.pointer(.preGELU, layer: layer)
       chunks { r in
         let offset = r.lowerBound * ff
@@ -839,9 +835,8 @@ extension BERTModel: TrainableModel {
       if needsInput { dnext.update(from: dattentionSum, count: n * c) }
       let needsAttention = needsInput || (s..<(s + 3)).contains { options.loras[$0] != nil }
       let dattentionOut = throughDropout(dattentionSum, site: .attentionOutput(layer))
-      if needsAttention { dcontext.update(repeating: 0, count: n * c) }
       linearBackward(
-        s + 3, dinp: needsAttention ? dcontext : nil, dout: dattentionOut,
+        s + 3, dinp: needsAttention ? dcontext : nil, accumulate: false, dout: dattentionOut,
         inp: a.pointer(.context, layer: layer))
       guard needsAttention else { continue }
       if let attentionMask {

@@ -22,19 +22,28 @@ extension Kernels {
   // MARK: - Linear layers
 
   /// Backward of ``matmul(out:inp:weight:bias:rows:inFeatures:outFeatures:)`` with respect to
-  /// its input: `dinp[N×C] += dout[N×OC] · W[OC×C]`. This is all a frozen layer needs.
+  /// its input: `dinp[N×C] += dout[N×OC] · W[OC×C]`. This is all a frozen layer needs. With
+  /// `accumulate` false, `dinp` is overwritten instead (`=`; its old values are never read,
+  /// which spares the caller zeroing it).
   public static func matmulBackwardInput(
     dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-    rows n: Int, inFeatures c: Int, outFeatures oc: Int
+    rows n: Int, inFeatures c: Int, outFeatures oc: Int, accumulate: Bool = true
   ) {
-    guard n > 0, c > 0, oc > 0 else { return }
+    guard n > 0, c > 0 else { return }
+    let beta: Float = accumulate ? 1 : 0
+    guard oc > 0 else {
+      if !accumulate { dinp.update(repeating: 0, count: n * c) }
+      return
+    }
     if n == 1 {
+      // A GEMV's `beta = 0` may still multiply the old values (NaN · 0); zero them instead.
+      if !accumulate { dinp.update(repeating: 0, count: c) }
       BLAS.sgemv(
         transA: true, m: oc, n: c, alpha: 1, a: weight, lda: c, x: dout, beta: 1, y: dinp)
     } else {
       BLAS.sgemm(
         transA: false, transB: false, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight,
-        ldb: c, beta: 1, c: dinp, ldc: c)
+        ldb: c, beta: beta, c: dinp, ldc: c)
     }
   }
 
@@ -358,7 +367,7 @@ extension Kernels {
     }
     let saved = BLAS.threads
     BLAS.setThreads(1)
-    DispatchQueue.concurrentPerform(iterations: workers, execute: run)
+    Parallel.forEach(workers, workers: workers, run)
     BLAS.setThreads(saved)
   }
 

@@ -225,7 +225,7 @@ extension Kernels {
   /// count of all micro-batches of the optimizer step; the step's loss is the sum of the
   /// returned losses times `gradientScale`.
   ///
-  /// Allocates `chunk × (V + 2C)` values.
+  /// Works in `workspace`, at least `chunk × (V + 2C)` values, or allocates that much.
   /// - Parameters:
   ///   - dinp: Receives the input gradient, or `nil` to compute the loss alone (evaluation).
   ///   - weight: The head, `[V×C]` (the embedding matrix when tied).
@@ -234,7 +234,7 @@ extension Kernels {
   public static func lmHeadCrossEntropy(
     dinp: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     bias: UnsafePointer<Float>?, labels: UnsafePointer<Int>, rows n: Int, channels c: Int,
-    vocab v: Int, chunk: Int, gradientScale: Float
+    vocab v: Int, chunk: Int, gradientScale: Float, workspace: UnsafeMutablePointer<Float>? = nil
   ) -> (loss: Double, count: Int) {
     let labelled = (0..<n).filter { labels[$0] != ignoreIndex }
     guard !labelled.isEmpty, c > 0, v > 0 else { return (0, 0) }
@@ -242,8 +242,10 @@ extension Kernels {
       precondition(labels[r] >= 0 && labels[r] < v, "label \(labels[r]) outside 0..<\(v)")
     }
     let step = max(1, min(chunk, labelled.count))
-    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: step * (v + 2 * c))
-    defer { buffer.deallocate() }
+    let owned =
+      workspace == nil ? UnsafeMutablePointer<Float>.allocate(capacity: step * (v + 2 * c)) : nil
+    defer { owned?.deallocate() }
+    let buffer = workspace ?? owned!
     let rows = buffer
     let gradients = buffer + step * c
     let logits = buffer + 2 * step * c
@@ -259,9 +261,9 @@ extension Kernels {
           logits + i * v, classes: v, label: labels[labelled[start + i]], scale: gradientScale)
       }
       if let dinp {
-        gradients.update(repeating: 0, count: m * c)
         matmulBackwardInput(
-          dinp: gradients, dout: logits, weight: weight, rows: m, inFeatures: c, outFeatures: v)
+          dinp: gradients, dout: logits, weight: weight, rows: m, inFeatures: c, outFeatures: v,
+          accumulate: false)
         for i in 0..<m { add(dinp + labelled[start + i] * c, gradients + i * c, count: c) }
       }
       start += m

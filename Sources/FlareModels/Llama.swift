@@ -477,7 +477,7 @@ extension LlamaModel {
       defer { BLAS.setThreads(saved) }
       DispatchQueue.concurrentPerform(iterations: workers, execute: work)
     } else {
-      DispatchQueue.concurrentPerform(iterations: workers, execute: work)
+      Parallel.forEach(workers, workers: workers, work)
     }
   }
 }

@@ -244,14 +244,17 @@ extension LlamaModel: TrainableModel {
 
     // Final norm (kept for its backward), then the LM head + cross-entropy in fixed row groups
     // (or the score head on the last real tokens).
-    let final = Scratch([n * c, n, training ? n * c : 0])
-    defer { final.free() }
-    let (normed, rstd, dnormed) = (final[0], final[1], final[2])
+    let final = storagePool.take(count: n * c + n + (training ? n * c : 0))
+    defer { storagePool.give(final) }
+    let normed = final.buffer.baseAddress!
+    let (rstd, dnormed) = (normed + n * c, normed + n * c + n)
     let x = a.residual(blocks.count)
     threads.forRows(n) { r in
       Kernels.rmsnorm(
         out: normed + r.lowerBound * c, rstd: rstd + r.lowerBound, inp: x + r.lowerBound * c,
         weight: finalNorm.pointer, rows: r.count, channels: c, eps: config.rmsNormEpsilon)
+      // The heads write the gradient of the rows they score only.
+      if training { (dnormed + r.lowerBound * c).update(repeating: 0, count: r.count * c) }
     }
     /// From the gradient of the final norm's output (`dnormed`) down to the LoRA gradients,
     /// those of GGUF-order shadows permuted back into the state's tensors.
@@ -276,19 +279,27 @@ extension LlamaModel: TrainableModel {
     let groups = (n + Self.headChunk - 1) / Self.headChunk
     var losses = [Double](repeating: 0, count: groups)
     var counts = [Int](repeating: 0, count: groups)
+    // Group `g` runs on worker `g % workers`, in that worker's workspace.
+    let workers = min(threads.workers, groups)
+    let space = Self.headChunk * (vocab + 2 * c)
+    let workspace = storagePool.take(count: workers * space)
+    defer { storagePool.give(workspace) }
     losses.withUnsafeMutableBufferPointer { losses in
       counts.withUnsafeMutableBufferPointer { counts in
         shifted.withUnsafeBufferPointer { labels in
-          Parallel.forEach(groups, workers: threads.workers) { group in
-            let first = group * Self.headChunk
-            let m = min(n, first + Self.headChunk) - first
-            let (loss, count) = Kernels.lmHeadCrossEntropy(
-              dinp: training ? dnormed + first * c : nil, inp: normed + first * c,
-              weight: head.weight.pointer, bias: head.bias?.pointer,
-              labels: labels.baseAddress! + first, rows: m, channels: c, vocab: vocab,
-              chunk: Self.headChunk, gradientScale: gradientScale ?? 1)
-            losses[group] = loss
-            counts[group] = count
+          Parallel.forEach(workers, workers: workers) { worker in
+            for group in stride(from: worker, to: groups, by: workers) {
+              let first = group * Self.headChunk
+              let m = min(n, first + Self.headChunk) - first
+              let (loss, count) = Kernels.lmHeadCrossEntropy(
+                dinp: training ? dnormed + first * c : nil, inp: normed + first * c,
+                weight: head.weight.pointer, bias: head.bias?.pointer,
+                labels: labels.baseAddress! + first, rows: m, channels: c, vocab: vocab,
+                chunk: Self.headChunk, gradientScale: gradientScale ?? 1,
+                workspace: workspace.buffer.baseAddress! + worker * space)
+              losses[group] = loss
+              counts[group] = count
+            }
           }
         }
       }
@@ -418,7 +429,8 @@ extension LlamaModel: TrainableModel {
   /// and every block down to the lowest one with a LoRA layer, accumulating the LoRA
   /// gradients. Frozen linear layers pass the gradient to their input (one GEMM each) and get
   /// none. Row-wise steps run in the pass's fixed row chunks; attention by (sequence, key/value
-  /// head); the LoRA weight gradients (sums over rows) run unsplit.
+  /// head); each row chunk's share of the LoRA weight gradients (sums over rows) is computed
+  /// beside its input gradient and the shares are added in chunk order (``LinearBackward``).
   private func backward(
     _ a: LlamaActivations, pass: LlamaPass, positions: [Int],
     dnormed dfinal: UnsafeMutablePointer<Float>, normedInput: UnsafePointer<Float>,
@@ -436,56 +448,50 @@ extension LlamaModel: TrainableModel {
     let ff = config.feedForwardLength
     let threads = pass.threads
     guard let lowest = pass.loras.keys.min().map({ $0 / 7 }) else { return }
-    let buffers = Scratch([n * c, n * c, n * qDim, n * qDim, n * kvDim, n * kvDim, 3 * n * ff])
-    defer { buffers.free() }
-    let (dres, dnormed, dcontext, dq, dk, dv) = (
-      buffers[0], buffers[1], buffers[2], buffers[3], buffers[4], buffers[5]
-    )
-    let (dact, dgate, dup) = (buffers[6], buffers[6] + n * ff, buffers[6] + 2 * n * ff)
+    // Gradient buffers; every region is written before it is read.
+    let storage = storagePool.take(count: n * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff))
+    defer { storagePool.give(storage) }
+    let dres = storage.buffer.baseAddress!
+    let dnormed = dres + n * c
+    let dcontext = dnormed + n * c
+    let dq = dcontext + n * qDim
+    let dk = dq + n * qDim
+    let dv = dk + n * kvDim
+    let (dact, dgate, dup) = (dv + n * kvDim, dv + n * kvDim + n * ff, dv + n * kvDim + 2 * n * ff)
     let (cosines, sines) = Kernels.ropeTables(
       positions: positions, headDim: d, theta: config.ropeFreqBase)
 
-    /// `dinp = 0` then `+=` the RMSNorm backward, in row chunks (`dinp` may already hold a
-    /// gradient to add to when `zero` is false).
+    /// `dinp +=` the RMSNorm backward in row chunks (`dinp` zeroed first with `zero`).
     func rmsnormBackward(
-      dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>,
-      weight: Weight, rstd: UnsafePointer<Float>
+      dinp: UnsafeMutablePointer<Float>, zero: Bool = false, dout: UnsafePointer<Float>,
+      inp: UnsafePointer<Float>, weight: Weight, rstd: UnsafePointer<Float>
     ) {
       threads.forRows(n) { r in
         let o = r.lowerBound * c
+        if zero { (dinp + o).update(repeating: 0, count: r.count * c) }
         Kernels.rmsnormBackward(
           dinp: dinp + o, dweight: nil, dout: dout + o, inp: inp + o, weight: weight.pointer,
           rstd: rstd + r.lowerBound, rows: r.count, channels: c)
       }
     }
     /// Linear layer `j` of `layer`: the frozen weight's and the LoRA's share of the input
-    /// gradient (into `dinp`, zeroed first, if given), then the LoRA's weight gradients.
+    /// gradient (into `dinp` if given: added to it with `accumulate`, else overwriting it) and
+    /// the LoRA's weight gradients.
     func linearBackward(
-      _ layer: Int, _ j: Int, dinp: UnsafeMutablePointer<Float>?, zero: Bool = true,
+      _ layer: Int, _ j: Int, dinp: UnsafeMutablePointer<Float>?, accumulate: Bool = false,
       dout: UnsafePointer<Float>, inp: UnsafePointer<Float>
     ) {
       let slot = layer * 7 + j
-      let module = blocks[layer].linear(j)
-      let lora = pass.loras[slot]
-      let seed = pass.loraDropoutSeed(slot: slot)
-      if let dinp {
-        threads.forRows(n) { r in
-          let dinp = dinp + r.lowerBound * module.inFeatures
-          let dout = dout + r.lowerBound * module.outFeatures
-          if zero { dinp.update(repeating: 0, count: r.count * module.inFeatures) }
-          Kernels.matmulBackwardInput(
-            dinp: dinp, dout: dout, weight: module.weight.pointer, rows: r.count,
-            inFeatures: module.inFeatures, outFeatures: module.outFeatures)
-          lora?.backwardInput(
-            dinp: dinp, dout: dout, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
-        }
-      }
-      lora?.backwardWeights(dout: dout, inp: inp, rows: n, dropoutSeed: seed)
+      LinearBackward(
+        blocks[layer].linear(j), lora: pass.loras[slot],
+        dropoutSeed: pass.loraDropoutSeed(slot: slot)
+      ).run(
+        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
+        workers: threads.workers)
     }
 
-    dres.update(repeating: 0, count: n * c)
     rmsnormBackward(
-      dinp: dres, dout: dfinal, inp: normedInput, weight: finalNorm, rstd: rstd)
+      dinp: dres, zero: true, dout: dfinal, inp: normedInput, weight: finalNorm, rstd: rstd)
     for layer in stride(from: blocks.count - 1, through: lowest, by: -1) {
       let block = blocks[layer]
       let hasLoRA = { (js: Range<Int>) in js.contains { pass.loras[layer * 7 + $0] != nil } }
@@ -510,7 +516,8 @@ extension LlamaModel: TrainableModel {
         linearBackward(
           layer, 4, dinp: needsMLPInput ? dnormed : nil, dout: dgate, inp: mlpNormed)
         linearBackward(
-          layer, 5, dinp: needsMLPInput ? dnormed : nil, zero: false, dout: dup, inp: mlpNormed)
+          layer, 5, dinp: needsMLPInput ? dnormed : nil, accumulate: true, dout: dup, inp: mlpNormed
+        )
         if needsMLPInput {
           rmsnormBackward(
             dinp: dres, dout: dnormed, inp: a.pointer(.mid, layer: layer),
@@ -524,9 +531,11 @@ extension LlamaModel: TrainableModel {
         layer, 3, dinp: needsAttention ? dcontext : nil, dout: dres,
         inp: a.pointer(.context, layer: layer))
       guard needsAttention else { continue }
-      dq.update(repeating: 0, count: n * qDim)
-      dk.update(repeating: 0, count: n * kvDim)
-      dv.update(repeating: 0, count: n * kvDim)
+      threads.forRows(n) { r in
+        (dq + r.lowerBound * qDim).update(repeating: 0, count: r.count * qDim)
+        (dk + r.lowerBound * kvDim).update(repeating: 0, count: r.count * kvDim)
+        (dv + r.lowerBound * kvDim).update(repeating: 0, count: r.count * kvDim)
+      }
       Kernels.attentionBackward(
         dq: dq, dk: dk, dv: dv, dout: dcontext, q: a.pointer(.q, layer: layer),
         k: a.pointer(.k, layer: layer), v: a.pointer(.v, layer: layer),
@@ -550,8 +559,8 @@ extension LlamaModel: TrainableModel {
       let normed = a.pointer(.attentionNormed, layer: layer)
       let dh = needsInput ? dnormed : nil
       linearBackward(layer, 0, dinp: dh, dout: dq, inp: normed)
-      linearBackward(layer, 1, dinp: dh, zero: false, dout: dk, inp: normed)
-      linearBackward(layer, 2, dinp: dh, zero: false, dout: dv, inp: normed)
+      linearBackward(layer, 1, dinp: dh, accumulate: true, dout: dk, inp: normed)
+      linearBackward(layer, 2, dinp: dh, accumulate: true, dout: dv, inp: normed)
       if needsInput {
         rmsnormBackward(
           dinp: dres, dout: dnormed, inp: a.residual(layer), weight: block.attentionNorm,

@@ -38,61 +38,37 @@ extension TrainableLoRA {
     }
   }
 
-  /// The LoRA term's share of the input gradient for rows `firstRow ..< firstRow + N`:
-  /// `dinp += ((scale · dout·B)·A) ⊙ mask` (the frozen weight's share is the caller's). Rows
-  /// are independent, so a pass may split them in chunks.
-  func backwardInput(
-    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, rows n: Int,
-    dropoutSeed: UInt64?, firstRow: Int = 0
+  /// The LoRA term's backward for rows `firstRow ..< firstRow + N` of a pass, given the
+  /// forward's input and seed: with `dinp`, its share of the input gradient,
+  /// `dinp += ((scale · dout·B)·A) ⊙ mask` (the frozen weight's share is the caller's); with
+  /// `da` and `db` (`[r×in]`, `[out×r]`), these rows' share of the weight gradients,
+  /// `da += scale · (dout·B)ᵀ·drop(inp)`, `db += scale · doutᵀ·(drop(inp)·Aᵀ)`.
+  func backward(
+    dinp: UnsafeMutablePointer<Float>?, da: UnsafeMutablePointer<Float>?,
+    db: UnsafeMutablePointer<Float>?, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>,
+    rows n: Int, dropoutSeed: UInt64?, firstRow: Int = 0
   ) {
     let c = inFeatures
     guard n > 0, c > 0, outFeatures > 0, rank > 0 else { return }
-    let masked = dropoutSeed != nil && dropout > 0
-    // [gradient before the mask | mask]
-    let scratch = masked ? UnsafeMutablePointer<Float>.allocate(capacity: 2 * n * c) : nil
-    defer { scratch?.deallocate() }
-    if let scratch, let dropoutSeed {
-      scratch.update(repeating: 0, count: n * c)
-      Kernels.dropoutMask(
-        scratch + n * c, count: n * c, probability: dropout, seed: dropoutSeed,
-        offset: UInt64(firstRow * c))
-    }
-    a.values.withUnsafeBufferPointer { a in
-      b.values.withUnsafeBufferPointer { b in
-        // With only `dinp` requested, the kernel reads neither the input nor dA/dB.
-        Kernels.loraBackward(
-          dinp: scratch ?? dinp, da: nil, db: nil, dbias: nil, dout: dout, inp: a.baseAddress!,
-          a: a.baseAddress!, b: b.baseAddress!, scale: scale, rows: n, inFeatures: c,
-          outFeatures: outFeatures, rank: rank)
-      }
-    }
-    if let scratch {
-      Kernels.dropoutBackward(dinp: dinp, dout: scratch, mask: scratch + n * c, count: n * c)
-    }
-  }
-
-  /// Accumulates the gradients of `A` and `B` over all `N` rows of a pass, given the forward's
-  /// input and seed: `dA += scale · (dout·B)ᵀ·drop(inp)`, `dB += scale · doutᵀ·(drop(inp)·Aᵀ)`.
-  /// A sum over rows, so it runs unsplit (its result must not depend on a thread count).
-  func backwardWeights(
-    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, rows n: Int, dropoutSeed: UInt64?
-  ) {
-    let c = inFeatures
-    guard n > 0, c > 0, outFeatures > 0, rank > 0 else { return }
-    let dropped = droppedInput(inp, rows: n, seed: dropoutSeed, firstRow: 0)
+    // [drop(inp) | mask] with dropout active.
+    let dropped = droppedInput(inp, rows: n, seed: dropoutSeed, firstRow: firstRow)
     defer { dropped?.deallocate() }
-    let source = dropped.map { UnsafePointer($0) } ?? inp
+    // With dropout, the input gradient goes through the mask: computed into `masked`, then
+    // multiplied in.
+    let masked = dinp != nil && dropped != nil
+    let scratch = masked ? UnsafeMutablePointer<Float>.allocate(capacity: n * c) : nil
+    defer { scratch?.deallocate() }
+    scratch?.initialize(repeating: 0, count: n * c)
     a.values.withUnsafeBufferPointer { a in
       b.values.withUnsafeBufferPointer { b in
-        self.a.gradient.withUnsafeMutableBufferPointer { da in
-          self.b.gradient.withUnsafeMutableBufferPointer { db in
-            Kernels.loraBackward(
-              dinp: nil, da: da.baseAddress!, db: db.baseAddress!, dbias: nil, dout: dout,
-              inp: source, a: a.baseAddress!, b: b.baseAddress!, scale: scale, rows: n,
-              inFeatures: c, outFeatures: outFeatures, rank: rank)
-          }
-        }
+        Kernels.loraBackward(
+          dinp: scratch ?? dinp, da: da, db: db, dbias: nil, dout: dout,
+          inp: dropped.map { UnsafePointer($0) } ?? inp, a: a.baseAddress!, b: b.baseAddress!,
+          scale: scale, rows: n, inFeatures: c, outFeatures: outFeatures, rank: rank)
       }
+    }
+    if let scratch, let dinp, let dropped {
+      Kernels.dropoutBackward(dinp: dinp, dout: scratch, mask: dropped + n * c, count: n * c)
     }
   }
 
@@ -109,5 +85,71 @@ extension TrainableLoRA {
       offset: UInt64(firstRow * inFeatures))
     Kernels.dropout(out: buffer, inp: inp, mask: buffer + count, count: count)
     return buffer
+  }
+}
+
+/// The backward pass of one frozen linear layer (weight `[out, in]`) of a training pass, with
+/// its trainable LoRA if it has one, over the pass's row chunks (``Parallel/rowChunk(_:)``)
+/// spread over `workers` threads: each chunk's input gradient and its share of the LoRA's
+/// weight gradients are computed together, and the shares are added to the LoRA's gradients
+/// in chunk order afterwards, so every value depends on the row count only, never on the
+/// thread count.
+struct LinearBackward {
+  let weight: UnsafePointer<Float>
+  let inFeatures: Int
+  let outFeatures: Int
+  let lora: TrainableLoRA?
+  /// The LoRA's dropout seed in this pass (`nil`: no dropout).
+  let dropoutSeed: UInt64?
+
+  init(_ layer: Linear, lora: TrainableLoRA?, dropoutSeed: UInt64?) {
+    weight = layer.weight.pointer
+    inFeatures = layer.inFeatures
+    outFeatures = layer.outFeatures
+    self.lora = lora
+    self.dropoutSeed = dropoutSeed
+  }
+
+  /// With `dinp`, its `N×in` input gradient (`+=` with `accumulate`, else `=`), and the
+  /// LoRA's weight gradients (`+=`), from the output gradient `dout` and the forward's input
+  /// `inp` of `N` rows.
+  func run(
+    dinp: UnsafeMutablePointer<Float>?, accumulate: Bool, dout: UnsafePointer<Float>,
+    inp: UnsafePointer<Float>, rows n: Int, workers: Int
+  ) {
+    guard n > 0 else { return }
+    let (c, oc) = (inFeatures, outFeatures)
+    let size = Parallel.rowChunk(n)
+    let chunks = (n + size - 1) / size
+    // Per chunk: its share of dA (`r×in`), then of dB (`out×r`).
+    let r = lora?.rank ?? 0
+    let share = r * (c + oc)
+    let shares = UnsafeMutablePointer<Float>.allocate(capacity: max(1, chunks * share))
+    defer { shares.deallocate() }
+    shares.initialize(repeating: 0, count: chunks * share)
+    Parallel.forEach(chunks, workers: workers) { chunk in
+      let first = chunk * size
+      let rows = min(n, first + size) - first
+      let dout = dout + first * oc
+      if let dinp {
+        Kernels.matmulBackwardInput(
+          dinp: dinp + first * c, dout: dout, weight: weight, rows: rows, inFeatures: c,
+          outFeatures: oc, accumulate: accumulate)
+      }
+      let da = shares + chunk * share
+      lora?.backward(
+        dinp: dinp.map { $0 + first * c }, da: da, db: da + r * c, dout: dout,
+        inp: inp + first * c, rows: rows, dropoutSeed: dropoutSeed, firstRow: first)
+    }
+    guard let lora else { return }
+    lora.a.gradient.withUnsafeMutableBufferPointer { da in
+      lora.b.gradient.withUnsafeMutableBufferPointer { db in
+        for chunk in 0..<chunks {
+          let part = shares + chunk * share
+          for i in 0..<(r * c) { da[i] += part[i] }
+          for i in 0..<(oc * r) { db[i] += part[r * c + i] }
+        }
+      }
+    }
   }
 }

@@ -93,8 +93,7 @@ public struct TrainingModel {
         paddingSide: paddingSide, configDropout: dropout, defaultTargets: ["query", "value"],
         weightBytes: 4 * parameters,
         activationBytes: { batch, length, _ in
-          let perToken = c.layers * (12 * c.hidden + 3 * c.intermediate + 2 * c.heads * length)
-          return 4 * batch * length * perToken
+          bert.trainingActivationBytes(batch: batch, length: length, dropout: dropout > 0)
         })
     default:
       throw FlareError(
