@@ -9,7 +9,11 @@ Cases (same model, data, batch, adapter and optimizer on both sides, 2 threads e
 Each side runs as its own process (peak RSS from wait4): Flare is `flare-train lora --json`
 (per-step seconds from its log), PyTorch a script that builds the same PEFT model and times
 forward + backward + clip + AdamW per step with torch.set_num_threads(2). The first
---warmup steps are left out; the median of the rest is reported. Data: running WEB Bible text
+--warmup steps are left out; the median of the rest is a run's step time. A case runs --rounds
+times, Flare and PyTorch back to back (the order alternating from round to round), and the
+speed ratio reported is the median of the rounds' ratios: this host's speed drifts by tens of
+percent over minutes, and only runs made close together compare fairly. Peak RSS is the
+largest of the rounds. Data: running WEB Bible text
 (Fixtures/data/bible/lm-train.jsonl) cut into examples that fill all 128 tokens, identical token
 counts on both sides. Model FLOPs per step count the matrix products of the forward pass (2 per
 weight per token) and of the input gradients (2 more; frozen weights get no weight gradient),
@@ -17,7 +21,7 @@ plus attention; "of peak" divides by this machine's SGEMM rate (numpy float32 40
 threads, measured in the same run).
 
 Usage: python3 scripts/bench-train.py [--cases smollm2-qv,...] [--steps 6] [--warmup 2]
-       [--wait-idle] [--json OUT]
+       [--rounds 3] [--wait-idle] [--json OUT]
 """
 import argparse
 import json
@@ -157,41 +161,66 @@ def sgemm_peak():
                                 text=True, check=True).stdout)
 
 
-def run_case(name, args, work):
-    case = CASES[name]
-    steps = args.steps + args.warmup
-    torch_data, flare_data = make_data(case, work, steps)
+def run_flare(name, case, args, work, steps, data):
     out = work / f"flare-{name}"
     log = work / f"flare-{name}.jsonl"
     cmd = [str(RELEASE / "flare-train"), "lora", "--model", str(case["model"]), "--task",
-           case["task"], "--data", str(flare_data), "--output", str(out), "--target-modules",
+           case["task"], "--data", str(data), "--output", str(out), "--target-modules",
            case["targets"], "--rank", str(case["rank"]), "--alpha", str(2 * case["rank"]),
            "--batch-size", str(case["batch"]), "--max-steps", str(steps), "--max-length",
            str(LENGTH), "--no-shuffle", "--model-dropout", "0", "--threads", "2", "--json",
            "--force", "--quiet"]
     with open(log, "w") as f:
-        flare_wall, flare_rss = benchlib.run_once(cmd, stdout=f)
-    flare_steps = [json.loads(l) for l in open(log) if l.strip()]
-    flare_steps = [s for s in flare_steps if "seconds" in s][args.warmup:]
-    torch_out = work / f"torch-{name}.json"
-    with open(torch_out, "w") as f:
-        torch_wall, torch_rss = benchlib.run_once(
+        wall, rss = benchlib.run_once(cmd, stdout=f)
+    rows = [json.loads(l) for l in open(log) if l.strip()]
+    return wall, rss, [s for s in rows if "seconds" in s][args.warmup:]
+
+
+def run_torch(name, case, args, work, steps, data):
+    out = work / f"torch-{name}.json"
+    with open(out, "w") as f:
+        wall, rss = benchlib.run_once(
             [sys.executable, "-c", TORCH_SIDE, str(case["model"]), case["task"], case["targets"],
-             str(case["rank"]), str(torch_data), str(steps), str(case["batch"])], stdout=f)
-    torch_steps = json.load(open(torch_out))[args.warmup:]
+             str(case["rank"]), str(data), str(steps), str(case["batch"])], stdout=f)
+    return wall, rss, json.load(open(out))[args.warmup:]
+
+
+def run_case(name, args, work):
+    case = CASES[name]
+    steps = args.steps + args.warmup
+    torch_data, flare_data = make_data(case, work, steps)
+    rounds = []
+    for index in range(args.rounds):
+        flare_first = index % 2 == 0
+        if flare_first:
+            flare = run_flare(name, case, args, work, steps, flare_data)
+            torch = run_torch(name, case, args, work, steps, torch_data)
+        else:
+            torch = run_torch(name, case, args, work, steps, torch_data)
+            flare = run_flare(name, case, args, work, steps, flare_data)
+        fs = statistics.median(s["seconds"] for s in flare[2])
+        ts = statistics.median(s["seconds"] for s in torch[2])
+        rounds.append({"flare_step_s": fs, "torch_step_s": ts, "speed_ratio": ts / fs,
+                       "flare_first": flare_first, "flare_rss": flare[1], "torch_rss": torch[1],
+                       "flare_wall_s": flare[0], "torch_wall_s": torch[0],
+                       "flare_losses": [s["loss"] for s in flare[2]],
+                       "torch_losses": [s["loss"] for s in torch[2]],
+                       "flare_tokens": statistics.median(s["tokens"] for s in flare[2])})
     tokens = case["batch"] * LENGTH
-    fs = statistics.median(s["seconds"] for s in flare_steps)
-    ts = statistics.median(s["seconds"] for s in torch_steps)
-    ftok = statistics.median(s["tokens"] for s in flare_steps)
+    ratio = statistics.median(r["speed_ratio"] for r in rounds)
+    fs = statistics.median(r["flare_step_s"] for r in rounds)
+    ts = statistics.median(r["torch_step_s"] for r in rounds)
+    flare_rss = max(r["flare_rss"] for r in rounds)
+    torch_rss = max(r["torch_rss"] for r in rounds)
     return {
-        "case": name, "tokens_per_step": tokens, "flare_tokens_counted": ftok,
+        "case": name, "tokens_per_step": tokens, "flare_tokens_counted": rounds[0]["flare_tokens"],
         "flare_step_s": fs, "torch_step_s": ts,
-        "flare_tok_s": tokens / fs, "torch_tok_s": tokens / ts, "speed_ratio": ts / fs,
+        "flare_tok_s": tokens / fs, "torch_tok_s": tokens / ts, "speed_ratio": ratio,
+        "speed_ratio_min": min(r["speed_ratio"] for r in rounds),
+        "speed_ratio_max": max(r["speed_ratio"] for r in rounds),
         "flare_rss_mib": flare_rss / 1024, "torch_rss_mib": torch_rss / 1024,
-        "rss_ratio": flare_rss / torch_rss, "flare_wall_s": flare_wall,
-        "torch_wall_s": torch_wall, "model_gflop_per_step": model_flops(case, tokens) / 1e9,
-        "flare_losses": [s["loss"] for s in flare_steps],
-        "torch_losses": [s["loss"] for s in torch_steps],
+        "rss_ratio": flare_rss / torch_rss, "model_gflop_per_step": model_flops(case, tokens) / 1e9,
+        "rounds": rounds,
     }
 
 
@@ -200,6 +229,8 @@ def main():
     ap.add_argument("--cases", default="smollm2-qv,smollm2-all,e5-cls")
     ap.add_argument("--steps", type=int, default=6, help="timed steps (default: 6)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (default: 2)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="Flare/PyTorch pairs per case; the median ratio is reported (default: 3)")
     ap.add_argument("--wait-idle", action="store_true", help="wait for 1-min load < 0.5 first")
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = ap.parse_args()
@@ -207,27 +238,32 @@ def main():
         benchlib.die("build first: swift build -c release")
     info = benchlib.machine_info(["torch", "transformers", "peft", "numpy"])
     load = wait_idle() if args.wait_idle else os.getloadavg()[0]
-    peak = sgemm_peak()
+    peaks = [sgemm_peak()]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
             results.append(run_case(name, args, Path(tmp)))
+            peaks.append(sgemm_peak())
+    peak = statistics.median(peaks)
     print(f"machine: {info['cpu_model']}, nproc={info['nproc']}, load before: {load:.2f}; "
-          f"torch {info['torch']}, peft {info['peft']}; SGEMM peak (numpy, 2 threads): "
-          f"{peak / 1e9:.0f} GFLOP/s")
+          f"torch {info['torch']}, peft {info['peft']}; SGEMM peak (numpy, 2 threads, median "
+          f"of {len(peaks)} between cases): {peak / 1e9:.0f} GFLOP/s (range "
+          f"{min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f}); {args.rounds} rounds per case")
     print("| case | Flare s/step | PyTorch s/step | Flare tok/s | PyTorch tok/s | speed ratio "
-          "| Flare RSS MiB | PyTorch RSS MiB | RSS ratio | GFLOP/step | Flare % of peak |")
+          "(rounds' range) | Flare RSS MiB | PyTorch RSS MiB | RSS ratio | GFLOP/step "
+          "| Flare % of peak |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         frac = r["model_gflop_per_step"] * 1e9 / r["flare_step_s"] / peak
         r["flare_fraction_of_peak"] = frac
         print(f"| {r['case']} | {r['flare_step_s']:.2f} | {r['torch_step_s']:.2f} | "
-              f"{r['flare_tok_s']:.0f} | {r['torch_tok_s']:.0f} | {r['speed_ratio']:.2f}x | "
+              f"{r['flare_tok_s']:.0f} | {r['torch_tok_s']:.0f} | {r['speed_ratio']:.2f}x "
+              f"({r['speed_ratio_min']:.2f}-{r['speed_ratio_max']:.2f}) | "
               f"{r['flare_rss_mib']:.0f} | {r['torch_rss_mib']:.0f} | {r['rss_ratio']:.2f} | "
               f"{r['model_gflop_per_step']:.0f} | {100 * frac:.0f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "load_before": load,
-                                               "sgemm_peak_flops": peak, "results": results},
+                                               "sgemm_peaks_flops": peaks, "results": results},
                                               indent=2))
 
 
