@@ -20,8 +20,8 @@ final class BackwardGolden {
   let source: WeightSource
   private var allocations: [UnsafeMutablePointer<Float>] = []
 
-  init() throws {
-    source = try WeightSource(path: fixturePath("backward/goldens.safetensors"))
+  init(path: String = "backward/goldens.safetensors") throws {
+    source = try WeightSource(path: fixturePath(path))
   }
 
   func free() {
