@@ -69,7 +69,7 @@ def fuse(name, S, T, visible, heads, attn):
     Q = S @ wq.T + bq
     K = T @ wk.T + bk
     V = T @ wv.T + bv
-    d = R // heads
+    d = S.shape[-1] // heads
     outs = []
     for h in range(heads):
         cs = slice(h * d, (h + 1) * d)
@@ -122,13 +122,17 @@ def case(name, fusion, causal, heads=1):
             out[p + "d" + key] = ta.grad.numpy().astype(np.float32)
 
 
-for fusion in ["add", "mul", "add_relu", "matmul", "matmul_relu"]:
-    case(fusion, fusion, False)
-case("cross-attention", "cross-attention", False, heads=2)
-case("cross-attention-1head", "cross-attention", False, heads=1)
-for fusion in ["matmul", "matmul_relu"]:
-    case(fusion + "-causal", fusion, True)
-case("cross-attention-causal", "cross-attention", True, heads=2)
+def main():
+    for fusion in ["add", "mul", "add_relu", "matmul", "matmul_relu"]:
+        case(fusion, fusion, False)
+    case("cross-attention", "cross-attention", False, heads=2)
+    case("cross-attention-1head", "cross-attention", False, heads=1)
+    for fusion in ["matmul", "matmul_relu"]:
+        case(fusion + "-causal", fusion, True)
+    case("cross-attention-causal", "cross-attention", True, heads=2)
+    save_file(out, os.path.join(HERE, "goldens.safetensors"))
+    print(f"wrote {len(out)} tensors")
 
-save_file(out, os.path.join(HERE, "goldens.safetensors"))
-print(f"wrote {len(out)} tensors")
+
+if __name__ == "__main__":
+    main()

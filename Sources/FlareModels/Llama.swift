@@ -283,9 +283,14 @@ public final class LlamaModel: @unchecked Sendable {
 struct LlamaPass {
   var threads: LlamaThreads
   var loras: [Int: TrainableLoRA] = [:]
+  /// FLARE-fused LoRA layers by slot (never also in ``loras``).
+  var fused: [Int: FusedLoRA] = [:]
   /// Whether LoRA dropout applies (training passes only).
   var training = false
   var seed: UInt64 = 0
+
+  /// The slots that carry a LoRA layer, fused or not.
+  var adaptedSlots: Set<Int> { Set(loras.keys).union(fused.keys) }
 
   /// The LoRA dropout seed of slot `slot`, or `nil` outside training.
   func loraDropoutSeed(slot: Int) -> UInt64? {
@@ -342,6 +347,9 @@ extension LlamaModel {
         lora?.forward(
           out: out, inp: inp, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
       }
+      pass.fused[slot]?.forward(
+        out: out, target: inp, batch: batch, length: t, dropoutSeed: seed,
+        workers: rows.workers)
     }
     func rmsnorm(
       out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,

@@ -211,10 +211,12 @@ extension LlamaModel: TrainableModel {
           "row \(row) has label \(label), neither -100 nor a token id (0..<\(vocab))")
       }
     }
-    let (loras, shadows) = try resolve(state.loras)
+    let resolved = try resolve(state.loras)
+    var loras = resolved.loras
+    let shadows = resolved.shadows
     let training = gradientScale != nil
     let threads = LlamaThreads.split(workers: max(1, trainingThreads))
-    let pass = LlamaPass(threads: threads, loras: loras, training: training, seed: state.seed)
+    var pass = LlamaPass(threads: threads, loras: loras, training: training, seed: state.seed)
     // The pass splits its work itself; BLAS's own threads would make results depend on the
     // thread count (OpenBLAS's SGEMM rounds differently with another split).
     let blasThreads = BLAS.threads
@@ -223,19 +225,72 @@ extension LlamaModel: TrainableModel {
 
     let n = b * t
     let c = config.embeddingLength
-    var positions = [Int](repeating: 0, count: n)
-    var padding: [[Int]] = []
-    for row in 0..<b {
-      var next = 0
-      for i in 0..<t {
-        positions[row * t + i] = next
-        if batch.mask[row][i] { next += 1 }
+    /// RoPE positions (real tokens counted) and each sequence's padding slots.
+    func layout(_ mask: [[Bool]]) -> (positions: [Int], padding: [[Int]]) {
+      var positions = [Int](repeating: 0, count: n)
+      var padding: [[Int]] = []
+      for row in 0..<b {
+        var next = 0
+        for i in 0..<t {
+          positions[row * t + i] = next
+          if mask[row][i] { next += 1 }
+        }
+        padding.append((0..<t).filter { !mask[row][$0] })
       }
-      padding.append((0..<t).filter { !batch.mask[row][$0] })
+      return (positions, padding)
+    }
+    let (positions, padding) = layout(batch.mask)
+    // FLARE: the source pass (base weights, every adapter off, no gradient) keeps each block's
+    // input; the fused LoRA layers read it.
+    var sourceStorage: FloatStorage?
+    defer { sourceStorage.map { storagePool.give($0) } }
+    if let fusion = state.fusion {
+      let source = try checkedSource(batch, fusion: fusion, length: t)
+      let sourceLayout = layout(source.mask)
+      let s = LlamaActivations(
+        config: config, batch: b, length: t, keys: t,
+        keeping: fusion.normalizeSource ? [.residual, .attentionNormed] : [.residual],
+        workers: min(threads.workers, b * config.headCount), pool: storagePool)
+      sourceStorage = s.storage
+      run(
+        s, tokens: Array(source.tokens.joined()), positions: sourceLayout.positions,
+        padding: sourceLayout.padding, cache: nil, pass: LlamaPass(threads: threads))
+      let slots = linearSlots
+      for module in fusion.fusedModules.sorted() {
+        guard let slot = slots[module], let lora = loras.removeValue(forKey: slot) else {
+          throw bad("fused module \(module) has no LoRA layer in the training state")
+        }
+        let layer = slot / 7
+        let r = lora.rank
+        guard r % fusion.heads == 0 else {
+          throw bad("\(fusion.heads) cross-attention heads do not divide \(module)'s rank \(r)")
+        }
+        if fusion.fusion == .crossAttention {
+          guard let weights = fusion.attention[module],
+            zip(weights.tensors, [[r, r], [r], [r, r], [r], [r, r], [r]]).allSatisfy({
+              $0.0.shape == $0.1
+            })
+          else {
+            throw bad(
+              "fused module \(module) needs cross-attention weights [\(r), \(r)] and biases [\(r)] for q, k and v"
+            )
+          }
+        }
+        let function = FusionFunction(
+          fusion: fusion.fusion, rank: lora.rank, causal: fusion.causal, heads: fusion.heads,
+          attentionDropout: training ? fusion.attentionDropout : 0)
+        pass.fused[slot] = FusedLoRA(
+          lora: lora, function: function, attention: fusion.attention[module],
+          source: fusion.normalizeSource
+            ? UnsafePointer(s.pointer(.attentionNormed, layer: layer))
+            : UnsafePointer(s.residual(layer)),
+          keyMask: batch.mask)
+      }
+      pass.loras = loras
     }
     let a = LlamaActivations(
       config: config, batch: b, length: t, keys: t,
-      keeping: training ? LlamaActivations.kept(loraSlots: loras.keys) : nil,
+      keeping: training ? LlamaActivations.kept(loraSlots: pass.adaptedSlots) : nil,
       workers: min(threads.workers, b * config.headCount), pool: storagePool)
     defer { storagePool.give(a.storage) }
     run(
@@ -369,6 +424,36 @@ extension LlamaModel: TrainableModel {
     )
   }
 
+  /// The batch's source (FLARE) after checking it and the fusion settings against the model
+  /// and the target batch.
+  private func checkedSource(_ batch: TrainingBatch, fusion: TrainingFusion, length t: Int)
+    throws -> (tokens: [[Int]], mask: [[Bool]])
+  {
+    func bad(_ message: String) -> FlareError {
+      FlareError("model", .invalidArgument, message, path: source.path)
+    }
+    guard let tokens = batch.source, let mask = batch.sourceMask else {
+      throw bad(
+        "a FLARE pass needs the source (parallel English) tokens and mask of every sequence")
+    }
+    guard tokens.count == batch.tokens.count, mask.count == tokens.count,
+      tokens.allSatisfy({ $0.count == t }), mask.allSatisfy({ $0.count == t })
+    else {
+      throw bad(
+        "the source must be padded to the target's shape (\(batch.tokens.count) sequences of \(t) tokens)"
+      )
+    }
+    for (row, sequence) in tokens.enumerated() {
+      if let id = sequence.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
+        throw bad("source row \(row) has token id \(id), outside the vocabulary")
+      }
+    }
+    guard fusion.heads >= 1, fusion.attentionDropout >= 0, fusion.attentionDropout < 1 else {
+      throw bad("cross-attention needs at least one head and a dropout in [0, 1)")
+    }
+    return (tokens, mask)
+  }
+
   /// A trainable `B` in GGUF's Q/K row order standing in for the state's (HF order) one.
   private struct Shadow {
     let hf: TrainableTensor
@@ -380,7 +465,7 @@ extension LlamaModel: TrainableModel {
   /// for GGUF models, LoRA layers on q_proj/k_proj get a `B` in GGUF row order (the returned
   /// shadows, whose gradients the pass permutes back).
   private func resolve(_ loras: [String: TrainableLoRA]) throws -> (
-    [Int: TrainableLoRA], [Shadow]
+    loras: [Int: TrainableLoRA], shadows: [Shadow]
   ) {
     let slots = linearSlots
     var result: [Int: TrainableLoRA] = [:]
@@ -447,7 +532,7 @@ extension LlamaModel: TrainableModel {
     let kvDim = kvHeads * d
     let ff = config.feedForwardLength
     let threads = pass.threads
-    guard let lowest = pass.loras.keys.min().map({ $0 / 7 }) else { return }
+    guard let lowest = pass.adaptedSlots.min().map({ $0 / 7 }) else { return }
     // Gradient buffers; every region is written before it is read.
     let storage = storagePool.take(count: n * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff))
     defer { storagePool.give(storage) }
@@ -488,13 +573,17 @@ extension LlamaModel: TrainableModel {
       ).run(
         dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
         workers: threads.workers)
+      pass.fused[slot]?.backward(
+        dinp: dinp, dout: dout, target: inp, batch: b, length: t,
+        dropoutSeed: pass.loraDropoutSeed(slot: slot), workers: threads.workers)
     }
 
     rmsnormBackward(
       dinp: dres, zero: true, dout: dfinal, inp: normedInput, weight: finalNorm, rstd: rstd)
     for layer in stride(from: blocks.count - 1, through: lowest, by: -1) {
       let block = blocks[layer]
-      let hasLoRA = { (js: Range<Int>) in js.contains { pass.loras[layer * 7 + $0] != nil } }
+      let adapted = pass.adaptedSlots
+      let hasLoRA = { (js: Range<Int>) in js.contains { adapted.contains(layer * 7 + $0) } }
       let needsInput = layer > lowest
       // MLP: residual(l+1) = mid + down(silu(gate)·up); dres is the gradient of both.
       let needsMLPInput = needsInput || hasLoRA(0..<6)

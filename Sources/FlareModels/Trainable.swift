@@ -71,22 +71,27 @@ public struct TrainingState: Sendable {
   /// derives it from the run's seed and the micro-batch's global index, so a resumed run draws
   /// the same masks.
   public var seed: UInt64
+  /// FLARE: which LoRA layers fuse the source state, and how (`nil`: plain LoRA).
+  public var fusion: TrainingFusion?
 
   public init(
     loras: [String: TrainableLoRA], heads: [String: TrainableTensor] = [:],
-    modelDropout: Float = 0, seed: UInt64 = 0
+    modelDropout: Float = 0, seed: UInt64 = 0, fusion: TrainingFusion? = nil
   ) {
     self.loras = loras
     self.heads = heads
     self.modelDropout = modelDropout
     self.seed = seed
+    self.fusion = fusion
   }
 
   /// Every trainable tensor in a fixed order (LoRA `A`, `B` by module path, then heads by
-  /// name): the order of the optimizer state and of the saved file.
+  /// name, then FLARE's cross-attention weights by module path): the order of the optimizer
+  /// state and of the saved file.
   public var parameters: [TrainableTensor] {
     loras.sorted { $0.key < $1.key }.flatMap { [$0.value.a, $0.value.b] }
       + heads.sorted { $0.key < $1.key }.map(\.value)
+      + (fusion?.attention ?? [:]).sorted { $0.key < $1.key }.flatMap(\.value.tensors)
   }
 }
 
@@ -97,6 +102,10 @@ public struct TrainingBatch: Sendable {
   /// BERT/XLM-R segment ids (`text_pair`), or `nil` for all zeros.
   public var tokenTypes: [[Int]]?
   public var targets: Targets
+  /// FLARE: the parallel English text of each sequence, padded to the same length as
+  /// `tokens` (position `j` fuses with position `j`), and its mask; `nil` without a source.
+  public var source: [[Int]]?
+  public var sourceMask: [[Bool]]?
 
   public enum Targets: Sendable {
     /// Causal LM: transformers' `labels`, aligned with `tokens` (not shifted: the model shifts,
@@ -106,11 +115,16 @@ public struct TrainingBatch: Sendable {
     case classes([Int])
   }
 
-  public init(tokens: [[Int]], mask: [[Bool]], tokenTypes: [[Int]]? = nil, targets: Targets) {
+  public init(
+    tokens: [[Int]], mask: [[Bool]], tokenTypes: [[Int]]? = nil, targets: Targets,
+    source: [[Int]]? = nil, sourceMask: [[Bool]]? = nil
+  ) {
     self.tokens = tokens
     self.mask = mask
     self.tokenTypes = tokenTypes
     self.targets = targets
+    self.source = source
+    self.sourceMask = sourceMask
   }
 }
 

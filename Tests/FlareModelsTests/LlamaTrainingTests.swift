@@ -24,11 +24,7 @@ struct LlamaTrainingGolden {
 
   func batch(_ name: String) throws -> TrainingBatch {
     let spec = try spec(name)
-    func rows(_ key: String) throws -> [[Int]] {
-      try #require(spec[key]?.arrayValue).map { row in
-        try #require(row.arrayValue).map { try #require($0.intValue) }
-      }
-    }
+    func rows(_ key: String) throws -> [[Int]] { try intRows(spec[key]) }
     let targets: TrainingBatch.Targets
     if let classes = spec["classes"]?.arrayValue {
       targets = .classes(try classes.map { try #require($0.intValue) })
@@ -65,14 +61,7 @@ struct LlamaTrainingGolden {
         name: LlamaModel.scoreHeadName, shape: shape,
         values: [Float](repeating: 0, count: shape[0] * shape[1]))
     }
-    var random = SplitMix64(seed: UInt64(try #require(spec["seed"]?.intValue)))
-    for key in tensors.keys.sorted() {
-      let tensor = tensors[key]!
-      let unit: Float = key.contains(".lora_B.") ? 0x1p-15 : 0x1p-14
-      for i in 0..<tensor.count {
-        tensor.values[i] = Float(Int((random.next() >> 40) % 2049) - 1024) * unit
-      }
-    }
+    fillFromScriptGenerator(tensors, seed: UInt64(try #require(spec["seed"]?.intValue)))
     var loras: [String: TrainableLoRA] = [:]
     for module in modules {
       loras[module] = TrainableLoRA(
@@ -87,6 +76,27 @@ struct LlamaTrainingGolden {
   func gradient(_ name: String, key: String, float64: Bool = false) throws -> [Float] {
     let weight = try arrays.weight("\(name).\(float64 ? "grad64" : "grad").\(key)")
     return withExtendedLifetime(weight) { Array(weight.values) }
+  }
+}
+
+/// A JSON list of lists of integers (token ids, masks, labels of a golden).
+func intRows(_ value: JSONValue?) throws -> [[Int]] {
+  try #require(value?.arrayValue).map { row in
+    try #require(row.arrayValue).map { item in try #require(item.intValue) }
+  }
+}
+
+/// Sets `tensors` (in sorted key order, each row-major) to the values of the training fixture
+/// scripts' integer generator (make_llama_grads.py's `init_values`): SplitMix64 from `seed`,
+/// `(next >> 40) % 2049 − 1024` times 2⁻¹⁵ for LoRA `B`, 2⁻¹⁴ for everything else.
+func fillFromScriptGenerator(_ tensors: [String: TrainableTensor], seed: UInt64) {
+  var random = SplitMix64(seed: seed)
+  for key in tensors.keys.sorted() {
+    let tensor = tensors[key]!
+    let unit: Float = key.contains(".lora_B.") ? 0x1p-15 : 0x1p-14
+    for i in 0..<tensor.count {
+      tensor.values[i] = Float(Int((random.next() >> 40) % 2049) - 1024) * unit
+    }
   }
 }
 
