@@ -176,10 +176,15 @@ def batch(case):
     return enc
 
 
-def step(case, dtype):
-    """One forward/backward; returns loss, logits, gradients by saved key, dense factors, init."""
+def step(case, dtype, enc=None, patch=None):
+    """One forward/backward; returns loss, logits, gradients by saved key, dense factors, init.
+
+    `enc` replaces the case's batch; `patch(model, init, dtype)`, called before the forward,
+    may change the model and returns extra trainable tensors by saved key (their starting
+    values added to `init` by it, their gradients returned with the others)."""
     model, init, checkpoint_heads = build(case, dtype)
-    enc = batch(case)
+    enc = enc if enc is not None else batch(case)
+    extra = patch(model, init, dtype) if patch else {}
     factors = {}
     hooks = []
     for name, module in model.named_modules():
@@ -203,6 +208,8 @@ def step(case, dtype):
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             grads[saved_key(name)] = parameter.grad.detach().numpy()
+    for key, tensor in extra.items():
+        grads[key] = tensor.grad.detach().numpy()
     return model, out.loss.item(), out.logits.detach().numpy(), grads, factors, init, checkpoint_heads, enc
 
 
@@ -214,14 +221,17 @@ def peft_saved_keys(model):
             return sorted(f.keys())
 
 
-def make(case):
+def make(case, stem=None, step_fn=step, extra=None, oracle=None):
+    """Runs `step_fn` in float32 and float64 and writes `<stem>.json` and `<stem>.safetensors`
+    (stem defaults to the case); `extra` is merged into the JSON."""
     spec = CASES[case]
+    stem = stem or case
     if not os.path.isdir(spec["folder"]):
         sys.exit(f"missing {spec['folder']}: run `make models`")
-    model, loss, logits, grads, factors, init, checkpoint_heads, enc = step(case, torch.float32)
-    _, loss64, _, grads64, _, _, _, _ = step(case, torch.float64)
+    model, loss, logits, grads, factors, init, checkpoint_heads, enc = step_fn(case, torch.float32)
+    _, loss64, _, grads64, _, _, _, _ = step_fn(case, torch.float64)
     saved = peft_saved_keys(model)
-    if sorted(grads) != saved:
+    if extra is None and sorted(grads) != saved:
         sys.exit(f"{case}: gradient keys {sorted(grads)[:4]}... differ from PEFT's saved keys {saved[:4]}...")
 
     tensors = {"logits": np.ascontiguousarray(logits, dtype=np.float32)}
@@ -256,7 +266,7 @@ def make(case):
             }
         )
     heads = {}
-    for key in sorted(k for k in grads if ".lora_" not in k):
+    for key in sorted(k for k in grads if ".lora_" not in k and ".cross_attention." not in k):
         heads[key] = {
             "shape": list(grads[key].shape),
             "init": "checkpoint" if key in checkpoint_heads else f"init.{key}",
@@ -266,7 +276,7 @@ def make(case):
         }
     golden = {
         "model": spec["model"],
-        "oracle": "PEFT get_peft_model(task_type=SEQ_CLS) on transformers AutoModelForSequenceClassification, "
+        "oracle": oracle or "PEFT get_peft_model(task_type=SEQ_CLS) on transformers AutoModelForSequenceClassification, "
         "train() mode with hidden/attention dropout 0 and lora_dropout 0, float32, one loss.backward() "
         "(loss: transformers' mean cross-entropy over the batch)",
         "versions": versions(),
@@ -282,12 +292,13 @@ def make(case):
         "peft_saved_keys": [k for k in saved if ".lora_" not in k],
         "measured": measured,
     }
-    save_file(tensors, os.path.join(HERE, f"{case}.safetensors"), metadata={"format": "flare-golden"})
-    with open(os.path.join(HERE, f"{case}.json"), "w", encoding="utf-8") as f:
+    golden.update(extra or {})
+    save_file(tensors, os.path.join(HERE, f"{stem}.safetensors"), metadata={"format": "flare-golden"})
+    with open(os.path.join(HERE, f"{stem}.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, indent=1, ensure_ascii=False)
         f.write("\n")
     worst = max(measured["float32_vs_float64_relative_frobenius"].values())
-    print(f"wrote Fixtures/training/{case}.json and {case}.safetensors (loss {loss:.6f}, float32 vs float64 worst {worst:.2e})")
+    print(f"wrote Fixtures/training/{stem}.json and {stem}.safetensors (loss {loss:.6f}, float32 vs float64 worst {worst:.2e})")
 
 
 def versions():

@@ -33,6 +33,8 @@ struct BERTPassOptions {
 
   /// Trainable LoRA layers by linear-layer slot.
   var loras: [Int: TrainableLoRA]
+  /// FLARE-fused LoRA layers by slot (never also in ``loras``).
+  var fused: [Int: FusedLoRA] = [:]
   /// The model's dropout probability (hidden, attention and head); 0 in evaluation.
   var dropout: Float
   /// Whether LoRA dropout applies (training passes only).
@@ -57,6 +59,9 @@ struct BERTPassOptions {
 
   /// The LoRA dropout seed of slot `slot`, or `nil` outside training.
   func loraDropoutSeed(slot: Int) -> UInt64? { training ? seed(.lora(slot)) : nil }
+
+  /// The slots that carry a LoRA layer, fused or not.
+  var adaptedSlots: Set<Int> { Set(loras.keys).union(fused.keys) }
 
   /// Model-dropout multipliers for elements `offset ..< offset + count` of `site`.
   func dropoutMask(_ mask: UnsafeMutablePointer<Float>, count: Int, site: Site, offset: Int = 0) {
@@ -468,7 +473,7 @@ extension BERTModel: TrainableModel {
     guard state.modelDropout >= 0 && state.modelDropout < 1 else {
       throw bad("model dropout \(state.modelDropout) is outside [0, 1)")
     }
-    let loras = try resolve(state.loras)
+    var loras = try resolve(state.loras)
     let steps = try headSteps(state.heads)
     let labelCount = steps.last!.layer.outFeatures
     let b = batch.tokens.count
@@ -485,7 +490,7 @@ extension BERTModel: TrainableModel {
       tokens: batch.tokens, attentionMask: batch.mask, tokenTypes: batch.tokenTypes)
     guard b > 0 else { return (TrainingPassResult(lossSum: 0, count: 0, predictions: []), []) }
     let training = gradientScale != nil
-    let options = BERTPassOptions(
+    var options = BERTPassOptions(
       loras: loras, dropout: training ? state.modelDropout : 0, training: training,
       seed: state.seed, threads: max(1, trainingThreads))
     // The pass splits its work itself; BLAS's own threads would make results depend on the
@@ -493,6 +498,48 @@ extension BERTModel: TrainableModel {
     let blasThreads = BLAS.threads
     BLAS.setThreads(1)
     defer { BLAS.setThreads(blasThreads) }
+    // FLARE: the source pass (base weights, every adapter off, no gradient; the model's
+    // dropout as in the target pass, its own masks) keeps every block's input, which the
+    // fused LoRA layers of the same block read.
+    var sourceStorage: FloatStorage?
+    defer { sourceStorage.map { storagePool.give($0) } }
+    if let fusion = state.fusion {
+      guard let tokens = batch.source, let mask = batch.sourceMask, tokens.count == b,
+        mask.count == b,
+        zip(tokens, batch.tokens).allSatisfy({ $0.0.count == $0.1.count }),
+        zip(mask, tokens).allSatisfy({ $0.0.count == $0.1.count })
+      else {
+        throw bad(
+          "a FLARE pass needs the source (parallel English) tokens and mask of every sequence, padded to the target's length"
+        )
+      }
+      guard !fusion.normalizeSource else {
+        throw bad(
+          "--source-normalize applies to pre-norm (Llama) models; an encoder's block input is already normalized",
+          .unsupported)
+      }
+      let sourceInputs = try prepare(tokens: tokens, attentionMask: mask, tokenTypes: nil)
+      let s = BERTActivations(
+        config: config, inputs: sourceInputs, keepingAllLayers: true, pool: storagePool)
+      sourceStorage = s.storage
+      run(
+        s,
+        options: BERTPassOptions(
+          loras: [:], dropout: options.dropout, training: false,
+          seed: Kernels.mix64(state.seed ^ 0x5EED_F1A7_E500_0002), threads: options.threads))
+      let slots = encoderSlots
+      for module in fusion.fusedModules.sorted() {
+        guard let slot = slots[module], let lora = loras.removeValue(forKey: slot) else {
+          throw bad("fused module \(module) has no LoRA layer in the training state")
+        }
+        let function = try FusionFunction(
+          checking: fusion, module: module, lora: lora, training: training)
+        options.fused[slot] = FusedLoRA(
+          lora: lora, function: function, attention: fusion.attention[module],
+          source: UnsafePointer(s.residual(slot / 6)), keyMask: batch.mask)
+      }
+      options.loras = loras
+    }
     let a = BERTActivations(
       config: config, inputs: inputs, keepingAllLayers: training, pool: storagePool)
     defer { storagePool.give(a.storage) }
@@ -515,7 +562,7 @@ extension BERTModel: TrainableModel {
     }
     if training {
       let dfirst = headBackward(head, steps: steps, dlogits: dlogits, rows: b)
-      if !loras.isEmpty { encoderBackward(a, options: options, dfirst: dfirst) }
+      if !options.adaptedSlots.isEmpty { encoderBackward(a, options: options, dfirst: dfirst) }
     }
     return (TrainingPassResult(lossSum: loss, count: count, predictions: predictions), logits)
   }
@@ -726,7 +773,7 @@ extension BERTModel: TrainableModel {
     let heads = config.heads
     let d = config.headDim
     let dropout = options.dropout
-    guard let lowest = options.loras.keys.min().map({ $0 / 6 }) else { return }
+    guard let lowest = options.adaptedSlots.min().map({ $0 / 6 }) else { return }
     // N×C each: the residual-stream gradient (current, next), dOutputSum, dNormed,
     // dAttentionSum, the gradient after a dropout, dContext, dQ, dK, dV; N×FF: dPost, dPre;
     // B×NH×T×T for the attention dropout mask when dropout is on.
@@ -787,6 +834,9 @@ extension BERTModel: TrainableModel {
       ).run(
         dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
         workers: options.threads)
+      options.fused[slot]?.backward(
+        dinp: dinp, dout: dout, target: inp, batch: b, length: t,
+        dropoutSeed: options.loraDropoutSeed(slot: slot), workers: options.threads)
     }
     /// LayerNorm backward (no weight gradients) of rows chunked: `dinp = 0`, then `+=`.
     func layernormBackward(
@@ -833,7 +883,8 @@ extension BERTModel: TrainableModel {
         weight: norms[layer].attentionWeight, mean: a.pointer(.attentionMean, layer: layer),
         rstd: a.pointer(.attentionRstd, layer: layer))
       if needsInput { dnext.update(from: dattentionSum, count: n * c) }
-      let needsAttention = needsInput || (s..<(s + 3)).contains { options.loras[$0] != nil }
+      let adapted = options.adaptedSlots
+      let needsAttention = needsInput || (s..<(s + 3)).contains { adapted.contains($0) }
       let dattentionOut = throughDropout(dattentionSum, site: .attentionOutput(layer))
       linearBackward(
         s + 3, dinp: needsAttention ? dcontext : nil, accumulate: false, dout: dattentionOut,

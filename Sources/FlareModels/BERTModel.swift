@@ -520,6 +520,12 @@ public final class BERTModel: @unchecked Sendable {
       lora?.forward(
         out: out, inp: inp, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
     }
+    if let fused = options?.fused[slot], let options {
+      let b = fused.keyMask.count
+      fused.forward(
+        out: out, target: inp, batch: b, length: n / max(b, 1), dropoutSeed: seed,
+        workers: options.threads)
+    }
   }
 
   // MARK: - Pooling and heads

@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareCore
 import FlareTensor
 
 // FLARE's fused LoRA layers inside a model's training or evaluation pass: the frozen layer on
@@ -78,6 +79,41 @@ public struct TrainingFusion: Sendable {
     self.attentionDropout = attentionDropout
     self.normalizeSource = normalizeSource
     self.attention = attention
+  }
+}
+
+extension FusionFunction {
+  /// The fusion of `module` (a LoRA of rank `lora.rank`) in a pass, after checking the
+  /// settings: the heads divide the rank, and a `cross-attention` module has its weights in
+  /// the right shapes. Attention dropout applies in training only.
+  /// - Throws: ``FlareError`` naming the module.
+  init(checking fusion: TrainingFusion, module: String, lora: TrainableLoRA, training: Bool)
+    throws
+  {
+    func bad(_ message: String) -> FlareError {
+      FlareError("adapter", .invalidArgument, message, tensor: module)
+    }
+    let r = lora.rank
+    guard fusion.heads >= 1, r % fusion.heads == 0 else {
+      throw bad("\(fusion.heads) cross-attention heads do not divide \(module)'s rank \(r)")
+    }
+    guard fusion.attentionDropout >= 0 && fusion.attentionDropout < 1 else {
+      throw bad("cross-attention dropout \(fusion.attentionDropout) is outside [0, 1)")
+    }
+    if fusion.fusion == .crossAttention {
+      guard let weights = fusion.attention[module],
+        zip(weights.tensors, [[r, r], [r], [r, r], [r], [r, r], [r]]).allSatisfy({
+          $0.0.shape == $0.1
+        })
+      else {
+        throw bad(
+          "fused module \(module) needs cross-attention weights [\(r), \(r)] and biases [\(r)] for q, k and v"
+        )
+      }
+    }
+    self.init(
+      fusion: fusion.fusion, rank: r, causal: fusion.causal, heads: fusion.heads,
+      attentionDropout: training ? fusion.attentionDropout : 0)
   }
 }
 

@@ -245,7 +245,7 @@ extension LlamaModel: TrainableModel {
     var sourceStorage: FloatStorage?
     defer { sourceStorage.map { storagePool.give($0) } }
     if let fusion = state.fusion {
-      let source = try checkedSource(batch, fusion: fusion, length: t)
+      let source = try checkedSource(batch, length: t)
       let sourceLayout = layout(source.mask)
       let s = LlamaActivations(
         config: config, batch: b, length: t, keys: t,
@@ -261,24 +261,8 @@ extension LlamaModel: TrainableModel {
           throw bad("fused module \(module) has no LoRA layer in the training state")
         }
         let layer = slot / 7
-        let r = lora.rank
-        guard r % fusion.heads == 0 else {
-          throw bad("\(fusion.heads) cross-attention heads do not divide \(module)'s rank \(r)")
-        }
-        if fusion.fusion == .crossAttention {
-          guard let weights = fusion.attention[module],
-            zip(weights.tensors, [[r, r], [r], [r, r], [r], [r, r], [r]]).allSatisfy({
-              $0.0.shape == $0.1
-            })
-          else {
-            throw bad(
-              "fused module \(module) needs cross-attention weights [\(r), \(r)] and biases [\(r)] for q, k and v"
-            )
-          }
-        }
-        let function = FusionFunction(
-          fusion: fusion.fusion, rank: lora.rank, causal: fusion.causal, heads: fusion.heads,
-          attentionDropout: training ? fusion.attentionDropout : 0)
+        let function = try FusionFunction(
+          checking: fusion, module: module, lora: lora, training: training)
         pass.fused[slot] = FusedLoRA(
           lora: lora, function: function, attention: fusion.attention[module],
           source: fusion.normalizeSource
@@ -424,9 +408,8 @@ extension LlamaModel: TrainableModel {
     )
   }
 
-  /// The batch's source (FLARE) after checking it and the fusion settings against the model
-  /// and the target batch.
-  private func checkedSource(_ batch: TrainingBatch, fusion: TrainingFusion, length t: Int)
+  /// The batch's source (FLARE) after checking it against the model and the target batch.
+  private func checkedSource(_ batch: TrainingBatch, length t: Int)
     throws -> (tokens: [[Int]], mask: [[Bool]])
   {
     func bad(_ message: String) -> FlareError {
@@ -447,9 +430,6 @@ extension LlamaModel: TrainableModel {
       if let id = sequence.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
         throw bad("source row \(row) has token id \(id), outside the vocabulary")
       }
-    }
-    guard fusion.heads >= 1, fusion.attentionDropout >= 0, fusion.attentionDropout < 1 else {
-      throw bad("cross-attention needs at least one head and a dropout in [0, 1)")
     }
     return (tokens, mask)
   }

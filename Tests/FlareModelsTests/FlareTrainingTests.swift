@@ -198,3 +198,73 @@ struct FlareTrainingTests {
     }
   }
 }
+
+/// One FLARE step on multilingual-e5-small (classification, post-LN XLM-R) against PyTorch +
+/// PEFT (`Fixtures/training/make_encoder_flare_grads.py`: make_encoder_grads.py's e5 set-up
+/// with LoRA r 4 on query/value, those layers patched into FLARE-fused layers in the
+/// reference's form, the source states the model's `hidden_states` on the English text).
+@Suite("FLARE training on e5-small vs PyTorch + PEFT")
+struct EncoderFlareTrainingTests {
+  /// Tolerances as the plain-LoRA encoder check (the float32 oracle): the loss within 1e-5
+  /// relative, every LoRA and head gradient and every cross-attention weight's within 1e-4
+  /// relative Frobenius; the key biases (true gradient zero) at most 1e-3 of the query bias's.
+  @Test(
+    "loss and every gradient of a FLARE step match PyTorch",
+    arguments: ["add_relu", "cross-attention"])
+  func step(_ fusionName: String) throws {
+    guard let model = try EncoderTrainingTests.model("e5") else { return }
+    model.trainingThreads = 2
+    let golden = try EncoderTrainingGolden("e5-flare-\(fusionName)")
+    var state = try golden.state(for: model)
+    var attention: [String: TrainableFusionAttention] = [:]
+    for module in state.loras.keys {
+      let prefix = "base_model.model.\(module).cross_attention"
+      guard golden.arrays.contains("init.\(prefix).q.weight") else { continue }
+      func tensor(_ part: String) throws -> TrainableTensor {
+        let name = "\(prefix).\(part)"
+        return TrainableTensor(
+          name: name, shape: try golden.arrays.weight("init.\(name)").shape,
+          values: try golden.floats("init.\(name)"))
+      }
+      attention[module] = TrainableFusionAttention(
+        query: try tensor("q.weight"), queryBias: try tensor("q.bias"),
+        key: try tensor("k.weight"), keyBias: try tensor("k.bias"),
+        value: try tensor("v.weight"), valueBias: try tensor("v.bias"))
+    }
+    let fusion = try #require(FLAREConfig.Fusion(rawValue: fusionName))
+    state.fusion = TrainingFusion(
+      fusion: fusion, fusedModules: Set(state.loras.keys), causal: false,
+      heads: try #require(golden.json["cross_attention_heads"]?.intValue),
+      attention: attention)
+    #expect(fusion != .crossAttention || attention.count == state.loras.count)
+    var batch = try golden.batch
+    batch.source = try intRows(golden.json["source_ids"])
+    batch.sourceMask = try intRows(golden.json["source_mask"]).map { $0.map { $0 != 0 } }
+    let rows = batch.tokens.count
+    let result = try model.trainingPass(
+      batch: batch, state: state, gradientScale: 1 / Float(rows))
+    let loss = result.lossSum / Double(result.count)
+    let expected = try #require(golden.json["loss"]?.doubleValue)
+    #expect(abs(loss - expected) / expected <= 1e-5, "loss \(loss) vs \(expected)")
+    var worst = 0.0
+    for tensor in state.parameters {
+      let head = golden.json["heads"]?[tensor.name]?["gradient"]
+      let want =
+        try head.map { try golden.gradient(tensor.name, entry: $0) }
+        ?? golden.floats("grad.\(tensor.name)")
+      if tensor.name.hasSuffix("cross_attention.k.bias") {
+        let query = try golden.floats(
+          "grad.\(tensor.name.replacingOccurrences(of: ".k.bias", with: ".q.bias"))")
+        let scale = query.map { abs(Double($0)) }.max() ?? 1
+        let got = tensor.gradient.map { abs(Double($0)) }.max() ?? 0
+        #expect(got <= 1e-3 * scale, "\(tensor.name): \(got) vs q bias \(scale)")
+        continue
+      }
+      let error = relativeFrobenius(tensor.gradient, want)
+      worst = max(worst, error)
+      #expect(error <= 1e-4, "\(tensor.name): relative error \(error)")
+    }
+    print(
+      "e5 FLARE \(fusionName): loss relative \(abs(loss - expected) / expected), worst \(worst)")
+  }
+}
