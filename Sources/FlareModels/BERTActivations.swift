@@ -63,6 +63,9 @@ public struct BERTActivations: @unchecked Sendable {
   public let channels: Int
   /// Whether every layer's intermediate values were kept for a backward pass.
   public let keepsAllLayers: Bool
+  /// Whether every layer's input (the residual stream) is kept, also in the compact mode (a
+  /// FLARE source pass: the fused layers of block `i` read its input).
+  let keepsResiduals: Bool
   let inputs: BERTInputs
   let layers: Int
   let heads: Int
@@ -71,17 +74,21 @@ public struct BERTActivations: @unchecked Sendable {
   private let slotSizes: [Int]
 
   /// `pool`, when given, supplies the storage (a training or evaluation pass gives it back).
-  init(config: BERTConfig, inputs: BERTInputs, keepingAllLayers: Bool, pool: StoragePool? = nil) {
+  init(
+    config: BERTConfig, inputs: BERTInputs, keepingAllLayers: Bool,
+    keepingResiduals: Bool = false, pool: StoragePool? = nil
+  ) {
     batch = inputs.batch
     length = inputs.length
     channels = config.hidden
     keepsAllLayers = keepingAllLayers
+    keepsResiduals = keepingAllLayers || keepingResiduals
     self.inputs = inputs
     layers = config.layers
     heads = config.heads
     let layout = Self.layout(
       config: config, batch: inputs.batch, length: inputs.length,
-      keepingAllLayers: keepingAllLayers)
+      keepingAllLayers: keepingAllLayers, keepingResiduals: keepingResiduals)
     offsets = layout.offsets
     slotSizes = layout.slotSizes
     storage = pool?.take(count: layout.total) ?? FloatStorage(count: layout.total)
@@ -89,7 +96,10 @@ public struct BERTActivations: @unchecked Sendable {
 
   /// Where each region starts, the size of one of its slots, and the floats of the whole
   /// layout for a `batch × length` pass.
-  static func layout(config: BERTConfig, batch: Int, length t: Int, keepingAllLayers: Bool) -> (
+  static func layout(
+    config: BERTConfig, batch: Int, length t: Int, keepingAllLayers: Bool,
+    keepingResiduals: Bool = false
+  ) -> (
     offsets: [Int], slotSizes: [Int], total: Int
   ) {
     let n = batch * t
@@ -103,7 +113,8 @@ public struct BERTActivations: @unchecked Sendable {
       switch region {
       case .embeddingSum: (size, slots) = (n * c, 1)
       case .embeddingMean, .embeddingRstd: (size, slots) = (n, 1)
-      case .residual: (size, slots) = (n * c, keepingAllLayers ? config.layers + 1 : 2)
+      case .residual:
+        (size, slots) = (n * c, keepingAllLayers || keepingResiduals ? config.layers + 1 : 2)
       case .q, .k, .v, .context, .attentionSum, .attentionNormed, .outputSum:
         (size, slots) = (n * c, layerSlots)
       case .attentionMean, .attentionRstd, .outputMean, .outputRstd: (size, slots) = (n, layerSlots)
@@ -128,7 +139,7 @@ public struct BERTActivations: @unchecked Sendable {
 
   /// Layer `layer`'s input (`layer` = `L` gives the encoder's output).
   func residual(_ layer: Int) -> UnsafeMutablePointer<Float> {
-    let slot = keepsAllLayers ? layer : layer % 2
+    let slot = keepsResiduals ? layer : layer % 2
     return storage.buffer.baseAddress! + offsets[Region.residual.rawValue]
       + slot * slotSizes[Region.residual.rawValue]
   }

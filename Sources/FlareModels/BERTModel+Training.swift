@@ -520,7 +520,8 @@ extension BERTModel: TrainableModel {
       }
       let sourceInputs = try prepare(tokens: tokens, attentionMask: mask, tokenTypes: nil)
       let s = BERTActivations(
-        config: config, inputs: sourceInputs, keepingAllLayers: true, pool: storagePool)
+        config: config, inputs: sourceInputs, keepingAllLayers: false, keepingResiduals: true,
+        pool: storagePool)
       sourceStorage = s.storage
       run(
         s,
