@@ -16,12 +16,59 @@ public struct FLAREConfig: Sendable, Equatable {
   public var fusion: Fusion
   /// `target_modules`-style names of the modules that receive the source state.
   public var fusedModules: [String]
+  /// Whether the sequence-mixing fusions (`matmul`, `matmul_relu`, `cross-attention`) let
+  /// position `j` read only real target positions `k ≤ j` (Flare's decoder form); `false` is
+  /// the reference's form, every position reading every position. Absent in a file: `false`.
+  public var causal = false
   public var sourceState = "block_input"
   public var normalizeSource = false
   public var paddingSide = "left"
   public var maxLength = 128
   public var crossAttentionHeads = 1
   public var crossAttentionDropout = 0.0
+
+  public init(
+    fusion: Fusion, fusedModules: [String], causal: Bool = false, normalizeSource: Bool = false,
+    paddingSide: String = "left", maxLength: Int = 128, crossAttentionHeads: Int = 1,
+    crossAttentionDropout: Double = 0
+  ) {
+    self.fusion = fusion
+    self.fusedModules = fusedModules
+    self.causal = causal
+    self.normalizeSource = normalizeSource
+    self.paddingSide = paddingSide
+    self.maxLength = maxLength
+    self.crossAttentionHeads = crossAttentionHeads
+    self.crossAttentionDropout = crossAttentionDropout
+  }
+
+  /// The `flare_config.json` object (every field written, `cross_attention` only for that
+  /// fusion), which ``init(path:)`` reads back to an equal value.
+  public var json: JSONValue {
+    var members: [(String, JSONValue)] = [
+      ("flare_version", .integer(1)), ("fusion", .string(fusion.rawValue)),
+      ("fused_modules", .array(fusedModules.map { .string($0) })), ("causal", .bool(causal)),
+      (
+        "source",
+        .object([
+          ("state", .string(sourceState)), ("normalize", .bool(normalizeSource)),
+          ("padding_side", .string(paddingSide)), ("max_length", .integer(maxLength)),
+          ("weights", .string("without_adapter")),
+        ])
+      ),
+    ]
+    if fusion == .crossAttention {
+      members.append(
+        (
+          "cross_attention",
+          .object([
+            ("heads", .integer(crossAttentionHeads)),
+            ("dropout", .exact(crossAttentionDropout)),
+          ])
+        ))
+    }
+    return .object(members)
+  }
 
   /// Whether module `path` is fused (exact name, or a suffix after a dot, as PEFT matches lists).
   public func isFused(_ path: String) -> Bool {
@@ -47,7 +94,8 @@ public struct FLAREConfig: Sendable, Equatable {
       }
     }
     try refuseUnknown(
-      members, known: ["flare_version", "fusion", "fused_modules", "source", "cross_attention"],
+      members,
+      known: ["flare_version", "fusion", "fused_modules", "causal", "source", "cross_attention"],
       prefix: "")
     guard try fields.count("flare_version", default: 0, minimum: 0) == 1 else {
       throw fields.error("flare_version", "must be 1")
@@ -58,6 +106,7 @@ public struct FLAREConfig: Sendable, Equatable {
         "fusion", "must be one of \(Fusion.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     self.fusion = fusion
+    causal = try fields.bool("causal", default: false)
     guard case .list(let modules) = fields.value("fused_modules")?.kind, !modules.isEmpty else {
       throw fields.error("fused_modules", "must be a non-empty list of module names")
     }
