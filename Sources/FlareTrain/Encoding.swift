@@ -45,6 +45,8 @@ public struct TokenizedExample: Sendable, Equatable {
   public var classIndex: Int?
   /// Whether truncation to the maximum length shortened it.
   public var truncated: Bool
+  /// FLARE: the parallel English text's tokens (fused position by position with `tokens`).
+  public var source: [Int]?
 
   public init(
     line: Int, tokens: [Int], tokenTypes: [Int]? = nil, labels: [Int]? = nil,
@@ -131,8 +133,16 @@ public struct ExampleEncoder: Sendable {
     var result = EncodedData(examples: [], truncatedCount: 0, droppedLines: [])
     result.examples.reserveCapacity(examples.count)
     for example in examples {
-      let encoded = try encode(example, path: path, labels: labels)
-      if let vocabularySize, let bad = encoded.tokens.first(where: { $0 >= vocabularySize }) {
+      var encoded = try encode(example, path: path, labels: labels)
+      if let source = example.source {
+        // The source as one text with the model's special tokens, cut to the maximum length
+        // (the reference's source is the prompt alone: no answer, no EOS added).
+        let single = classification(text: source, pair: nil, classIndex: 0, line: example.line)
+        encoded.source = single.tokens
+      }
+      if let vocabularySize,
+        let bad = (encoded.tokens + (encoded.source ?? [])).first(where: { $0 >= vocabularySize })
+      {
         throw TrainingDataError(
           .tokenizerMismatch, path: path, line: example.line,
           "token id \(bad) is outside the model's vocabulary of \(vocabularySize) ids: the tokenizer does not belong to this model"
@@ -237,15 +247,20 @@ public struct Collator: Sendable {
   /// derive positions from it, like XLM-R).
   public let padID: Int
   public let side: PaddingSide
+  /// Pad every batch to this many tokens instead of its longest example (FLARE pads target
+  /// and source to `--max-length`, as the reference does).
+  public let width: Int?
 
-  public init(padID: Int, side: PaddingSide) {
+  public init(padID: Int, side: PaddingSide, width: Int? = nil) {
     self.padID = padID
     self.side = side
+    self.width = width
   }
 
-  /// The batch of `examples`.
+  /// The batch of `examples` (with their sources, padded the same way, if they have them).
   public func batch(_ examples: [TokenizedExample]) -> TrainingBatch {
-    let width = examples.map(\.tokens.count).max() ?? 0
+    let longest = examples.map { max($0.tokens.count, $0.source?.count ?? 0) }.max() ?? 0
+    let width = max(self.width ?? 0, longest)
     func pad<T>(_ row: [T], with value: T) -> [T] {
       let filler = [T](repeating: value, count: width - row.count)
       return side == .right ? row + filler : filler + row
@@ -264,6 +279,13 @@ public struct Collator: Sendable {
     } else {
       targets = .classes(examples.map { $0.classIndex ?? 0 })
     }
-    return TrainingBatch(tokens: tokens, mask: mask, tokenTypes: types, targets: targets)
+    var batch = TrainingBatch(tokens: tokens, mask: mask, tokenTypes: types, targets: targets)
+    if examples.contains(where: { $0.source != nil }) {
+      batch.source = examples.map { pad($0.source ?? [], with: padID) }
+      batch.sourceMask = examples.map {
+        pad([Bool](repeating: true, count: $0.source?.count ?? 0), with: false)
+      }
+    }
+    return batch
   }
 }

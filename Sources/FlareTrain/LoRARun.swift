@@ -26,6 +26,8 @@ public final class LoRARun {
   public let adapterConfig: PEFTLoRAConfig
   /// What a resume must match (`trainer_state.json` `settings`).
   public let settings: JSONValue
+  /// `flare-train flare`: the adapter's `flare_config.json`.
+  public var flareConfig: FLAREConfig?
 
   init(
     request: TrainCommand.LoRARequest, loaded: TrainingModel, targets: LoRATargets,
@@ -56,8 +58,11 @@ public final class LoRARun {
     _ request: TrainCommand.LoRARequest, loader: TrainCommand.ModelLoader
   ) throws -> LoRARun {
     let task = request.options.task
-    let trainRaw = try JSONLReader.read(path: request.data, task: task)
-    let validRaw = try request.valid.map { try JSONLReader.read(path: $0, task: task) }
+    let flare = request.flare != nil
+    let trainRaw = try JSONLReader.read(path: request.data, task: task, source: flare)
+    let validRaw = try request.valid.map {
+      try JSONLReader.read(path: $0, task: task, source: flare)
+    }
     var labels: LabelSet?
     if task == .classification {
       labels = try LabelSet(training: trainRaw, path: request.data)
@@ -148,12 +153,20 @@ public final class LoRARun {
     }
     var options = request.options
     options.modelDropout = Float(request.modelDropout ?? Double(loaded.configDropout))
-    let state = TrainingState(
+    var state = TrainingState(
       loras: loras, heads: Dictionary(uniqueKeysWithValues: heads.map { ($0.name, $0) }),
       modelDropout: options.modelDropout)
+    var flareConfig: FLAREConfig?
+    if let settings = request.flare {
+      let (fusion, config) = try Self.fusion(
+        settings, loras: loras, adapted: targets.adapted, loaded: loaded, request: request)
+      state.fusion = fusion
+      flareConfig = config
+    }
     let tokenizer = loaded.tokenizer
     let collator = Collator(
-      padID: tokenizer.pad ?? tokenizer.eos ?? 0, side: loaded.paddingSide)
+      padID: tokenizer.pad ?? tokenizer.eos ?? 0, side: loaded.paddingSide,
+      width: flare ? request.maxLength : nil)
     let trainer = Trainer(
       model: model, state: state, train: trainData.examples, valid: validData?.examples ?? [],
       options: options, collator: collator)
@@ -161,13 +174,18 @@ public final class LoRARun {
       loras: loras, alphas: alphas, recordedTargets: targets.recorded, rslora: rslora,
       dropout: request.lora.dropout, task: task, modulesToSave: modulesToSave,
       baseModel: request.model)
-    let settings = Self.settings(
+    var settings = Self.settings(
       request: request, options: options, loaded: loaded, targets: targets,
       config: adapterConfig, plan: trainer.plan, data: trainData, labels: labels)
+    if let flareConfig, case .object(var members) = settings {
+      members.append(("flare", flareConfig.json))
+      settings = .object(members)
+    }
     let run = LoRARun(
       request: request, loaded: loaded, targets: targets, loras: loras, heads: heads,
       labels: labels, trainData: trainData, validData: validData, trainer: trainer,
       adapterConfig: adapterConfig, settings: settings)
+    run.flareConfig = flareConfig
     if let resume = request.resume {
       let folder = try CheckpointStore.locate(resume)
       let (checkpoint, saved) = try CheckpointStore.read(folder)
@@ -181,6 +199,70 @@ public final class LoRARun {
       try trainer.restore(checkpoint)
     }
     return run
+  }
+
+  /// The FLARE part of a `flare-train flare` run: the fused modules (the adapted modules
+  /// `--fused-modules` names, matched as PEFT matches `target_modules`), the form (causal on
+  /// decoders unless `--reference-form`; encoders always read every position, as the
+  /// reference), and for `cross-attention` fresh `r×r` q/k/v weights and biases initialised
+  /// as PyTorch's `nn.Linear` does, `U(−1/√r, 1/√r)`, from the run's seed.
+  /// - Throws: ``UsageError`` for fused modules that are not adapted, heads that do not divide
+  ///   a rank, `--source-normalize` on an encoder.
+  static func fusion(
+    _ settings: TrainCommand.FLARERequest, loras: [String: TrainableLoRA], adapted: [String],
+    loaded: TrainingModel, request: TrainCommand.LoRARequest
+  ) throws -> (TrainingFusion, FLAREConfig) {
+    let decoder = loaded.layout == .decoder
+    let names =
+      settings.fusedModules ?? (decoder ? ["q_proj", "v_proj"] : ["query", "value"])
+    var config = FLAREConfig(
+      fusion: settings.fusion, fusedModules: names,
+      causal: decoder && !settings.referenceForm, normalizeSource: settings.normalizeSource,
+      paddingSide: loaded.paddingSide.rawValue, maxLength: request.maxLength,
+      crossAttentionHeads: settings.heads, crossAttentionDropout: settings.attentionDropout)
+    if !decoder && settings.normalizeSource {
+      throw UsageError(
+        "'--source-normalize' applies to pre-norm decoders; an encoder's block input is already normalized"
+      )
+    }
+    if !decoder && settings.referenceForm {
+      throw UsageError("'--reference-form' applies to decoders; encoders always use it")
+    }
+    let fused = adapted.filter { config.isFused($0) }
+    for name in names where !adapted.contains(where: { $0 == name || $0.hasSuffix(".\(name)") }) {
+      throw UsageError(
+        "'--fused-modules' names \(name), which is not an adapted module (adapt it with --target-modules)"
+      )
+    }
+    var attention: [String: TrainableFusionAttention] = [:]
+    for module in fused {
+      let r = loras[module]?.rank ?? 0
+      guard r % settings.heads == 0 else {
+        throw UsageError(
+          "'--cross-attention-heads' \(settings.heads) does not divide the rank \(r) of \(module)")
+      }
+      guard settings.fusion == .crossAttention else { continue }
+      var random = SplitMix64(
+        seed: SplitMix64.derive(
+          SplitMix64.derive(request.options.seed, Streams.crossAttention), LoRAFactory.fnv1a(module)
+        ))
+      let bound = 1 / Float(r).squareRoot()
+      func tensor(_ part: String, _ shape: [Int]) -> TrainableTensor {
+        TrainableTensor(
+          name: "base_model.model.\(module).cross_attention.\(part)", shape: shape,
+          values: (0..<shape.reduce(1, *)).map { _ in random.symmetric(bound) })
+      }
+      attention[module] = TrainableFusionAttention(
+        query: tensor("q.weight", [r, r]), queryBias: tensor("q.bias", [r]),
+        key: tensor("k.weight", [r, r]), keyBias: tensor("k.bias", [r]),
+        value: tensor("v.weight", [r, r]), valueBias: tensor("v.bias", [r]))
+    }
+    config.fusedModules = names
+    let fusion = TrainingFusion(
+      fusion: settings.fusion, fusedModules: Set(fused), causal: config.causal,
+      heads: settings.heads, attentionDropout: Float(settings.attentionDropout),
+      normalizeSource: settings.normalizeSource, attention: attention)
+    return (fusion, config)
   }
 
   /// The values a resume must match: every setting that changes the result.
@@ -232,6 +314,10 @@ public final class LoRARun {
       add(-3)
       (example.tokenTypes ?? []).forEach(add)
       add(example.classIndex ?? -4)
+      if let source = example.source {
+        add(-5)
+        source.forEach(add)
+      }
     }
     let hex = String(hash, radix: 16)
     return String(repeating: "0", count: 16 - hex.count) + hex
@@ -241,6 +327,7 @@ public final class LoRARun {
   public var outputFiles: [String] {
     PEFTWriter.fileNames + ["training_log.jsonl", "training_report.svg"]
       + (labels == nil ? [] : ["flare_labels.json"])
+      + (flareConfig == nil ? [] : ["flare_config.json"])
   }
 
   /// Makes sure the output folder can be written: refuses an existing run's output without
@@ -283,13 +370,16 @@ public final class LoRARun {
   public func writeFinalOutput() throws -> [String] {
     let log = trainer.log
     let title =
-      "flare-train: \(request.options.task.rawValue) LoRA on \(AtomicFileWriter.baseName(of: request.model)) (\(loaded.architecture))"
+      "flare-train: \(request.options.task.rawValue) \(flareConfig.map { "FLARE (\($0.fusion.rawValue))" } ?? "LoRA") on \(AtomicFileWriter.baseName(of: request.model)) (\(loaded.architecture))"
     var extra: [(name: String, bytes: [UInt8])] = [
       ("training_log.jsonl", CheckpointStore.logBytes(log)),
       ("training_report.svg", Array(TrainingReport.svg(log: log, title: title).utf8)),
     ]
     if let labels {
       extra.append(("flare_labels.json", Array((JSONWriter.pretty(labels.json) + "\n").utf8)))
+    }
+    if let flareConfig {
+      extra.append(("flare_config.json", Array((JSONWriter.pretty(flareConfig.json) + "\n").utf8)))
     }
     return try PEFTWriter.write(
       folder: request.output, config: adapterConfig,

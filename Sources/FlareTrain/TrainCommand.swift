@@ -108,6 +108,64 @@ public enum TrainCommand {
     ]
   }
 
+  /// The options `flare-train flare` adds to those of `flare-train lora`.
+  public enum FLAREOptions {
+    public static let fusion = TypedOption<FLAREConfig.Fusion>.choice(
+      "--fusion", default: .addReLU,
+      help: "How the source and target meet in the rank-r bottleneck (FLARE.md §2.3).")
+    public static let fusedModules = TypedOption<[String]>.list(
+      "--fused-modules", value: "names",
+      help:
+        "Adapted modules that receive the source state (default: q_proj,v_proj; query,value for encoders)."
+    )
+    public static let referenceForm = FlagOption(
+      "--reference-form",
+      help:
+        "Decoders: let matmul, matmul_relu and cross-attention read every position, padding and later tokens included, as the reference does (default there: causal)."
+    )
+    public static let sourceNormalize = FlagOption(
+      "--source-normalize",
+      help: "Llama: pass the source through the block's input norm (default: the raw residual).")
+    public static let crossAttentionHeads = TypedOption<Int>.integer(
+      "--cross-attention-heads", value: "n", default: 1, minimum: 1, maximum: 4096,
+      help: "cross-attention: heads (they must divide the rank).")
+    public static let crossAttentionDropout = TypedOption<Double>.number(
+      "--cross-attention-dropout", value: "p", default: 0,
+      help: "cross-attention: dropout on its attention probabilities in training.",
+      check: { $0 >= 0 && $0 < 1 ? nil : "must be in [0, 1)" })
+
+    public static let specs: [OptionSpec] = [
+      fusion.spec, fusedModules.spec, referenceForm.spec, sourceNormalize.spec,
+      crossAttentionHeads.spec, crossAttentionDropout.spec,
+    ]
+  }
+
+  /// The FLARE settings of a `flare-train flare` command line.
+  public struct FLARERequest: Sendable {
+    public var fusion: FLAREConfig.Fusion
+    public var fusedModules: [String]?
+    public var referenceForm: Bool
+    public var normalizeSource: Bool
+    public var heads: Int
+    public var attentionDropout: Double
+
+    init(_ arguments: ParsedArguments) throws(UsageError) {
+      typealias O = FLAREOptions
+      fusion = try O.fusion.required(in: arguments)
+      fusedModules = try O.fusedModules.value(in: arguments)
+      referenceForm = O.referenceForm.isSet(in: arguments)
+      normalizeSource = O.sourceNormalize.isSet(in: arguments)
+      heads = try O.crossAttentionHeads.required(in: arguments)
+      attentionDropout = try O.crossAttentionDropout.required(in: arguments)
+      if fusion != .crossAttention {
+        for option in [O.crossAttentionHeads.name, O.crossAttentionDropout.name]
+        where arguments.value(option) != nil {
+          throw UsageError("'\(option)' applies to '--fusion cross-attention' only")
+        }
+      }
+    }
+  }
+
   static let exitStatus = """
     EXIT STATUS:
       0 on success, 1 on a failure, 64 on a usage error, 130 when stopped by Ctrl-C (a
@@ -137,6 +195,29 @@ public enum TrainCommand {
     return spec
   }()
 
+  public static let flareSpec: CommandSpec = {
+    var spec = CommandSpec(
+      name: "flare-train flare",
+      overview:
+        "Train a FLARE adapter: LoRA whose fused modules also read the parallel English text.",
+      positionals: [], options: LoRAOptions.specs + FLAREOptions.specs,
+      discussion: """
+        DATA:
+          each line as for 'flare-train lora' plus "source": the parallel English text
+          (text_pair is not supported). Target and source are padded to --max-length and
+          fused position by position.
+
+        OUTPUT:
+          as 'flare-train lora', plus flare_config.json (formats/flare-adapter.md); the
+          cross-attention weights are in adapter_model.safetensors.
+
+        \(exitStatus)
+        """)
+    spec.usageLine =
+      "flare-train flare --model <path> --data <path> --output <dir> [--fusion <f>] [<options>]"
+    return spec
+  }()
+
   public static let spec = CommandSpec(
     name: "flare-train",
     overview: "Train adapters on the CPU: LoRA on Llama models and BERT/XLM-R encoders.",
@@ -145,6 +226,7 @@ public enum TrainCommand {
     discussion: """
       SUBCOMMANDS:
         lora    Train a LoRA adapter and write it as a PEFT folder.
+        flare   Train a FLARE adapter (PEFT folder + flare_config.json) on parallel text.
 
       See 'flare-train <subcommand> --help'.
 
@@ -154,7 +236,11 @@ public enum TrainCommand {
   /// Dispatches to the subcommand named by the first argument; never returns.
   public static func main(arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
     ToolMain.dispatch(
-      spec, subcommands: [.init("lora", loraSpec, { try runLoRA($0) })], arguments: arguments)
+      spec,
+      subcommands: [
+        .init("lora", loraSpec, { try runLoRA($0) }),
+        .init("flare", flareSpec, { try runLoRA($0, flare: true) }),
+      ], arguments: arguments)
   }
 
   // MARK: - lora
@@ -177,11 +263,14 @@ public enum TrainCommand {
     public var quiet: Bool
     public var force: Bool
     public var dryRun: Bool
+    /// `flare-train flare`: the fusion settings.
+    public var flare: FLARERequest?
 
-    /// Reads and checks every option.
+    /// Reads and checks every option (and with `flare`, those of `flare-train flare`).
     /// - Throws: ``UsageError`` for a bad value or a combination that makes no sense.
-    public init(_ arguments: ParsedArguments) throws(UsageError) {
+    public init(_ arguments: ParsedArguments, flare: Bool = false) throws(UsageError) {
       typealias O = LoRAOptions
+      self.flare = flare ? try FLARERequest(arguments) : nil
       model = try O.model.required(in: arguments)
       data = try O.data.required(in: arguments)
       valid = try O.valid.value(in: arguments)
@@ -240,9 +329,9 @@ public enum TrainCommand {
   /// Runs `flare-train lora` with the parsed command line.
   /// - Parameter loader: Opens the model (tests pass a stand-in).
   public static func runLoRA(
-    _ arguments: ParsedArguments, loader: ModelLoader = TrainingModel.open
+    _ arguments: ParsedArguments, flare: Bool = false, loader: ModelLoader = TrainingModel.open
   ) throws -> ExitStatus {
-    let request = try LoRARequest(arguments)
+    let request = try LoRARequest(arguments, flare: flare)
     let run = try LoRARun.prepare(request, loader: loader)
     if request.dryRun {
       printPlan(run, request: request)
@@ -281,12 +370,13 @@ public enum TrainCommand {
             ("memory_activations_bytes", .integer(memory.activations)),
             ("memory_trainable_bytes", .integer(memory.trainable)),
             ("threads", .integer(run.loaded.model.trainingThreads)),
+            ("flare", run.flareConfig?.json ?? .null),
           ])) + "\n")
       return
     }
     let options = request.options
     var lines = [
-      "plan: \(options.task.rawValue) LoRA on \(request.model) (\(run.loaded.architecture))",
+      "plan: \(options.task.rawValue) \(run.flareConfig == nil ? "LoRA" : "FLARE") on \(request.model) (\(run.loaded.architecture))",
       "  adapted modules: \(run.loras.count) (\(run.targetSummary)), rank \(run.rankSummary), scale \(TrainingReport.format(Double(run.loras.values.first?.scale ?? 0)))",
       "  trainable parameters: \(grouped(loraCount + headCount)) (LoRA \(grouped(loraCount))\(headCount > 0 ? ", head \(grouped(headCount))" : ""))",
       "  data: \(plan.exampleCount) examples, \(grouped(run.trainData.tokenCount)) tokens, \(grouped(run.trainData.scoredCount)) scored; \(run.trainData.truncatedCount) truncated to \(request.maxLength) tokens, \(run.trainData.droppedLines.count) dropped (nothing to learn)",
@@ -301,6 +391,12 @@ public enum TrainCommand {
       "  memory estimate: \(bytes(memory.total)) (weights \(bytes(memory.weights)), activations \(bytes(memory.activations)), adapter + optimizer \(bytes(memory.trainable)))",
       "  threads: \(run.loaded.model.trainingThreads)",
     ]
+    if let flare = run.flareConfig {
+      let fused = run.loras.keys.filter { flare.isFused($0) }.count
+      lines.insert(
+        "  fusion: \(flare.fusion.rawValue) on \(fused) modules (\(flare.fusedModules.joined(separator: ", "))), \(flare.causal ? "causal (a position reads target positions up to itself)" : "reference form (every position reads every position)")\(flare.fusion == .crossAttention ? ", \(flare.crossAttentionHeads) head\(flare.crossAttentionHeads == 1 ? "" : "s")" : ""); source: the block input\(flare.normalizeSource ? " through its input norm" : ""), padded to \(flare.maxLength) tokens",
+        at: 2)
+    }
     Console.out(lines.joined(separator: "\n") + "\n")
   }
 

@@ -90,6 +90,7 @@ public enum Streams {
   public static let shuffle: UInt64 = 0x5348_5546_0000_0000
   public static let dropout: UInt64 = 0x4452_4F50_0000_0000
   public static let head: UInt64 = 0x4845_4144_0000_0000
+  public static let crossAttention: UInt64 = 0x4641_5454_0000_0000
 }
 
 /// Validation results.

@@ -73,10 +73,13 @@ public struct RawExample: Sendable, Equatable {
   /// The 1-based line of the file.
   public var line: Int
   public var content: Content
+  /// FLARE: the parallel English text (`"source"`).
+  public var source: String?
 
-  public init(line: Int, content: Content) {
+  public init(line: Int, content: Content, source: String? = nil) {
     self.line = line
     self.content = content
+    self.source = source
   }
 }
 
@@ -86,8 +89,8 @@ public enum JSONLReader {
   /// Reads `path` for `task`.
   /// - Throws: ``TrainingDataError`` naming the file and line: malformed JSON, a line that is
   ///   not an object, a missing or mistyped field, or a file with no examples.
-  public static func read(path: String, task: TrainingTask) throws(TrainingDataError)
-    -> [RawExample]
+  public static func read(path: String, task: TrainingTask, source: Bool = false)
+    throws(TrainingDataError) -> [RawExample]
   {
     let bytes: [UInt8]
     do {
@@ -97,11 +100,13 @@ public enum JSONLReader {
     } catch {
       throw TrainingDataError(.unreadable, path: path, line: nil, "cannot read the file")
     }
-    return try parse(bytes, path: path, task: task)
+    return try parse(bytes, path: path, task: task, source: source)
   }
 
   /// Parses JSONL text (`path` is used in errors only).
-  public static func parse(_ bytes: [UInt8], path: String, task: TrainingTask)
+  /// With `source`, every line also needs `"source"` (FLARE's parallel English text) and may
+  /// not have `text_pair`.
+  public static func parse(_ bytes: [UInt8], path: String, task: TrainingTask, source: Bool = false)
     throws(TrainingDataError) -> [RawExample]
   {
     var examples: [RawExample] = []
@@ -116,7 +121,8 @@ public enum JSONLReader {
       let line = bytes[start..<last]
       start = end + 1
       if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
-      examples.append(try parseLine(Array(line), number: lineNumber, path: path, task: task))
+      examples.append(
+        try parseLine(Array(line), number: lineNumber, path: path, task: task, source: source))
     }
     guard !examples.isEmpty else {
       throw TrainingDataError(
@@ -124,6 +130,30 @@ public enum JSONLReader {
         bytes.isEmpty ? "the file is empty" : "the file has no examples (only blank lines)")
     }
     return examples
+  }
+
+  static func parseLine(
+    _ line: [UInt8], number: Int, path: String, task: TrainingTask, source: Bool = false
+  ) throws(TrainingDataError) -> RawExample {
+    var example = try parseLine(line, number: number, path: path, task: task)
+    guard source else { return example }
+    func fail(_ code: TrainingDataError.Code, _ message: String) -> TrainingDataError {
+      TrainingDataError(code, path: path, line: number, message)
+    }
+    // The line parsed above, so it is an object.
+    let json = (try? JSONParser.parse(line)) ?? .null
+    guard let value = json["source"], value != .null else {
+      throw fail(
+        .missingField, "missing field 'source' (FLARE lines carry the parallel English text)")
+    }
+    guard let text = value.stringValue else {
+      throw fail(.wrongType, "field 'source' is not a string")
+    }
+    if case .classification(_, let pair, _) = example.content, pair != nil {
+      throw fail(.wrongType, "FLARE lines are single texts: 'text_pair' is not supported")
+    }
+    example.source = text
+    return example
   }
 
   static func parseLine(_ line: [UInt8], number: Int, path: String, task: TrainingTask)

@@ -293,7 +293,7 @@ struct CommandTests {
   func manPage() {
     let page = String(decoding: fileBytes("\(packageRoot)/man/flare-train.1"), as: UTF8.self)
     let items = page.split(separator: "\n").filter { $0.hasPrefix(".It ") }
-    for option in TrainCommand.LoRAOptions.specs {
+    for option in TrainCommand.LoRAOptions.specs + TrainCommand.FLAREOptions.specs {
       // mdoc writes `--model` as `Fl -model`.
       let mdoc = "Fl \(option.name.dropFirst())"
       #expect(items.contains { $0.contains(mdoc + " ") || $0.hasSuffix(mdoc) }, "\(option.name)")

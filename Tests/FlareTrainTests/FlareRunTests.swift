@@ -1,0 +1,133 @@
+import FlareAdapters
+import FlareCore
+import FlareSafetensors
+import Foundation
+import Testing
+import _FlareTestSupport
+
+/// `flare-train flare` through the built tool on the real models and the committed parallel
+/// Bible data (`Fixtures/data/bible/train.es-mt`: machine-translated Spanish `text`, the
+/// English `source`, a book-group `label`). The numerics of a FLARE step are checked against
+/// PyTorch in FlareModelsTests (FlareTrainingTests); these check the tool around them.
+@Suite("flare-train flare")
+struct FlareRunTests {
+  static let data = fixturePath("data/bible/train.es-mt")
+
+  /// The first `count` lines of the Bible data (optionally with a field removed).
+  static func data(_ count: Int, in folder: String, dropping field: String? = nil) throws
+    -> String
+  {
+    let lines = try String(contentsOfFile: data, encoding: .utf8).split(separator: "\n")
+      .prefix(count)
+    var out: [String] = []
+    for line in lines {
+      var json = try JSONParser.parse(Array(line.utf8))
+      if let field, case .object(let members) = json {
+        json = .object(members.filter { $0.0 != field })
+      }
+      out.append(JSONWriter.compact(json))
+    }
+    let path = "\(folder)/data-\(count)-\(field ?? "all").jsonl"
+    writeBytes(Array((out.joined(separator: "\n") + "\n").utf8), to: path)
+    return path
+  }
+
+  /// SmolLM2, causal LM, cross-attention (2 heads): the folder is a PEFT folder plus
+  /// flare_config.json that reads back with the run's settings (causal on a decoder), the
+  /// cross-attention weights are saved next to the LoRA tensors, and the log has every step.
+  @Test("a causal-LM FLARE run on SmolLM2 writes a FLARE adapter folder")
+  func smolLM2() throws {
+    guard let model = try smolLM2HFFolder() else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let output = "\(work)/out"
+    let data = try Self.data(8, in: work)
+    func train(_ output: String, threads: Int) throws -> ToolResult {
+      try runTool(
+        "flare-train",
+        [
+          "flare", "--model", model, "--data", data, "--output", output, "--fusion",
+          "cross-attention", "--cross-attention-heads", "2", "--rank", "4", "--batch-size", "4",
+          "--max-steps", "2", "--max-length", "24", "--threads", "\(threads)", "--quiet",
+        ])
+    }
+    let result = try train(output, threads: 2)
+    try #require(result.status == 0, "\(result.stderr)")
+    let config = try FLAREConfig(path: "\(output)/flare_config.json")
+    #expect(config.fusion == .crossAttention && config.causal)
+    #expect(config.fusedModules == ["q_proj", "v_proj"] && config.maxLength == 24)
+    #expect(config.crossAttentionHeads == 2)
+    let tensors = try SafetensorsFile(path: "\(output)/adapter_model.safetensors").tensors
+    let names = Set(tensors.map(\.name))
+    for layer in [0, 29] {
+      for projection in ["q_proj", "v_proj"] {
+        let prefix = "base_model.model.model.layers.\(layer).self_attn.\(projection)"
+        #expect(names.contains("\(prefix).lora_A.weight"))
+        for part in ["q", "k", "v"] {
+          #expect(names.contains("\(prefix).cross_attention.\(part).weight"))
+          #expect(names.contains("\(prefix).cross_attention.\(part).bias"))
+        }
+      }
+    }
+    #expect(names.count == 60 * 2 + 60 * 6)
+    let log = try String(contentsOfFile: "\(output)/training_log.jsonl", encoding: .utf8)
+    #expect(log.split(separator: "\n").filter { $0.contains("\"step\"") }.count == 2)
+    // The same run again gives the same adapter bit for bit.
+    let again = "\(work)/again"
+    let second = try train(again, threads: 1)
+    try #require(second.status == 0, "\(second.stderr)")
+    #expect(
+      fileBytes("\(output)/adapter_model.safetensors")
+        == fileBytes("\(again)/adapter_model.safetensors"))
+  }
+
+  /// e5-small classification with add_relu: the reference form on an encoder, the labels file,
+  /// validation on the validation lines.
+  @Test("a classification FLARE run on e5-small")
+  func e5() throws {
+    let folder = "\(modelCache)/models/multilingual-e5-small"
+    guard fileExists("\(folder)/config.json") else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let output = "\(work)/out"
+    let result = try runTool(
+      "flare-train",
+      [
+        "flare", "--model", folder, "--task", "classification", "--data",
+        try Self.data(8, in: work), "--output", output, "--batch-size", "8", "--max-steps",
+        "1", "--max-length", "32", "--threads", "2", "--json",
+      ])
+    try #require(result.status == 0, "\(result.stderr)")
+    let config = try FLAREConfig(path: "\(output)/flare_config.json")
+    #expect(config.fusion == .addReLU && !config.causal)
+    #expect(config.fusedModules == ["query", "value"] && config.paddingSide == "right")
+    #expect(fileExists("\(output)/flare_labels.json"))
+  }
+
+  @Test("bad FLARE data and options are refused with the line or option named")
+  func refusals() throws {
+    guard let model = try smolLM2HFFolder() else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let base = ["flare", "--model", model, "--output", "\(work)/out", "--max-steps", "1"]
+    let missing = try runTool(
+      "flare-train", base + ["--data", try Self.data(4, in: work, dropping: "source")])
+    #expect(missing.status == 1)
+    #expect(
+      missing.stderr.contains(":1: ") && missing.stderr.contains("'source'"), "\(missing.stderr)")
+    let good = try Self.data(4, in: work)
+    let notAdapted = try runTool(
+      "flare-train", base + ["--data", good, "--fused-modules", "k_proj"])
+    #expect(notAdapted.status == 64)
+    #expect(notAdapted.stderr.contains("k_proj"), "\(notAdapted.stderr)")
+    let heads = try runTool(
+      "flare-train",
+      base + ["--data", good, "--fusion", "cross-attention", "--cross-attention-heads", "3"])
+    #expect(heads.status == 64)
+    #expect(heads.stderr.contains("does not divide"), "\(heads.stderr)")
+    let wrongFusion = try runTool(
+      "flare-train", base + ["--data", good, "--cross-attention-heads", "2"])
+    #expect(wrongFusion.status == 64)
+    #expect(!fileExists("\(work)/out/adapter_model.safetensors"))
+  }
+}
