@@ -34,7 +34,8 @@ struct FlareRunTests {
 
   /// SmolLM2, causal LM, cross-attention (2 heads): the folder is a PEFT folder plus
   /// flare_config.json that reads back with the run's settings (causal on a decoder), the
-  /// cross-attention weights are saved next to the LoRA tensors, and the log has every step.
+  /// cross-attention weights are saved next to the LoRA tensors, the log has every step, and
+  /// flare-merge reads the folder and refuses to fold the fusion.
   @Test("a causal-LM FLARE run on SmolLM2 writes a FLARE adapter folder")
   func smolLM2() throws {
     guard let model = try smolLM2HFFolder() else { return }
@@ -72,6 +73,12 @@ struct FlareRunTests {
     #expect(names.count == 60 * 2 + 60 * 6)
     let log = try String(contentsOfFile: "\(output)/training_log.jsonl", encoding: .utf8)
     #expect(log.split(separator: "\n").filter { $0.contains("\"step\"") }.count == 2)
+    // flare-merge reads the trained adapter and refuses to fold cross-attention, naming it.
+    let merge = try runTool(
+      "flare-merge", ["--base", model, "--adapter", output, "--output", "\(work)/merged"])
+    #expect(merge.status == 1)
+    #expect(merge.stderr.contains("'cross-attention'"), "\(merge.stderr)")
+    #expect(!fileExists("\(work)/merged"))
     // The same run again gives the same adapter bit for bit.
     let again = "\(work)/again"
     let second = try train(again, threads: 1)
