@@ -172,7 +172,7 @@ def step(name):
     grads = {saved_key(n): p.grad.detach().numpy() for n, p in model.named_parameters() if p.requires_grad}
     for key, tensor in attention.items():
         grads[key] = tensor.grad.detach().numpy()
-    return dict(loss=float(loss), count=count, grads=grads, batch=(ids, mask, labels, sids, smask))
+    return dict(loss=float(loss.detach()), count=count, grads=grads, batch=(ids, mask, labels, sids, smask))
 
 
 def main():
@@ -180,7 +180,7 @@ def main():
     import transformers
 
     tensors = {}
-    doc = {"model": FOLDER, "r": R, "alpha": ALPHA, "scale": ALPHA / R,
+    doc = {"model": "smollm2-hf (the F32 HF folder `make models` writes to ~/.cache/flare/models)", "r": R, "alpha": ALPHA, "scale": ALPHA / R,
            "modules": ["q_proj", "k_proj", "v_proj"], "fused": ["q_proj", "v_proj"],
            "full_layers": FULL_LAYERS, "cases": {},
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
