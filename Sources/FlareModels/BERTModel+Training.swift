@@ -831,13 +831,11 @@ extension BERTModel: TrainableModel {
       dout: UnsafePointer<Float>, inp: UnsafePointer<Float>
     ) {
       LinearBackward(
-        linears[slot], lora: options.loras[slot], dropoutSeed: options.loraDropoutSeed(slot: slot)
+        linears[slot], lora: options.loras[slot], fused: options.fused[slot],
+        dropoutSeed: options.loraDropoutSeed(slot: slot)
       ).run(
-        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
+        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n, length: t,
         workers: options.threads)
-      options.fused[slot]?.backward(
-        dinp: dinp, dout: dout, target: inp, batch: b, length: t,
-        dropoutSeed: options.loraDropoutSeed(slot: slot), workers: options.threads)
     }
     /// LayerNorm backward (no weight gradients) of rows chunked: `dinp = 0`, then `+=`.
     func layernormBackward(

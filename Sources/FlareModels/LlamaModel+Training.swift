@@ -548,14 +548,11 @@ extension LlamaModel: TrainableModel {
     ) {
       let slot = layer * 7 + j
       LinearBackward(
-        blocks[layer].linear(j), lora: pass.loras[slot],
+        blocks[layer].linear(j), lora: pass.loras[slot], fused: pass.fused[slot],
         dropoutSeed: pass.loraDropoutSeed(slot: slot)
       ).run(
-        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n,
+        dinp: dinp, accumulate: accumulate, dout: dout, inp: inp, rows: n, length: t,
         workers: threads.workers)
-      pass.fused[slot]?.backward(
-        dinp: dinp, dout: dout, target: inp, batch: b, length: t,
-        dropoutSeed: pass.loraDropoutSeed(slot: slot), workers: threads.workers)
     }
 
     rmsnormBackward(

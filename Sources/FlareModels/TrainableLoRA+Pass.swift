@@ -99,24 +99,32 @@ struct LinearBackward {
   let inFeatures: Int
   let outFeatures: Int
   let lora: TrainableLoRA?
+  /// A FLARE-fused LoRA on the layer instead (never both).
+  let fused: FusedLoRA?
   /// The LoRA's dropout seed in this pass (`nil`: no dropout).
   let dropoutSeed: UInt64?
 
-  init(_ layer: Linear, lora: TrainableLoRA?, dropoutSeed: UInt64?) {
+  init(_ layer: Linear, lora: TrainableLoRA?, fused: FusedLoRA? = nil, dropoutSeed: UInt64?) {
     weight = layer.weight.pointer
     inFeatures = layer.inFeatures
     outFeatures = layer.outFeatures
     self.lora = lora
+    self.fused = fused
     self.dropoutSeed = dropoutSeed
   }
 
   /// With `dinp`, its `N×in` input gradient (`+=` with `accumulate`, else `=`), and the
   /// LoRA's weight gradients (`+=`), from the output gradient `dout` and the forward's input
-  /// `inp` of `N` rows.
+  /// `inp` of `N` rows, sequences of `length` rows (which a fused LoRA works on).
   func run(
     dinp: UnsafeMutablePointer<Float>?, accumulate: Bool, dout: UnsafePointer<Float>,
-    inp: UnsafePointer<Float>, rows n: Int, workers: Int
+    inp: UnsafePointer<Float>, rows n: Int, length: Int, workers: Int
   ) {
+    defer {
+      fused?.backward(
+        dinp: dinp, dout: dout, target: inp, batch: n / max(length, 1), length: length,
+        dropoutSeed: dropoutSeed, workers: workers)
+    }
     guard n > 0 else { return }
     let (c, oc) = (inFeatures, outFeatures)
     let size = Parallel.rowChunk(n)

@@ -135,13 +135,20 @@ public enum JSONLReader {
   static func parseLine(
     _ line: [UInt8], number: Int, path: String, task: TrainingTask, source: Bool = false
   ) throws(TrainingDataError) -> RawExample {
-    var example = try parseLine(line, number: number, path: path, task: task)
-    guard source else { return example }
     func fail(_ code: TrainingDataError.Code, _ message: String) -> TrainingDataError {
       TrainingDataError(code, path: path, line: number, message)
     }
-    // The line parsed above, so it is an object.
-    let json = (try? JSONParser.parse(line)) ?? .null
+    let json: JSONValue
+    do {
+      json = try JSONParser.parse(line)
+    } catch {
+      throw fail(.malformedJSON, "malformed JSON: \(error.message) (column \(error.offset + 1))")
+    }
+    guard json.objectMembers != nil else {
+      throw fail(.notAnObject, "each line must be a JSON object")
+    }
+    var example = try example(json, number: number, path: path, task: task)
+    guard source else { return example }
     guard let value = json["source"], value != .null else {
       throw fail(
         .missingField, "missing field 'source' (FLARE lines carry the parallel English text)")
@@ -156,20 +163,12 @@ public enum JSONLReader {
     return example
   }
 
-  static func parseLine(_ line: [UInt8], number: Int, path: String, task: TrainingTask)
+  /// The example of one line's JSON object (without its FLARE source).
+  static func example(_ json: JSONValue, number: Int, path: String, task: TrainingTask)
     throws(TrainingDataError) -> RawExample
   {
     func fail(_ code: TrainingDataError.Code, _ message: String) -> TrainingDataError {
       TrainingDataError(code, path: path, line: number, message)
-    }
-    let json: JSONValue
-    do {
-      json = try JSONParser.parse(line)
-    } catch {
-      throw fail(.malformedJSON, "malformed JSON: \(error.message) (column \(error.offset + 1))")
-    }
-    guard json.objectMembers != nil else {
-      throw fail(.notAnObject, "each line must be a JSON object")
     }
     func string(_ key: String) throws(TrainingDataError) -> String? {
       guard let value = json[key], value != .null else { return nil }
