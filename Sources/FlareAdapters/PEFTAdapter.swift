@@ -60,6 +60,9 @@ public struct PEFTAdapter: Sendable {
   public var unknownKeys: [String]
   /// The FLARE extension (`flare_config.json`), if the folder has one.
   public var flare: FLAREConfig?
+  /// A FLARE adapter's `cross-attention` weights, by key without `base_model.model.`
+  /// (`<module>.cross_attention.{q,k,v}.{weight,bias}`); empty for other adapters.
+  public var fusionWeights: [String: AdapterTensor] = [:]
 
   static let prefix = "base_model.model."
   static let mutatingInits = ["pissa", "olora", "corda", "loftq", "lora_ga", "eva"]
@@ -112,7 +115,17 @@ public struct PEFTAdapter: Sendable {
       throw FlareError(
         "adapter", .fileNotFound, "no adapter_model.safetensors beside the config", path: folder)
     }
+    let flarePath = "\(folder)/flare_config.json"
+    let hasFLAREConfig = fileExists(flarePath)
+    if let fuse = json["fuse_config"], fuse != .null, !hasFLAREConfig {
+      // The reference implementation's LoraConfig.fuse_config: its field names and the keys
+      // of its cross-attention weights are not a documented format, so they are not guessed.
+      throw refuse(
+        "the config carries fuse_config (an adapter saved by the FLARE reference implementation), but the folder has no flare_config.json; Flare reads the FLARE settings from that file: write it beside the adapter (formats/flare-adapter.md) with at least flare_version 1, fusion, fused_modules, causal (false for the reference's form) and source.max_length of the training run, and for cross-attention name the weights <module>.cross_attention.{q,k,v}.{weight,bias}"
+      )
+    }
     let file = try SafetensorsFile(path: weightsPath)
+    var fusionWeights: [String: AdapterTensor] = [:]
     var parts: [String: [String: TensorView]] = [:]
     var replacements: [(String, TensorView)] = []
     var baseLayers: [(String, TensorView)] = []
@@ -133,8 +146,16 @@ public struct PEFTAdapter: Sendable {
         parts[module, default: [:]][part] = view
         continue
       }
-      if key.contains(".cross_attention.") && fileExists("\(folder)/flare_config.json") {
-        continue  // FLARE cross-attention weights act on the source path only; never folded
+      if key.contains(".cross_attention.") {
+        guard hasFLAREConfig else {
+          throw FlareError(
+            "adapter", .unsupported,
+            "a FLARE cross-attention weight, but the folder has no flare_config.json to say how it is used (formats/flare-adapter.md)",
+            path: weightsPath, tensor: view.name)
+        }
+        // FLARE cross-attention weights act on the source path only; never folded.
+        fusionWeights[key] = AdapterTensor(view)
+        continue
       }
       if key.contains(".lora_") {
         unknown.append(view.name)
@@ -214,8 +235,8 @@ public struct PEFTAdapter: Sendable {
     }
     self.modules = modules
     self.replacements = replacements
-    let flarePath = "\(folder)/flare_config.json"
-    flare = fileExists(flarePath) ? try FLAREConfig(path: flarePath) : nil
+    flare = hasFLAREConfig ? try FLAREConfig(path: flarePath) : nil
+    self.fusionWeights = fusionWeights
     if let flare, flare.fusion == .crossAttention {
       // Cross-attention splits each fused module's rank into heads of r/heads.
       for module in modules where flare.isFused(module.path) {

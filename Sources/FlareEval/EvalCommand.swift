@@ -89,6 +89,88 @@ public enum EvalCommand {
     }
   }
 
+  // MARK: - FLARE adapters
+
+  static let sourceText = OptionSpec(
+    "--source-text", value: "text",
+    help: "FLARE: the parallel English prompt (without it a FLARE adapter runs target-only).")
+  static let flareBaked = OptionSpec(
+    "--flare-baked",
+    help:
+      "FLARE add adapter: the model already holds it folded in (flare-merge); add the source term only."
+  )
+  static let flareDiscussion = """
+    FLARE ADAPTERS:
+      An --adapter folder with a flare_config.json is a FLARE adapter; it runs alone. With a
+      source (--source-text, or a "source" field of the data) it runs as trained: a source
+      pass over the English text with the weights without the adapter, then the target pass
+      whose fused modules read the source pass's block inputs; target and source are padded
+      to the adapter's max_length on its padding side and fused position by position. Without
+      a source it runs target-only: the fused modules act as plain LoRA W + s*B*A (the
+      reference's inference_mode, FLARE.md 8.3), and the tool says so. --flare-baked: the
+      model is a flare-merge output of an add adapter; the target pass adds only the source
+      term s*B*A*x_s and the source pass subtracts the folded LoRA (W1 = W2 - s*B*A), so the
+      result equals the unmerged adapter.
+    """
+
+  /// The run's FLARE adapter, when an `--adapter` is a FLARE folder (it must then be the only one).
+  static func flareAdapter(_ list: [(adapter: PEFTAdapter, weight: Double)]) throws
+    -> PEFTAdapter?
+  {
+    guard list.contains(where: { $0.adapter.flare != nil }) else { return nil }
+    guard list.count == 1, list[0].weight == 1 else {
+      throw UsageError(
+        "a FLARE adapter runs alone and unweighted: give it as the only '--adapter', without ':weight'"
+      )
+    }
+    return list[0].adapter
+  }
+
+  /// The FLARE settings a result records.
+  static func flareJSON(
+    _ config: FLAREConfig, withSource: Bool, baked: Bool, mode: FLAREGenerationSource?
+  ) -> JSONValue {
+    .object([
+      ("fusion", .string(config.fusion.rawValue)), ("causal", .bool(config.causal)),
+      ("recipe", .string(withSource ? (baked ? "baked_add" : "fused") : "target_only")),
+      ("max_length", .integer(config.maxLength)),
+      ("generation_source", mode.map { .string($0.rawValue) } ?? .null),
+    ])
+  }
+
+  /// The line a text-mode run prints on stderr about its FLARE adapter.
+  static func flareNote(_ config: FLAREConfig, withSource: Bool, mode: FLAREGenerationSource?)
+    -> String
+  {
+    guard withSource else { return FLAREInference.targetOnlyNote(config) + "\n" }
+    return
+      "FLARE: \(config.fusion.rawValue) fused with the source\(mode.map { "; generated positions use the source: \($0.rawValue)" } ?? "")\n"
+  }
+
+  /// Loads the model of a Llama subcommand: with a FLARE adapter, the model alone and the
+  /// decoder that runs it; otherwise the model with its adapters attached.
+  static func llamaModel(_ arguments: ParsedArguments, path: String) throws -> (
+    LlamaModel, Tokenizer, FLAREDecoder?
+  ) {
+    let list = try adapters(arguments)
+    let flare = try flareAdapter(list)
+    if flare == nil {
+      if arguments.value("--source-text") != nil {
+        throw UsageError(
+          "'--source-text' is for FLARE adapters (an --adapter with flare_config.json)")
+      }
+      if arguments.flag("--flare-baked") {
+        throw UsageError("'--flare-baked' needs a FLARE add adapter as '--adapter'")
+      }
+    }
+    let (model, tokenizer) = try LoadedModel.llama(path, adapters: flare == nil ? list : [])
+    guard let flare else { return (model, tokenizer, nil) }
+    model.trainingThreads = BLAS.threads
+    let decoder = try FLAREDecoder(
+      model: model, tokenizer: tokenizer, adapter: flare, baked: arguments.flag("--flare-baked"))
+    return (model, tokenizer, decoder)
+  }
+
   static func applyThreads(_ arguments: ParsedArguments, spec: CommandSpec) throws {
     if let n = try arguments.int("--threads", spec: spec) {
       guard n > 0 else { throw UsageError("'--threads' must be at least 1") }
@@ -118,14 +200,34 @@ public enum EvalCommand {
       OptionSpec(
         "--no-special", help: "Do not add the model's special tokens (BOS) to the prompt."),
       OptionSpec("--ignore-eos", help: "Keep generating after the end-of-text token."),
-      threads, json,
+      sourceText,
+      OptionSpec(
+        "--source-mode", value: "aligned|reference", default: "aligned",
+        help: "FLARE: how generated positions use the source (see below)."),
+      flareBaked, threads, json,
     ],
-    discussion: exitStatus)
+    discussion: """
+      \(flareDiscussion)
+      FLARE generation runs the whole sequence again for every token (no KV cache). How the
+      generated positions use the source (FLARE.md 3.4), recorded in --json output:
+        aligned    as in training: target and source padded to max_length and fused
+                   position by position; a generated position beyond max_length (with left
+                   padding: every one) fuses the source prompt's last token.
+        reference  as the reference implementation: the model without the adapter first
+                   generates greedily from the source prompt (up to --max-tokens); every
+                   position fuses the states of the last token that run fed to the model.
+
+      \(exitStatus)
+      """)
 
   static func generate(_ arguments: ParsedArguments) throws -> ExitStatus {
     try applyThreads(arguments, spec: generateSpec)
-    let (model, tokenizer) = try LoadedModel.llama(
-      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let (model, tokenizer, decoder) = try llamaModel(
+      arguments, path: try required(arguments, EvalCommand.model))
+    let modeText = arguments.value("--source-mode") ?? "aligned"
+    guard let mode = FLAREGenerationSource(rawValue: modeText) else {
+      throw UsageError("the value '\(modeText)' is invalid for '--source-mode <aligned|reference>'")
+    }
     let prompt = try required(arguments, OptionSpec("--prompt", value: "text", help: ""))
     let maxTokens = try arguments.int("--max-tokens", spec: generateSpec) ?? 64
     guard maxTokens >= 0 else { throw UsageError("'--max-tokens' must not be negative") }
@@ -144,10 +246,16 @@ public enum EvalCommand {
       if let eos = model.config.eosTokenID { stop.insert(eos) }
     }
     let streaming = !arguments.flag("--json")
+    let source = arguments.value("--source-text").map {
+      tokenizer.encode($0, addSpecial: !arguments.flag("--no-special"))
+    }
+    if let decoder, streaming {
+      Console.err(
+        flareNote(decoder.config, withSource: source != nil, mode: source.map { _ in mode }))
+    }
     var printed = ""
     var generated: [Int] = []
-    let out = try model.generate(prompt: ids, maxTokens: maxTokens, sampling: options, stop: stop) {
-      token in
+    func emit(_ token: Int) -> Bool {
       generated.append(token)
       if streaming {
         // Print the text as it grows (a token can end in the middle of a character).
@@ -159,6 +267,29 @@ public enum EvalCommand {
       }
       return true
     }
+    var out: [Int]
+    var flare: JSONValue?
+    if let decoder {
+      let result = try decoder.generate(
+        prompt: ids, source: source, mode: mode, maxTokens: maxTokens, sampling: options,
+        stop: stop, onToken: emit)
+      out = result.generated
+      var record = flareJSON(
+        decoder.config, withSource: source != nil, baked: arguments.flag("--flare-baked"),
+        mode: source == nil ? nil : mode)
+      if case .object(var members) = record {
+        members.append(("source_ids", source.map { .array($0.map { .integer($0) }) } ?? .null))
+        if mode == .reference && source != nil {
+          members.append(
+            ("source_generated_ids", .array(result.sourceGenerated.map { .integer($0) })))
+        }
+        record = .object(members)
+      }
+      flare = record
+    } else {
+      out = try model.generate(
+        prompt: ids, maxTokens: maxTokens, sampling: options, stop: stop, onToken: emit)
+    }
     let visible = out.filter { !stop.contains($0) }
     let text = tokenizer.decode(visible, skipSpecial: true)
     if streaming {
@@ -167,11 +298,12 @@ public enum EvalCommand {
     } else {
       Console.out(
         JSONWriter.compact(
-          .object([
-            ("prompt_ids", .array(ids.map { .integer($0) })),
-            ("generated_ids", .array(out.map { .integer($0) })),
-            ("text", .string(text)),
-          ])) + "\n")
+          .object(
+            [
+              ("prompt_ids", .array(ids.map { .integer($0) })),
+              ("generated_ids", .array(out.map { .integer($0) })),
+              ("text", .string(text)),
+            ] + (flare.map { [("flare", $0)] } ?? []))) + "\n")
     }
     return .success
   }
@@ -186,14 +318,17 @@ public enum EvalCommand {
       model, adapter, OptionSpec("--prompt", value: "text", help: "The prompt."),
       OptionSpec("--top", value: "k", default: "10", help: "How many logits to show."),
       OptionSpec("--no-special", help: "Do not add the model's special tokens (BOS)."),
-      threads, json,
+      sourceText, flareBaked, threads, json,
     ],
-    discussion: exitStatus)
+    discussion: """
+      \(flareDiscussion)
+      \(exitStatus)
+      """)
 
   static func logits(_ arguments: ParsedArguments) throws -> ExitStatus {
     try applyThreads(arguments, spec: logitsSpec)
-    let (model, tokenizer) = try LoadedModel.llama(
-      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+    let (model, tokenizer, decoder) = try llamaModel(
+      arguments, path: try required(arguments, EvalCommand.model))
     let prompt = try required(arguments, OptionSpec("--prompt", value: "text", help: ""))
     let k = try arguments.int("--top", spec: logitsSpec) ?? 10
     guard k > 0 else { throw UsageError("'--top' must be at least 1") }
@@ -201,8 +336,23 @@ public enum EvalCommand {
     guard !ids.isEmpty else {
       throw FlareError("eval", .invalidArgument, "the prompt has no tokens")
     }
-    let logits = try model.forward(
-      tokens: [ids], cache: model.makeCache(batch: 1, capacity: ids.count))
+    let source = arguments.value("--source-text").map {
+      tokenizer.encode($0, addSpecial: !arguments.flag("--no-special"))
+    }
+    let logits: [Float]
+    var flare: JSONValue?
+    if let decoder {
+      logits = try decoder.logits(prompt: ids, source: source, lastOnly: true)
+      flare = flareJSON(
+        decoder.config, withSource: source != nil, baked: arguments.flag("--flare-baked"),
+        mode: nil)
+      if !arguments.flag("--json") {
+        Console.err(flareNote(decoder.config, withSource: source != nil, mode: nil))
+      }
+    } else {
+      logits = try model.forward(
+        tokens: [ids], cache: model.makeCache(batch: 1, capacity: ids.count))
+    }
     let order = logits.indices.sorted {
       logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1)
     }
@@ -210,13 +360,14 @@ public enum EvalCommand {
     if arguments.flag("--json") {
       Console.out(
         JSONWriter.compact(
-          .object([
-            ("ids", .array(ids.map { .integer($0) })),
-            (
-              "top",
-              .array(top.map { .object([("id", .integer($0)), ("logit", .float(logits[$0]))]) })
-            ),
-          ])) + "\n")
+          .object(
+            [
+              ("ids", .array(ids.map { .integer($0) })),
+              (
+                "top",
+                .array(top.map { .object([("id", .integer($0)), ("logit", .float(logits[$0]))]) })
+              ),
+            ] + (flare.map { [("flare", $0)] } ?? []))) + "\n")
     } else {
       Console.out("ids: \(ids.map(String.init).joined(separator: " "))\n")
       for id in top {
@@ -343,7 +494,9 @@ public enum EvalCommand {
       OptionSpec("--batch-size", value: "n", default: "8", help: "Examples per forward pass."),
       OptionSpec(
         "--max-length", value: "n", default: "128",
-        help: "Tokens per example at most (longer ones are truncated, as in training)."),
+        help:
+          "Tokens per example at most (longer ones are truncated, as in training); a FLARE adapter's own by default."
+      ),
       threads, json,
     ],
     discussion: """
@@ -353,6 +506,10 @@ public enum EvalCommand {
       flare_labels.json (written by flare-train); without it, integer labels are class ids and
       string labels are looked up in the model's config.json id2label. --json prints every
       example's line, label, prediction and logits too.
+
+      A FLARE adapter runs with the data's "source" field (the parallel English text): the first
+      line decides; with a source there, every line needs one. Without sources it runs
+      target-only and the report says so.
 
       \(exitStatus)
       """)
@@ -364,9 +521,9 @@ public enum EvalCommand {
       throw UsageError("'--adapter' is given \(adapters.count) times; classify takes one")
     }
     let batchSize = try arguments.int("--batch-size", spec: classifySpec) ?? 8
-    let maxLength = try arguments.int("--max-length", spec: classifySpec) ?? 128
+    let maxLength = try arguments.int("--max-length", spec: classifySpec)
     guard batchSize >= 1 else { throw UsageError("'--batch-size' must be at least 1") }
-    guard maxLength >= 8 else { throw UsageError("'--max-length' must be at least 8") }
+    guard (maxLength ?? 8) >= 8 else { throw UsageError("'--max-length' must be at least 8") }
     let report = try ClassifierEvaluation.run(
       ClassifierEvaluation.Request(
         model: try required(arguments, EvalCommand.model), adapter: adapters.first,
@@ -396,6 +553,15 @@ public enum EvalCommand {
       ("loss", .exact(report.loss)),
       ("confusion", .array(report.confusion.map { .array($0.map { .integer($0) }) })),
       (
+        "flare",
+        report.flare.map {
+          .object([
+            ("fusion", .string($0.fusion.rawValue)),
+            ("recipe", .string($0.withSource ? "fused" : "target_only")),
+          ])
+        } ?? .null
+      ),
+      (
         "predictions",
         .array(
           report.examples.map { example in
@@ -419,6 +585,13 @@ public enum EvalCommand {
       "loss: \(fourDecimals(report.loss))",
       "confusion matrix (rows: label, columns: prediction):",
     ]
+    if let flare = report.flare {
+      lines.insert(
+        flare.withSource
+          ? "FLARE: \(flare.fusion.rawValue) fused with each example's source"
+          : "FLARE: \(flare.fusion.rawValue) adapter run target-only (no source in the data; fused modules as plain LoRA)",
+        at: 0)
+    }
     let counts = report.confusion.flatMap { $0 }.map(String.init)
     let width = max(names.map(\.count).max() ?? 1, counts.map(\.count).max() ?? 1)
     func pad(_ text: String) -> String {
@@ -518,14 +691,21 @@ public enum EvalCommand {
       OptionSpec(
         "--adapter", value: "path[:weight]",
         help: "Applied unmerged to the candidate (the second --model) (repeatable)."),
-      OptionSpec("--file", value: "path", help: "Prompts, one per line."),
-      threads, json,
+      OptionSpec(
+        "--file", value: "path",
+        help: "Prompts, one per line; a .jsonl file: {\"text\"} or {\"text\", \"source\"} per line."
+      ),
+      flareBaked, threads, json,
     ],
     discussion: """
       Every position of every prompt is compared: the largest and the mean absolute logit
       difference, and how often the two models' most likely next token agrees. A typical use:
       flare-eval compare --model merged --model base --adapter lora --file prompts.txt
 
+      With a FLARE adapter on the candidate, the prompts come from a .jsonl file whose lines
+      carry "source" (the parallel English prompt); lines without one run target-only.
+
+      \(flareDiscussion)
       \(exitStatus)
       """)
 
@@ -537,28 +717,99 @@ public enum EvalCommand {
     }
     let path = try required(arguments, OptionSpec("--file", value: "path", help: ""))
     let (reference, tokenizer) = try LoadedModel.llama(models[0], adapters: [])
-    let (candidate, _) = try LoadedModel.llama(models[1], adapters: try adapters(arguments))
-    let prompts = String(decoding: try readSmallFile(path), as: UTF8.self)
-      .split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+    let (candidate, _, decoder) = try llamaModel(arguments, path: models[1])
+    let prompts = try comparePrompts(path)
     guard !prompts.isEmpty else {
       throw FlareError("eval", .invalidArgument, "no prompts in the file", path: path)
     }
-    let ids = prompts.map { tokenizer.encode($0) }
-    let result = try reference.compare(with: candidate, prompts: ids)
-    printComparison(result, prompts: prompts.count, json: arguments.flag("--json"))
+    let ids = prompts.map { tokenizer.encode($0.text) }
+    guard let decoder else {
+      if prompts.contains(where: { $0.source != nil }) {
+        throw UsageError(
+          "the prompts carry \"source\", which only a FLARE adapter (an --adapter with flare_config.json) reads"
+        )
+      }
+      let result = try reference.compare(with: candidate, prompts: ids)
+      printComparison(result, prompts: prompts.count, json: arguments.flag("--json"))
+      return .success
+    }
+    let vocab = reference.config.vocabSize
+    guard candidate.config.vocabSize == vocab else {
+      throw FlareError(
+        "compare", .invalidArgument,
+        "the models' vocabularies differ (\(vocab) and \(candidate.config.vocabSize) tokens)")
+    }
+    var result = LogitComparison()
+    let withSource = prompts.filter { $0.source != nil }.count
+    for (p, (prompt, tokens)) in zip(prompts, ids).enumerated() where !tokens.isEmpty {
+      let a = try reference.forward(
+        tokens: [tokens], cache: reference.makeCache(batch: 1, capacity: tokens.count),
+        logits: .all)
+      let b = try decoder.logits(
+        prompt: tokens, source: prompt.source.map { tokenizer.encode($0) }, lastOnly: false)
+      result.add(prompt: p, reference: a, candidate: b, vocab: vocab)
+    }
+    if !arguments.flag("--json") {
+      Console.err(
+        "FLARE: \(decoder.config.fusion.rawValue) adapter; \(withSource) of \(prompts.count) prompts with a source (fused), the others target-only\n"
+      )
+    }
+    printComparison(
+      result, prompts: prompts.count, json: arguments.flag("--json"),
+      flare: .object([
+        ("fusion", .string(decoder.config.fusion.rawValue)),
+        ("prompts_with_source", .integer(withSource)),
+        ("baked", .bool(arguments.flag("--flare-baked"))),
+      ]))
     return .success
   }
 
-  static func printComparison(_ result: LogitComparison, prompts: Int, json: Bool) {
+  /// The prompts of `compare`: plain lines, or for a `.jsonl` file each line's `text` and
+  /// optional `source`.
+  static func comparePrompts(_ path: String) throws -> [(text: String, source: String?)] {
+    let lines = String(decoding: try readSmallFile(path), as: UTF8.self)
+      .split(separator: "\n", omittingEmptySubsequences: false)
+    guard path.lowercased().hasSuffix(".jsonl") else {
+      return lines.filter { !$0.isEmpty }.map { (String($0), nil) }
+    }
+    var prompts: [(text: String, source: String?)] = []
+    for (index, line) in lines.enumerated()
+    where !line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) {
+      func bad(_ message: String) -> FlareError {
+        FlareError("eval", .invalidArgument, "line \(index + 1): \(message)", path: path)
+      }
+      let json: JSONValue
+      do {
+        json = try JSONParser.parse(Array(line.utf8))
+      } catch {
+        throw bad("malformed JSON: \(error.message) (column \(error.offset + 1))")
+      }
+      guard let text = json["text"]?.stringValue else {
+        throw bad("each line needs a string field 'text'")
+      }
+      var source: String?
+      if let value = json["source"], value != .null {
+        guard let string = value.stringValue else { throw bad("field 'source' is not a string") }
+        source = string
+      }
+      prompts.append((text, source))
+    }
+    return prompts
+  }
+
+  static func printComparison(
+    _ result: LogitComparison, prompts: Int, json: Bool, flare: JSONValue? = nil
+  ) {
     if json {
       Console.out(
         JSONWriter.compact(
-          .object([
-            ("prompts", .integer(prompts)), ("positions", .integer(result.positions)),
-            ("max_abs_diff", .float(result.maxAbsDifference)),
-            ("mean_abs_diff", .exact(result.meanAbsDifference)),
-            ("top1_agreement", .exact(result.top1Agreement)),
-          ])) + "\n")
+          .object(
+            [
+              ("prompts", .integer(prompts)), ("positions", .integer(result.positions)),
+              ("max_abs_diff", .float(result.maxAbsDifference)),
+              ("mean_abs_diff", .exact(result.meanAbsDifference)),
+              ("top1_agreement", .exact(result.top1Agreement)),
+            ] + (flare.map { [("flare", $0)] } ?? []))) + "\n")
     } else {
       Console.out(
         """

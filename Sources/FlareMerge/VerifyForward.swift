@@ -194,22 +194,9 @@ extension Merger {
     output: String, report: MergeReport
   ) throws -> ForwardCheck {
     var comparison = LogitComparison()
-    var sum = 0.0
-    var count = 0
-    for (row, (a, b)) in zip(rowsA, rowsB).enumerated() {
-      for (i, (x, y)) in zip(a, b).enumerated() {
-        let difference = abs(x - y)
-        sum += Double(difference)
-        count += 1
-        if difference > comparison.maxAbsDifference || difference.isNaN {
-          comparison.maxAbsDifference = difference
-          comparison.worst = (row, 0, i)
-        }
-      }
-      if Sampler.argmax(a[...]) == Sampler.argmax(b[...]) { comparison.top1Agreements += 1 }
-      comparison.positions += 1
+    for (row, (a, b)) in zip(rowsA, rowsB).enumerated() where !a.isEmpty {
+      comparison.add(prompt: row, reference: a, candidate: b, vocab: a.count)
     }
-    comparison.meanAbsDifference = count == 0 ? 0 : sum / Double(count)
     let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
     var check = ForwardCheck(comparison: comparison, prompts: prompts, exact: exact)
     check.quantity = quantity

@@ -518,6 +518,11 @@ extension BERTModel: TrainableModel {
           "--source-normalize applies to pre-norm (Llama) models; an encoder's block input is already normalized",
           .unsupported)
       }
+      guard batch.sourceRows == nil, !fusion.bakedTarget else {
+        throw bad(
+          "source row maps and baked FLARE adapters are for Llama models (generation and folded add adapters)",
+          .unsupported)
+      }
       let sourceInputs = try prepare(tokens: tokens, attentionMask: mask, tokenTypes: nil)
       let s = BERTActivations(
         config: config, inputs: sourceInputs, keepingAllLayers: false, keepingResiduals: true,

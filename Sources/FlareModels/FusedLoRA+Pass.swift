@@ -66,6 +66,11 @@ public struct TrainingFusion: Sendable {
   /// variant); `false` gives the raw residual stream, as the reference does.
   public var normalizeSource: Bool
   public var attention: [String: TrainableFusionAttention]
+  /// Evaluation only, `add` only: the model's weights already hold the adapter folded in
+  /// (`flare-merge` output, `W₂ = W₁ + s·B·A` on every adapted module). The target pass then
+  /// adds only the source term `s·B·A·x_s` on the fused modules (no other LoRA), and the source
+  /// pass recovers `W₁` by running every adapted module with its LoRA at scale `−s`.
+  public var bakedTarget = false
 
   public init(
     fusion: FLAREConfig.Fusion, fusedModules: Set<String>, causal: Bool, heads: Int = 1,
@@ -126,6 +131,9 @@ struct FusedLoRA {
   let source: UnsafePointer<Float>
   /// Per sequence, which positions are real tokens (the key mask of the causal variant).
   let keyMask: [[Bool]]
+  /// Whether the layer adds only the source term `s·B·S` (an `add` adapter whose target path
+  /// is folded into the weights; evaluation only).
+  var sourceOnly = false
 
   /// The seed of the source path's LoRA dropout: the same probability as the target's, an
   /// independent mask (the reference applies one dropout module to each input separately).
@@ -176,7 +184,8 @@ struct FusedLoRA {
   private func fuse(
     _ s: [Float], _ t: [Float], sequence i: Int, length: Int, dropoutSeed: UInt64?
   ) -> ([Float], FusionFunction.Saved) {
-    function.forward(
+    if sourceOnly { return (s, FusionFunction.Saved()) }
+    return function.forward(
       source: s, target: t, length: length, keyMask: function.causal ? keyMask[i] : nil,
       attention: attention?.weights, dropoutSeed: dropoutSeed.map { Kernels.mix64($0 ^ 0xA77E) },
       dropoutOffset: UInt64(i * function.heads * length * length))

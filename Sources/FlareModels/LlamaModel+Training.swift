@@ -96,6 +96,28 @@ extension LlamaModel: TrainableModel {
     return (result, (0..<b).map { Array(flat[($0 * width)..<(($0 + 1) * width)]) })
   }
 
+  /// The logits of an evaluation pass (no dropout, no gradients) with the state's LoRA and
+  /// FLARE layers: `rows` `.last` gives each sequence's last real position (`B × vocab`),
+  /// `.all` every position (`B·T × vocab`). The batch's targets are not scored (causal-LM
+  /// labels may all be `-100`). This is how `flare-eval` runs FLARE adapters: the source pass
+  /// and the fused layers are those of training.
+  /// - Throws: ``FlareError`` as ``trainingPass(batch:state:gradientScale:)``.
+  public func evaluationLogits(batch: TrainingBatch, state: TrainingState, rows: LogitRows)
+    throws -> [Float]
+  {
+    let b = batch.tokens.count
+    let t = batch.tokens.first?.count ?? 0
+    let selected: [Int]
+    switch rows {
+    case .all: selected = Array(0..<(b * t))
+    case .last:
+      selected = batch.mask.enumerated().map { row, mask in
+        row * t + (mask.lastIndex(of: true) ?? (t - 1))
+      }
+    }
+    return try pass(batch: batch, state: state, gradientScale: nil, logitRows: selected).logits
+  }
+
   /// The bytes a training pass holds for `batch × length` tokens with LoRA layers on
   /// `loraModules`, besides the weights: the activations it keeps (the same layout the pass
   /// allocates), the backward pass's gradient buffers, the final norm's, and the LM head's
@@ -128,7 +150,10 @@ extension LlamaModel: TrainableModel {
 
   /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); for sequence
   /// classification also the logits, `B×classes`.
-  private func pass(batch: TrainingBatch, state: TrainingState, gradientScale: Float?) throws
+  /// With `logitRows` (evaluation only), the LM head's logits of those rows instead of a loss.
+  private func pass(
+    batch: TrainingBatch, state: TrainingState, gradientScale: Float?, logitRows: [Int]? = nil
+  ) throws
     -> (result: TrainingPassResult, logits: [Float])
   {
     func bad(_ message: String, _ code: FlareError.Code = .invalidArgument) -> FlareError {
@@ -244,33 +269,77 @@ extension LlamaModel: TrainableModel {
     // input; the fused LoRA layers read it.
     var sourceStorage: FloatStorage?
     defer { sourceStorage.map { storagePool.give($0) } }
+    var gathered: [FloatStorage] = []
+    defer { gathered.forEach { storagePool.give($0) } }
     if let fusion = state.fusion {
-      let source = try checkedSource(batch, length: t)
-      let sourceLayout = layout(source.mask)
+      let source = try checkedSource(batch, length: t, training: training)
+      let ts = source.tokens[0].count
+      if fusion.bakedTarget {
+        guard fusion.fusion == .add, !training else {
+          throw bad(
+            "a baked FLARE adapter (target path folded into the weights) is evaluated with the add fusion only; '\(fusion.fusion.rawValue)' is not linear in the target",
+            .unsupported)
+        }
+      }
+      // The source pass runs the weights without this adapter: the base's, or for a baked
+      // adapter the merged weights with every adapted module's LoRA subtracted.
+      var sourcePass = LlamaPass(threads: threads)
+      if fusion.bakedTarget {
+        sourcePass.loras = loras.mapValues {
+          TrainableLoRA(module: $0.module, a: $0.a, b: $0.b, scale: -$0.scale, dropout: 0)
+        }
+      }
+      let sourceLayout = (0..<b).reduce(into: (positions: [Int](), padding: [[Int]]())) {
+        result, row in
+        var next = 0
+        for i in 0..<ts {
+          result.positions.append(next)
+          if source.mask[row][i] { next += 1 }
+        }
+        result.padding.append((0..<ts).filter { !source.mask[row][$0] })
+      }
       let s = LlamaActivations(
-        config: config, batch: b, length: t, keys: t,
+        config: config, batch: b, length: ts, keys: ts,
         keeping: fusion.normalizeSource ? [.residual, .attentionNormed] : [.residual],
         workers: min(threads.workers, b * config.headCount), pool: storagePool)
       sourceStorage = s.storage
       run(
         s, tokens: Array(source.tokens.joined()), positions: sourceLayout.positions,
-        padding: sourceLayout.padding, cache: nil, pass: LlamaPass(threads: threads))
+        padding: sourceLayout.padding, cache: nil, pass: sourcePass)
       let slots = linearSlots
+      var layerSources: [Int: UnsafePointer<Float>] = [:]
+      /// Block `layer`'s source state, one row per target row.
+      func sourceState(_ layer: Int) -> UnsafePointer<Float> {
+        if let known = layerSources[layer] { return known }
+        let states = UnsafePointer(
+          fusion.normalizeSource ? s.pointer(.attentionNormed, layer: layer) : s.residual(layer))
+        var result = states
+        if let map = batch.sourceRows {
+          let storage = storagePool.take(count: n * c)
+          gathered.append(storage)
+          let out = storage.buffer.baseAddress!
+          for row in 0..<b {
+            for j in 0..<t {
+              (out + (row * t + j) * c).update(
+                from: states + (row * ts + map[row][j]) * c, count: c)
+            }
+          }
+          result = UnsafePointer(out)
+        }
+        layerSources[layer] = result
+        return result
+      }
       for module in fusion.fusedModules.sorted() {
         guard let slot = slots[module], let lora = loras.removeValue(forKey: slot) else {
           throw bad("fused module \(module) has no LoRA layer in the training state")
         }
-        let layer = slot / 7
         let function = try FusionFunction(
           checking: fusion, module: module, lora: lora, training: training)
         pass.fused[slot] = FusedLoRA(
           lora: lora, function: function, attention: fusion.attention[module],
-          source: fusion.normalizeSource
-            ? UnsafePointer(s.pointer(.attentionNormed, layer: layer))
-            : UnsafePointer(s.residual(layer)),
-          keyMask: batch.mask)
+          source: sourceState(slot / 7), keyMask: batch.mask, sourceOnly: fusion.bakedTarget)
       }
-      pass.loras = loras
+      pass.loras = fusion.bakedTarget ? [:] : loras
     }
     let a = LlamaActivations(
       config: config, batch: b, length: t, keys: t,
@@ -304,6 +373,25 @@ extension LlamaModel: TrainableModel {
           shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
         for i in back.indices { shadow.hf.gradient[i] += back[i] }
       }
+    }
+    if let logitRows {
+      let m = logitRows.count
+      let gathered = storagePool.take(count: max(1, m * c))
+      defer { storagePool.give(gathered) }
+      let rowsIn = gathered.buffer.baseAddress!
+      for (i, row) in logitRows.enumerated() {
+        (rowsIn + i * c).update(from: normed + row * c, count: c)
+      }
+      var logits = [Float](repeating: 0, count: m * vocab)
+      logits.withUnsafeMutableBufferPointer { out in
+        threads.forRows(m) { r in
+          Kernels.matmul(
+            out: out.baseAddress! + r.lowerBound * vocab, inp: rowsIn + r.lowerBound * c,
+            weight: head.weight.pointer, bias: head.bias?.pointer, rows: r.count,
+            inFeatures: c, outFeatures: vocab)
+        }
+      }
+      return (TrainingPassResult(lossSum: 0, count: 0), logits)
     }
     if let classes, let score {
       // LlamaForSequenceClassification: the score head on each sequence's last real token.
@@ -409,7 +497,7 @@ extension LlamaModel: TrainableModel {
   }
 
   /// The batch's source (FLARE) after checking it against the model and the target batch.
-  private func checkedSource(_ batch: TrainingBatch, length t: Int)
+  private func checkedSource(_ batch: TrainingBatch, length t: Int, training: Bool)
     throws -> (tokens: [[Int]], mask: [[Bool]])
   {
     func bad(_ message: String) -> FlareError {
@@ -419,12 +507,28 @@ extension LlamaModel: TrainableModel {
       throw bad(
         "a FLARE pass needs the source (parallel English) tokens and mask of every sequence")
     }
-    guard tokens.count == batch.tokens.count, mask.count == tokens.count,
-      tokens.allSatisfy({ $0.count == t }), mask.allSatisfy({ $0.count == t })
+    // With a row map, the source has its own length; without, the target's.
+    let ts = batch.sourceRows == nil ? t : (tokens.first?.count ?? 0)
+    guard tokens.count == batch.tokens.count, mask.count == tokens.count, ts > 0,
+      tokens.allSatisfy({ $0.count == ts }), mask.allSatisfy({ $0.count == ts })
     else {
       throw bad(
         "the source must be padded to the target's shape (\(batch.tokens.count) sequences of \(t) tokens)"
       )
+    }
+    guard ts <= config.contextLength else {
+      throw bad(
+        "source sequences of \(ts) tokens exceed the model's context of \(config.contextLength)")
+    }
+    if let map = batch.sourceRows {
+      guard !training else { throw bad("a source row map is for evaluation passes only") }
+      guard map.count == tokens.count, map.allSatisfy({ $0.count == t }),
+        map.allSatisfy({ $0.allSatisfy { $0 >= 0 && $0 < ts } })
+      else {
+        throw bad(
+          "the source row map must give each of the \(t) target positions a source position in 0..<\(ts)"
+        )
+      }
     }
     for (row, sequence) in tokens.enumerated() {
       if let id = sequence.first(where: { $0 < 0 || $0 >= config.vocabSize }) {

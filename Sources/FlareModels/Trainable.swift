@@ -106,6 +106,11 @@ public struct TrainingBatch: Sendable {
   /// `tokens` (position `j` fuses with position `j`), and its mask; `nil` without a source.
   public var source: [[Int]]?
   public var sourceMask: [[Bool]]?
+  /// FLARE inference: per sequence and target position, the source position whose state that
+  /// position fuses (the source may then have another length than the target); `nil`:
+  /// position `j` fuses source position `j`. Evaluation passes only (generation, where the
+  /// generated positions reuse a chosen source state).
+  public var sourceRows: [[Int]]?
 
   public enum Targets: Sendable {
     /// Causal LM: transformers' `labels`, aligned with `tokens` (not shifted: the model shifts,

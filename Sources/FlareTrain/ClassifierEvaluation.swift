@@ -32,6 +32,9 @@ public struct ClassifierReport: Sendable {
   public var macroF1: Double
   /// `confusion[label][prediction]`: how many examples of each class got each prediction.
   public var confusion: [[Int]]
+  /// For a FLARE adapter: its fusion, and whether the data gave a source (fused as trained)
+  /// or not (target-only, FLARE.md §8.3).
+  public var flare: (fusion: FLAREConfig.Fusion, withSource: Bool)?
 
   /// Examples whose prediction is their label.
   public var correctCount: Int { examples.reduce(0) { $0 + ($1.prediction == $1.truth ? 1 : 0) } }
@@ -53,12 +56,13 @@ public enum ClassifierEvaluation {
     public var adapter: String?
     public var data: String
     public var batchSize: Int
-    public var maxLength: Int
+    /// Tokens per example at most; `nil`: a FLARE adapter's `max_length`, else 128.
+    public var maxLength: Int?
     /// Threads of the passes (`nil`: BLAS's current count).
     public var threads: Int?
 
     public init(
-      model: String, adapter: String?, data: String, batchSize: Int = 8, maxLength: Int = 128,
+      model: String, adapter: String?, data: String, batchSize: Int = 8, maxLength: Int? = nil,
       threads: Int? = nil
     ) {
       self.model = model
@@ -77,8 +81,34 @@ public enum ClassifierEvaluation {
   /// - Throws: ``TrainingDataError`` for a bad data line or a label the classifier does not
   ///   have; ``FlareError`` for a model that is neither Llama nor BERT/XLM-R, an adapter that
   ///   does not fit it, or no classification head in the adapter or the checkpoint.
+  ///
+  /// A FLARE adapter (a folder with `flare_config.json`) runs as trained when the data's lines
+  /// carry `source` (the parallel English text; the first line decides, and then every line
+  /// needs one): target and source padded to the adapter's `max_length`, a source pass without
+  /// the adapter, the fused layers. Without sources it runs target-only (FLARE.md §8.3), which
+  /// the report says.
   public static func run(_ request: Request) throws -> ClassifierReport {
-    let raw = try JSONLReader.read(path: request.data, task: .classification)
+    let adapter = try request.adapter.map { try PEFTAdapter(folder: $0) }
+    let flare = adapter?.flare
+    var sourced: [RawExample]?
+    if flare != nil {
+      do {
+        sourced = try JSONLReader.read(path: request.data, task: .classification, source: true)
+      } catch {
+        // No source on the first line: the whole file runs target-only.
+        let missing = error.code == .missingField && error.message.contains("'source'")
+        guard missing, error.line == firstLine(request.data) else { throw error }
+      }
+    }
+    let withSource = sourced != nil
+    let raw = try sourced ?? JSONLReader.read(path: request.data, task: .classification)
+    let maxLength = request.maxLength ?? flare?.maxLength ?? 128
+    if let flare, withSource, maxLength != flare.maxLength {
+      throw FlareError(
+        "eval", .invalidArgument,
+        "--max-length is \(maxLength), but the FLARE adapter fuses target and source padded to \(flare.maxLength) tokens (flare_config.json source.max_length); leave --max-length out",
+        path: request.adapter)
+    }
     let architecture = try WeightSource(path: request.model).architecture()
     guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
       throw FlareError(
@@ -94,22 +124,29 @@ public enum ClassifierEvaluation {
         path: request.model)
     }
     model.trainingThreads = request.threads ?? BLAS.threads
-    let adapter = try request.adapter.map { try PEFTAdapter(folder: $0) }
     let head = try model.savedClassificationHead(adapter: adapter)
     var loras: [String: TrainableLoRA] = [:]
-    if let adapter, !adapter.modules.isEmpty {
+    var fusion: TrainingFusion?
+    if let adapter, flare != nil {
+      let loaded = try FLAREInference.load(adapter: adapter, model: model)
+      loras = loaded.loras
+      fusion = withSource ? loaded.fusion : nil
+    } else if let adapter, !adapter.modules.isEmpty {
       loras = try LoRAFactory.load(adapter: adapter, model: model, heads: [], dropout: 0).loras
     }
     let labels = try labelSet(
       adapter: request.adapter, model: request.model, count: head.labelCount, data: raw,
       dataPath: request.data)
     let encoder = ExampleEncoder(
-      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: request.maxLength,
+      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: maxLength,
       vocabularySize: loaded.vocabularySize)
     let data = try encoder.encode(raw, path: request.data, labels: labels)
-    let state = TrainingState(loras: loras, heads: head.tensors)
+    let state = TrainingState(loras: loras, heads: head.tensors, fusion: fusion)
     let tokenizer = loaded.tokenizer
-    let collator = Collator(padID: tokenizer.pad ?? tokenizer.eos ?? 0, side: loaded.paddingSide)
+    let collator = Collator(
+      padID: tokenizer.pad ?? tokenizer.eos ?? 0,
+      side: flare.flatMap { PaddingSide(rawValue: $0.paddingSide) } ?? loaded.paddingSide,
+      width: fusion == nil ? nil : maxLength)
     var examples: [ClassifiedExample] = []
     var lossSum = 0.0
     var start = 0
@@ -136,7 +173,25 @@ public enum ClassifierEvaluation {
       labels: labels.labels, examples: examples, truncatedCount: data.truncatedCount,
       loss: lossSum / Double(max(examples.count, 1)),
       accuracy: Trainer.accuracy(predictions: predictions, truth: truth),
-      macroF1: Trainer.macroF1(predictions: predictions, truth: truth), confusion: confusion)
+      macroF1: Trainer.macroF1(predictions: predictions, truth: truth), confusion: confusion,
+      flare: flare.map { ($0.fusion, withSource) })
+  }
+
+  /// The number of the file's first non-blank line (1 if it cannot be read).
+  static func firstLine(_ path: String) -> Int {
+    guard let bytes = try? readSmallFile(path, limit: 4 << 30) else { return 1 }
+    var line = 1
+    var blank = true
+    for byte in bytes {
+      if byte == UInt8(ascii: "\n") {
+        if !blank { return line }
+        line += 1
+        blank = true
+      } else if byte != 0x20 && byte != 0x09 && byte != 0x0D {
+        blank = false
+      }
+    }
+    return line
   }
 
   /// `logsumexp(logits) − logits[label]`, in `Double`.

@@ -109,6 +109,43 @@ struct FlareRunTests {
     #expect(config.fusion == .addReLU && !config.causal)
     #expect(config.fusedModules == ["query", "value"] && config.paddingSide == "right")
     #expect(fileExists("\(output)/flare_labels.json"))
+
+    // flare-eval classify: with the data's sources the adapter runs fused (its max_length by
+    // default); without them target-only, which is what flare-merge --flare-target-only bakes
+    // (the merged classifier's logits agree to 1e-4), and the source changes the logits.
+    func classify(_ arguments: [String]) throws -> JSONValue {
+      let result = try runTool("flare-eval", ["classify", "--json"] + arguments)
+      try #require(result.status == 0, "\(result.stderr)")
+      return try JSONParser.parse(Array(result.stdout.utf8))
+    }
+    func logits(_ report: JSONValue) -> [Double] {
+      (report["predictions"]?.arrayValue ?? []).flatMap {
+        ($0["logits"]?.arrayValue ?? []).map { $0.doubleValue ?? .nan }
+      }
+    }
+    let paired = try Self.data(8, in: work)
+    let plain = try Self.data(8, in: work, dropping: "source")
+    let fused = try classify(["--model", folder, "--adapter", output, "--data", paired])
+    #expect(fused["flare"]?["recipe"]?.stringValue == "fused")
+    let targetOnly = try classify(["--model", folder, "--adapter", output, "--data", plain])
+    #expect(targetOnly["flare"]?["recipe"]?.stringValue == "target_only")
+    let merge = try runTool(
+      "flare-merge",
+      [
+        "--base", folder, "--adapter", output, "--output", "\(work)/merged",
+        "--flare-target-only", "--quiet",
+      ])
+    try #require(merge.status == 0, "\(merge.stderr)")
+    let baked = try classify(["--model", "\(work)/merged", "--data", plain, "--max-length", "32"])
+    let (a, b, c) = (logits(fused), logits(targetOnly), logits(baked))
+    let classes = fused["labels"]?.arrayValue?.count ?? 0
+    #expect(classes == 5 && a.count == 8 * classes)
+    #expect(b.count == a.count && c.count == a.count)
+    #expect(zip(b, c).allSatisfy { abs($0 - $1) <= 1e-4 }, "\(b) \(c)")
+    #expect(zip(a, b).contains { abs($0 - $1) > 1e-4 })
+    let text = try runTool(
+      "flare-eval", ["classify", "--model", folder, "--adapter", output, "--data", plain])
+    #expect(text.stdout.contains("target-only"), "\(text.stdout)")
   }
 
   @Test("bad FLARE data and options are refused with the line or option named")
