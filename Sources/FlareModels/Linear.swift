@@ -84,7 +84,8 @@ public enum RuntimeAdapters {
       }
       if adapter.flare != nil {
         throw refuse(
-          "FLARE adapters need the source-language input; run-time application supports plain LoRA (flare-eval generate, logits, compare and classify run FLARE adapters)")
+          "FLARE adapters need the source-language input; run-time application supports plain LoRA (flare-eval generate, logits, compare and classify run FLARE adapters)"
+        )
       }
       if !adapter.replacements.isEmpty {
         throw refuse(
