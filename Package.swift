@@ -77,7 +77,9 @@ let package = Package(
     .testTarget(
       name: "FlareSafetensorsTests", dependencies: ["FlareSafetensors", "_FlareTestSupport"]),
     .testTarget(name: "FlareGGUFTests", dependencies: ["FlareGGUF", "_FlareTestSupport"]),
-    .testTarget(name: "FlareAdaptersTests", dependencies: ["FlareAdapters", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareAdaptersTests",
+      dependencies: ["FlareAdapters", "FlareSafetensors", "_FlareTestSupport"]),
     .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareTokenizersTests",
