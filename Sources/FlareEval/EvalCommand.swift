@@ -493,6 +493,11 @@ public enum EvalCommand {
       ),
       OptionSpec("--batch-size", value: "n", default: "8", help: "Examples per forward pass."),
       OptionSpec(
+        "--input-fusion",
+        help:
+          "Each line's \"source\", a newline, then its text, as flare-train lora --input-fusion trains."
+      ),
+      OptionSpec(
         "--max-length", value: "n", default: "128",
         help:
           "Tokens per example at most (longer ones are truncated, as in training); a FLARE adapter's own by default."
@@ -529,7 +534,8 @@ public enum EvalCommand {
         model: try required(arguments, EvalCommand.model), adapter: adapters.first,
         data: try required(arguments, OptionSpec("--data", value: "path", help: "")),
         batchSize: batchSize, maxLength: maxLength,
-        threads: try arguments.int("--threads", spec: classifySpec)))
+        threads: try arguments.int("--threads", spec: classifySpec),
+        inputFusion: arguments.flag("--input-fusion")))
     if arguments.flag("--json") {
       Console.out(JSONWriter.compact(classifyJSON(report)) + "\n")
     } else {

@@ -60,10 +60,13 @@ public enum ClassifierEvaluation {
     public var maxLength: Int?
     /// Threads of the passes (`nil`: BLAS's current count).
     public var threads: Int?
+    /// The input-level fusion baseline (`flare-train lora --input-fusion`): each line's
+    /// `source`, a newline, then its text, with twice ``maxLength`` tokens.
+    public var inputFusion = false
 
     public init(
       model: String, adapter: String?, data: String, batchSize: Int = 8, maxLength: Int? = nil,
-      threads: Int? = nil
+      threads: Int? = nil, inputFusion: Bool = false
     ) {
       self.model = model
       self.adapter = adapter
@@ -71,6 +74,7 @@ public enum ClassifierEvaluation {
       self.batchSize = batchSize
       self.maxLength = maxLength
       self.threads = threads
+      self.inputFusion = inputFusion
     }
   }
 
@@ -90,8 +94,17 @@ public enum ClassifierEvaluation {
   public static func run(_ request: Request) throws -> ClassifierReport {
     let adapter = try request.adapter.map { try PEFTAdapter(folder: $0) }
     let flare = adapter?.flare
+    if request.inputFusion && flare != nil {
+      throw FlareError(
+        "eval", .invalidArgument,
+        "--input-fusion is the baseline for plain LoRA adapters; a FLARE adapter reads the source through its fused layers",
+        path: request.adapter)
+    }
     var sourced: [RawExample]?
-    if flare != nil {
+    if request.inputFusion {
+      sourced = try JSONLReader.read(path: request.data, task: .classification, source: true)
+        .map { $0.inputFused() }
+    } else if flare != nil {
       do {
         sourced = try JSONLReader.read(path: request.data, task: .classification, source: true)
       } catch {
@@ -100,9 +113,11 @@ public enum ClassifierEvaluation {
         guard missing, error.line == firstLine(request.data) else { throw error }
       }
     }
-    let withSource = sourced != nil
+    let withSource = sourced != nil && flare != nil
     let raw = try sourced ?? JSONLReader.read(path: request.data, task: .classification)
-    let maxLength = request.maxLength ?? flare?.maxLength ?? 128
+    let maxLength =
+      request.inputFusion
+      ? 2 * (request.maxLength ?? 128) : request.maxLength ?? flare?.maxLength ?? 128
     if let flare, withSource, maxLength != flare.maxLength {
       throw FlareError(
         "eval", .invalidArgument,

@@ -59,10 +59,16 @@ public final class LoRARun {
   ) throws -> LoRARun {
     let task = request.options.task
     let flare = request.flare != nil
-    let trainRaw = try JSONLReader.read(path: request.data, task: task, source: flare)
-    let validRaw = try request.valid.map {
-      try JSONLReader.read(path: $0, task: task, source: flare)
+    let withSource = flare || request.inputFusion
+    /// The examples of a data file (input-level fusion: source and text as one).
+    func read(_ path: String) throws(TrainingDataError) -> [RawExample] {
+      let raw = try JSONLReader.read(path: path, task: task, source: withSource)
+      return request.inputFusion ? raw.map { $0.inputFused() } : raw
     }
+    let trainRaw = try read(request.data)
+    let validRaw = try request.valid.map { path throws(TrainingDataError) in try read(path) }
+    // Input-level fusion doubles the length: the source and the text each get --max-length.
+    let maxLength = request.inputFusion ? 2 * request.maxLength : request.maxLength
     var labels: LabelSet?
     if task == .classification {
       labels = try LabelSet(training: trainRaw, path: request.data)
@@ -91,9 +97,9 @@ public final class LoRARun {
         path: request.model)
     }
     let encoder = ExampleEncoder(
-      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: request.maxLength,
+      tokenizer: loaded.tokenizer, layout: loaded.layout, maxLength: maxLength,
       vocabularySize: loaded.vocabularySize)
-    if task == .classification, request.maxLength < encoder.specialCount(pair: true) + 2 {
+    if task == .classification, maxLength < encoder.specialCount(pair: true) + 2 {
       throw UsageError(
         "'--max-length' \(request.maxLength) leaves no room for text besides the special tokens")
     }
@@ -271,28 +277,29 @@ public final class LoRARun {
     targets: LoRATargets, config: PEFTLoRAConfig, plan: TrainingPlan, data: EncodedData,
     labels: LabelSet?
   ) -> JSONValue {
-    .object([
-      ("task", .string(options.task.rawValue)),
-      ("architecture", .string(loaded.architecture)),
-      ("vocabulary_size", .integer(loaded.vocabularySize)),
-      ("adapted_modules", .array(targets.adapted.map { .string($0) })),
-      ("r", .integer(config.r)), ("lora_alpha", .exact(config.loraAlpha)),
-      ("rank_pattern", .integer(config.rankPattern.count)),
-      ("use_rslora", .bool(config.useRslora)), ("lora_dropout", .exact(config.loraDropout)),
-      ("init_adapter", .bool(request.initAdapter != nil)),
-      ("batch_size", .integer(options.batchSize)),
-      ("grad_accum", .integer(options.gradientAccumulation)),
-      ("total_steps", .integer(plan.totalSteps)), ("lr", .exact(options.learningRate)),
-      ("schedule", .string(options.schedule.rawValue)),
-      ("warmup_steps", .integer(options.warmupSteps)),
-      ("weight_decay", .exact(options.optimizer.weightDecay)),
-      ("max_grad_norm", .exact(options.maxGradNorm)), ("max_length", .integer(request.maxLength)),
-      ("seed", .integer(options.seed)), ("shuffle", .bool(options.shuffle)),
-      ("model_dropout", .float(options.modelDropout)),
-      ("train_examples", .integer(data.examples.count)),
-      ("train_fingerprint", .string(fingerprint(data.examples))),
-      ("labels", labels?.json ?? .null),
-    ])
+    .object(
+      [
+        ("task", .string(options.task.rawValue)),
+        ("architecture", .string(loaded.architecture)),
+        ("vocabulary_size", .integer(loaded.vocabularySize)),
+        ("adapted_modules", .array(targets.adapted.map { .string($0) })),
+        ("r", .integer(config.r)), ("lora_alpha", .exact(config.loraAlpha)),
+        ("rank_pattern", .integer(config.rankPattern.count)),
+        ("use_rslora", .bool(config.useRslora)), ("lora_dropout", .exact(config.loraDropout)),
+        ("init_adapter", .bool(request.initAdapter != nil)),
+        ("batch_size", .integer(options.batchSize)),
+        ("grad_accum", .integer(options.gradientAccumulation)),
+        ("total_steps", .integer(plan.totalSteps)), ("lr", .exact(options.learningRate)),
+        ("schedule", .string(options.schedule.rawValue)),
+        ("warmup_steps", .integer(options.warmupSteps)),
+        ("weight_decay", .exact(options.optimizer.weightDecay)),
+        ("max_grad_norm", .exact(options.maxGradNorm)), ("max_length", .integer(request.maxLength)),
+        ("seed", .integer(options.seed)), ("shuffle", .bool(options.shuffle)),
+        ("model_dropout", .float(options.modelDropout)),
+        ("train_examples", .integer(data.examples.count)),
+        ("train_fingerprint", .string(fingerprint(data.examples))),
+        ("labels", labels?.json ?? .null),
+      ] + (request.inputFusion ? [("input_fusion", JSONValue.bool(true))] : []))
   }
 
   /// FNV-1a over every example's tokens, labels, token types and class, in order (hex).

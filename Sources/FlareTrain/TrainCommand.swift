@@ -97,6 +97,12 @@ public enum TrainCommand {
     public static let dryRun = FlagOption(
       "--dry-run", help: "Print the plan (parameters, steps, tokens, memory) and exit.")
 
+    public static let inputFusion = FlagOption(
+      "--input-fusion",
+      help:
+        "Input-level fusion baseline: each line's \"source\", a newline, then its text as one sequence (--max-length doubled; the source is never scored)."
+    )
+
     /// Every option, in `--help` order.
     public static let specs: [OptionSpec] = [
       model.spec, data.spec, valid.spec, output.spec, targetModules.spec, rank.spec, alpha.spec,
@@ -176,13 +182,15 @@ public enum TrainCommand {
     var spec = CommandSpec(
       name: "flare-train lora",
       overview: "Train a LoRA adapter (PEFT folder) on a Llama model or a BERT/XLM-R encoder.",
-      positionals: [], options: LoRAOptions.specs,
+      positionals: [], options: LoRAOptions.specs + [LoRAOptions.inputFusion.spec],
       discussion: """
         DATA:
           causal-lm:       {"text": …} (loss on every token) or {"prompt": …, "completion": …}
                            (loss on the completion only)
           classification:  {"text": …, "label": …} or {"text": …, "text_pair": …, "label": …};
                            labels are strings or integers, the classes those of --data
+          --input-fusion:  every line also has "source" (the parallel English text), put in
+                           front of the text (for causal LM as a prompt, never scored)
 
         OUTPUT:
           adapter_config.json, adapter_model.safetensors (a PEFT folder), training_log.jsonl,
@@ -265,6 +273,8 @@ public enum TrainCommand {
     public var dryRun: Bool
     /// `flare-train flare`: the fusion settings.
     public var flare: FLARERequest?
+    /// `--input-fusion` (`flare-train lora`): source and text as one sequence.
+    public var inputFusion = false
 
     /// Reads and checks every option (and with `flare`, those of `flare-train flare`).
     /// - Throws: ``UsageError`` for a bad value or a combination that makes no sense.
@@ -310,6 +320,7 @@ public enum TrainCommand {
       resume = try O.resume.value(in: arguments)
       initAdapter = try O.initAdapter.value(in: arguments)
       modelDropout = try O.modelDropout.value(in: arguments)
+      inputFusion = !flare && O.inputFusion.isSet(in: arguments)
       json = O.json.isSet(in: arguments)
       quiet = O.quiet.isSet(in: arguments)
       force = O.force.isSet(in: arguments)
@@ -379,7 +390,7 @@ public enum TrainCommand {
       "plan: \(options.task.rawValue) \(run.flareConfig == nil ? "LoRA" : "FLARE") on \(request.model) (\(run.loaded.architecture))",
       "  adapted modules: \(run.loras.count) (\(run.targetSummary)), rank \(run.rankSummary), scale \(TrainingReport.format(Double(run.loras.values.first?.scale ?? 0)))",
       "  trainable parameters: \(grouped(loraCount + headCount)) (LoRA \(grouped(loraCount))\(headCount > 0 ? ", head \(grouped(headCount))" : ""))",
-      "  data: \(plan.exampleCount) examples, \(grouped(run.trainData.tokenCount)) tokens, \(grouped(run.trainData.scoredCount)) scored; \(run.trainData.truncatedCount) truncated to \(request.maxLength) tokens, \(run.trainData.droppedLines.count) dropped (nothing to learn)",
+      "  data: \(plan.exampleCount) examples, \(grouped(run.trainData.tokenCount)) tokens, \(grouped(run.trainData.scoredCount)) scored; \(run.trainData.truncatedCount) truncated to \(request.inputFusion ? 2 * request.maxLength : request.maxLength) tokens, \(run.trainData.droppedLines.count) dropped (nothing to learn)\(request.inputFusion ? "; input-level fusion: each source, a newline, then the text" : "")",
     ]
     if let valid = run.validData {
       lines.append(

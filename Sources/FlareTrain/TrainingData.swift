@@ -81,6 +81,25 @@ public struct RawExample: Sendable, Equatable {
     self.content = content
     self.source = source
   }
+
+  /// The input-level fusion baseline of the FLARE paper (`--input-fusion`): the source, a
+  /// newline, then the example's own text, as one plain example without a source. A causal-LM
+  /// source is a prompt (never scored): `{"text"}` becomes `{"prompt": source + "\n",
+  /// "completion": text}` and a prompt gets the source in front; a classification text gets
+  /// it in front. Without a source the example is returned unchanged.
+  public func inputFused() -> RawExample {
+    guard let source else { return self }
+    let fused: Content
+    switch content {
+    case .text(let text):
+      fused = .promptCompletion(prompt: source + "\n", completion: text)
+    case .promptCompletion(let prompt, let completion):
+      fused = .promptCompletion(prompt: source + "\n" + prompt, completion: completion)
+    case .classification(let text, let pair, let label):
+      fused = .classification(text: source + "\n" + text, pair: pair, label: label)
+    }
+    return RawExample(line: line, content: fused)
+  }
 }
 
 /// Reads JSONL training files: one JSON object per line, blank lines ignored, the formats

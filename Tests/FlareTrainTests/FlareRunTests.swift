@@ -1,6 +1,7 @@
 import FlareAdapters
 import FlareCore
 import FlareSafetensors
+import FlareTrain
 import Foundation
 import Testing
 import _FlareTestSupport
@@ -146,6 +147,71 @@ struct FlareRunTests {
     let text = try runTool(
       "flare-eval", ["classify", "--model", folder, "--adapter", output, "--data", plain])
     #expect(text.stdout.contains("target-only"), "\(text.stdout)")
+  }
+
+  /// The input-level fusion baseline: each line becomes its source, a newline and its text
+  /// (a causal-LM source is an unscored prompt), the training run tokenizes that with twice
+  /// --max-length, flare-eval classify --input-fusion reads data the same way, and the option
+  /// is refused where it makes no sense (flare-train flare, a line without a source).
+  @Test("--input-fusion: source and text as one sequence, max length doubled")
+  func inputFusion() throws {
+    let text = RawExample(line: 3, content: .text("hola"), source: "hello")
+    #expect(
+      text.inputFused()
+        == RawExample(
+          line: 3, content: .promptCompletion(prompt: "hello\n", completion: "hola")))
+    let prompt = RawExample(
+      line: 1, content: .promptCompletion(prompt: "P: ", completion: "sí"), source: "S")
+    #expect(prompt.inputFused().content == .promptCompletion(prompt: "S\nP: ", completion: "sí"))
+    let labelled = RawExample(
+      line: 2, content: .classification(text: "t", pair: nil, label: .integer(1)), source: "s")
+    #expect(
+      labelled.inputFused().content == .classification(text: "s\nt", pair: nil, label: .integer(1))
+    )
+    #expect(RawExample(line: 1, content: .text("x")).inputFused().content == .text("x"))
+
+    let folder = "\(modelCache)/models/multilingual-e5-small"
+    guard fileExists("\(folder)/config.json") else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let data = try Self.data(8, in: work)
+    let output = "\(work)/out"
+    let run = try runTool(
+      "flare-train",
+      [
+        "lora", "--model", folder, "--task", "classification", "--data", data, "--output",
+        output, "--batch-size", "8", "--max-steps", "1", "--max-length", "16",
+        "--input-fusion", "--threads", "2", "--quiet",
+      ])
+    try #require(run.status == 0, "\(run.stderr)")
+    let plan = try runTool(
+      "flare-train",
+      [
+        "lora", "--model", folder, "--task", "classification", "--data", data, "--max-length",
+        "16", "--input-fusion", "--dry-run",
+      ])
+    #expect(plan.stdout.contains("truncated to 32 tokens"), "\(plan.stdout)")
+    #expect(plan.stdout.contains("input-level fusion"), "\(plan.stdout)")
+    let evaluated = try runTool(
+      "flare-eval",
+      [
+        "classify", "--model", folder, "--adapter", output, "--data", data, "--max-length",
+        "16", "--input-fusion", "--json",
+      ])
+    try #require(evaluated.status == 0, "\(evaluated.stderr)")
+    let report = try JSONParser.parse(Array(evaluated.stdout.utf8))
+    #expect(report["examples"]?.intValue == 8 && report["flare"] == .null)
+    let flare = try runTool(
+      "flare-train", ["flare", "--model", folder, "--data", data, "--input-fusion"])
+    #expect(flare.status == 64)
+    let missing = try runTool(
+      "flare-train",
+      [
+        "lora", "--model", folder, "--task", "classification", "--data",
+        try Self.data(4, in: work, dropping: "source"), "--input-fusion", "--dry-run",
+      ])
+    #expect(missing.status == 1)
+    #expect(missing.stderr.contains(":1: ") && missing.stderr.contains("'source'"))
   }
 
   @Test("bad FLARE data and options are refused with the line or option named")
