@@ -26,9 +26,8 @@ extension Merger {
   ) throws -> (files: [String], discarded: [(module: String, energy: Double)]) {
     // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
     // fixed blocks here), restored on return.
-    let blasThreads = BLAS.threads
-    BLAS.setThreads(1)
-    defer { BLAS.setThreads(blasThreads) }
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
     var discarded: [(module: String, energy: Double)] = []
     var parts: [String: [(module: LoRAModule, scale: Float)]] = [:]
     var order: [String] = []

@@ -39,9 +39,8 @@ extension Merger {
   ) throws -> MergeReport {
     // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
     // fixed blocks here), restored on return.
-    let blasThreads = BLAS.threads
-    BLAS.setThreads(1)
-    defer { BLAS.setThreads(blasThreads) }
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
     var report = MergeReport(output: output)
     report.untouched = plan.untouched
     report.notes = plan.notes
@@ -421,9 +420,8 @@ extension Merger {
   ) throws -> Float {
     // OpenBLAS single-threaded (each call's summation order fixed; the work is split into
     // fixed blocks here), restored on return.
-    let blasThreads = BLAS.threads
-    BLAS.setThreads(1)
-    defer { BLAS.setThreads(blasThreads) }
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
     var worst: Float = 0
     switch base {
     case .safetensors(let model, _):

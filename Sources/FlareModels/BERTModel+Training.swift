@@ -495,9 +495,8 @@ extension BERTModel: TrainableModel {
       seed: state.seed, threads: max(1, trainingThreads))
     // The pass splits its work itself; BLAS's own threads would make results depend on the
     // thread count (OpenBLAS's SGEMM rounds differently with another split).
-    let blasThreads = BLAS.threads
-    BLAS.setThreads(1)
-    defer { BLAS.setThreads(blasThreads) }
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
     // FLARE: the source pass (base weights, every adapter off, no gradient; the model's
     // dropout as in the target pass, its own masks) keeps every block's input, which the
     // fused LoRA layers of the same block read.
@@ -542,7 +541,7 @@ extension BERTModel: TrainableModel {
           checking: fusion, module: module, lora: lora, training: training)
         options.fused[slot] = FusedLoRA(
           lora: lora, function: function, attention: fusion.attention[module],
-          source: UnsafePointer(s.residual(slot / 6)), keyMask: batch.mask)
+          source: .states(UnsafePointer(s.residual(slot / 6))), keyMask: batch.mask)
       }
       options.loras = loras
     }

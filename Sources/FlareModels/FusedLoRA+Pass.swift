@@ -127,13 +127,20 @@ struct FusedLoRA {
   let lora: TrainableLoRA
   let function: FusionFunction
   let attention: TrainableFusionAttention?
-  /// `x_s` of this layer's block, `N×in` (the source pass's rows, aligned with the target's).
-  let source: UnsafePointer<Float>
+  /// `x_s` of this layer's block, `N×in` (the source pass's rows, aligned with the target's),
+  /// or in evaluation passes `S = A·x_s` already projected, `N×r`: what FLARE.md §7.2 says to
+  /// keep of the source side (training needs `x_s` itself for `A`'s gradient).
+  let source: FusedSource
   /// Per sequence, which positions are real tokens (the key mask of the causal variant).
   let keyMask: [[Bool]]
   /// Whether the layer adds only the source term `s·B·S` (an `add` adapter whose target path
   /// is folded into the weights; evaluation only).
   var sourceOnly = false
+
+  enum FusedSource {
+    case states(UnsafePointer<Float>)
+    case projected(UnsafePointer<Float>)
+  }
 
   /// The seed of the source path's LoRA dropout: the same probability as the target's, an
   /// independent mask (the reference applies one dropout module to each input separately).
@@ -158,8 +165,6 @@ struct FusedLoRA {
       }
       return ((0..<(t * c)).map { x[first * c + $0] * mask[$0] }, mask)
     }
-    let (xs, _) = dropped(source, seed: Self.sourceSeed(dropoutSeed))
-    let (xt, mask) = dropped(target, seed: dropoutSeed)
     func times(_ x: [Float]?, _ raw: UnsafePointer<Float>) -> [Float] {
       var out = [Float](repeating: 0, count: t * r)
       lora.a.values.withUnsafeBufferPointer { a in
@@ -178,7 +183,18 @@ struct FusedLoRA {
       }
       return out
     }
-    return (times(xs, source), times(xt, target), xs, xt, mask)
+    let states: UnsafePointer<Float>
+    switch source {
+    case .projected(let projected):
+      // Evaluation: no dropout, `S` given.
+      let s = Array(UnsafeBufferPointer(start: projected + first * r, count: t * r))
+      let (xt, mask) = dropped(target, seed: dropoutSeed)
+      return (s, times(xt, target), nil, xt, mask)
+    case .states(let pointer): states = pointer
+    }
+    let (xs, _) = dropped(states, seed: Self.sourceSeed(dropoutSeed))
+    let (xt, mask) = dropped(target, seed: dropoutSeed)
+    return (times(xs, states), times(xt, target), xs, xt, mask)
   }
 
   private func fuse(
@@ -274,7 +290,10 @@ struct FusedLoRA {
                 run(raw + first * c)
               }
             }
-            addInput(ds, xs, source)
+            guard case .states(let states) = source else {
+              preconditionFailure("a backward pass needs the source states")
+            }
+            addInput(ds, xs, states)
             addInput(dt, xt, target)
             if let dinp {
               // dx_t += (dT·A) ⊙ mask

@@ -365,10 +365,9 @@ extension Kernels {
       run(0)
       return
     }
-    let saved = BLAS.threads
-    BLAS.setThreads(1)
+    BLAS.beginSingleThreaded()
     Parallel.forEach(workers, workers: workers, run)
-    BLAS.setThreads(saved)
+    BLAS.endSingleThreaded()
   }
 
   // MARK: - Activations

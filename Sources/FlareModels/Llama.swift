@@ -480,9 +480,8 @@ extension LlamaModel {
       return
     }
     if case .blas = threads {
-      let saved = BLAS.threads
-      BLAS.setThreads(1)
-      defer { BLAS.setThreads(saved) }
+      BLAS.beginSingleThreaded()
+      defer { BLAS.endSingleThreaded() }
       DispatchQueue.concurrentPerform(iterations: workers, execute: work)
     } else {
       Parallel.forEach(workers, workers: workers, work)

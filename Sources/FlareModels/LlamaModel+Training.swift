@@ -244,9 +244,8 @@ extension LlamaModel: TrainableModel {
     var pass = LlamaPass(threads: threads, loras: loras, training: training, seed: state.seed)
     // The pass splits its work itself; BLAS's own threads would make results depend on the
     // thread count (OpenBLAS's SGEMM rounds differently with another split).
-    let blasThreads = BLAS.threads
-    BLAS.setThreads(1)
-    defer { BLAS.setThreads(blasThreads) }
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
 
     let n = b * t
     let c = config.embeddingLength
@@ -281,63 +280,67 @@ extension LlamaModel: TrainableModel {
             .unsupported)
         }
       }
-      // The source pass runs the weights without this adapter: the base's, or for a baked
-      // adapter the merged weights with every adapted module's LoRA subtracted.
-      var sourcePass = LlamaPass(threads: threads)
-      if fusion.bakedTarget {
-        sourcePass.loras = loras.mapValues {
-          TrainableLoRA(module: $0.module, a: $0.a, b: $0.b, scale: -$0.scale, dropout: 0)
-        }
-      }
-      let sourceLayout = (0..<b).reduce(into: (positions: [Int](), padding: [[Int]]())) {
-        result, row in
-        var next = 0
-        for i in 0..<ts {
-          result.positions.append(next)
-          if source.mask[row][i] { next += 1 }
-        }
-        result.padding.append((0..<ts).filter { !source.mask[row][$0] })
-      }
-      let s = LlamaActivations(
-        config: config, batch: b, length: ts, keys: ts,
-        keeping: fusion.normalizeSource ? [.residual, .attentionNormed] : [.residual],
-        workers: min(threads.workers, b * config.headCount), pool: storagePool)
-      sourceStorage = s.storage
-      run(
-        s, tokens: Array(source.tokens.joined()), positions: sourceLayout.positions,
-        padding: sourceLayout.padding, cache: nil, pass: sourcePass)
       let slots = linearSlots
-      var layerSources: [Int: UnsafePointer<Float>] = [:]
-      /// Block `layer`'s source state, one row per target row.
-      func sourceState(_ layer: Int) -> UnsafePointer<Float> {
-        if let known = layerSources[layer] { return known }
-        let states = UnsafePointer(
-          fusion.normalizeSource ? s.pointer(.attentionNormed, layer: layer) : s.residual(layer))
-        var result = states
-        if let map = batch.sourceRows {
-          let storage = storagePool.take(count: n * c)
-          gathered.append(storage)
-          let out = storage.buffer.baseAddress!
-          for row in 0..<b {
-            for j in 0..<t {
-              (out + (row * t + j) * c).update(
-                from: states + (row * ts + map[row][j]) * c, count: c)
-            }
-          }
-          result = UnsafePointer(out)
-        }
-        layerSources[layer] = result
-        return result
-      }
+      var fused: [(module: String, slot: Int, lora: TrainableLoRA)] = []
       for module in fusion.fusedModules.sorted() {
-        guard let slot = slots[module], let lora = loras.removeValue(forKey: slot) else {
+        guard let slot = slots[module], let lora = loras[slot] else {
           throw bad("fused module \(module) has no LoRA layer in the training state")
         }
+        fused.append((module, slot, lora))
+      }
+      /// Rows of `width` floats per source row, one per target row (the row map applied).
+      func aligned(_ rows: UnsafePointer<Float>, width: Int) -> UnsafePointer<Float> {
+        guard let map = batch.sourceRows else { return rows }
+        let storage = storagePool.take(count: n * width)
+        gathered.append(storage)
+        let out = storage.buffer.baseAddress!
+        for row in 0..<b {
+          for j in 0..<t {
+            (out + (row * t + j) * width).update(
+              from: rows + (row * ts + map[row][j]) * width, count: width)
+          }
+        }
+        return UnsafePointer(out)
+      }
+      var sources: [Int: FusedLoRA.FusedSource] = [:]
+      if training {
+        // A's gradient needs x_s itself: the source pass keeps every block's input.
+        let s = try sourcePass(batch, fusion: fusion, loras: loras, threads: threads)
+        sourceStorage = s.storage
+        for entry in fused {
+          sources[entry.slot] = .states(
+            UnsafePointer(
+              fusion.normalizeSource
+                ? s.pointer(.attentionNormed, layer: entry.slot / 7)
+                : s.residual(entry.slot / 7)))
+        }
+      } else {
+        // Evaluation keeps only S = A·x_s per fused module (FLARE.md §7.2).
+        let projections =
+          try batch.sourceProjections
+          ?? projectSource(batch, fusion: fusion, loras: loras, threads: threads)
+        for entry in fused {
+          let r = entry.lora.rank
+          guard let values = projections[entry.module], values.count == b * ts * r else {
+            throw bad(
+              "the source projections lack \(entry.module) or do not hold \(b)×\(ts) rows of \(r)")
+          }
+          let storage = storagePool.take(count: values.count)
+          gathered.append(storage)
+          let rows = storage.buffer.baseAddress!
+          rows.update(from: values, count: values.count)
+          sources[entry.slot] = .projected(aligned(rows, width: r))
+        }
+      }
+      for entry in fused {
+        loras.removeValue(forKey: entry.slot)
         let function = try FusionFunction(
-          checking: fusion, module: module, lora: lora, training: training)
-        pass.fused[slot] = FusedLoRA(
-          lora: lora, function: function, attention: fusion.attention[module],
-          source: sourceState(slot / 7), keyMask: batch.mask, sourceOnly: fusion.bakedTarget)
+          checking: fusion, module: entry.module, lora: entry.lora, training: training)
+        var layer = FusedLoRA(
+          lora: entry.lora, function: function, attention: fusion.attention[entry.module],
+          source: sources[entry.slot]!, keyMask: batch.mask)
+        layer.sourceOnly = fusion.bakedTarget
+        pass.fused[entry.slot] = layer
       }
       pass.loras = fusion.bakedTarget ? [:] : loras
     }
@@ -494,6 +497,102 @@ extension LlamaModel: TrainableModel {
     return (
       TrainingPassResult(lossSum: lossSum, count: rows.count, predictions: predictions), logits
     )
+  }
+
+  /// FLARE evaluation: the source pass alone (without the adapter: the base weights, or for
+  /// a baked adapter the merged weights with every adapted module's LoRA subtracted) and
+  /// `S = A·x_s` of every fused module, by module path, `B·T_s × r` in source row order. An
+  /// evaluation pass given these (``TrainingBatch/sourceProjections``) skips its own source
+  /// pass; generation computes them once.
+  /// - Throws: ``FlareError`` for a state without fusion and as
+  ///   ``evaluationLogits(batch:state:rows:)``.
+  public func sourceProjections(batch: TrainingBatch, state: TrainingState) throws
+    -> [String: [Float]]
+  {
+    guard let fusion = state.fusion else {
+      throw FlareError(
+        "model", .invalidArgument, "the state has no FLARE fusion", path: source.path)
+    }
+    let resolved = try resolve(state.loras)
+    let threads = LlamaThreads.split(workers: max(1, trainingThreads))
+    BLAS.beginSingleThreaded()
+    defer { BLAS.endSingleThreaded() }
+    return try projectSource(batch, fusion: fusion, loras: resolved.loras, threads: threads)
+  }
+
+  /// The source pass of a FLARE batch, keeping every block's input (and its normed form with
+  /// `normalizeSource`); the caller gives the storage back to the pool.
+  private func sourcePass(
+    _ batch: TrainingBatch, fusion: TrainingFusion, loras: [Int: TrainableLoRA],
+    threads: LlamaThreads
+  ) throws -> LlamaActivations {
+    let b = batch.tokens.count
+    // The pass checked the source for training already; the row map is for evaluation.
+    let source = try checkedSource(
+      batch, length: batch.tokens.first?.count ?? 0, training: false)
+    let ts = source.tokens[0].count
+    var pass = LlamaPass(threads: threads)
+    if fusion.bakedTarget {
+      pass.loras = loras.mapValues {
+        TrainableLoRA(module: $0.module, a: $0.a, b: $0.b, scale: -$0.scale, dropout: 0)
+      }
+    }
+    var positions: [Int] = []
+    var padding: [[Int]] = []
+    for row in 0..<b {
+      var next = 0
+      for i in 0..<ts {
+        positions.append(next)
+        if source.mask[row][i] { next += 1 }
+      }
+      padding.append((0..<ts).filter { !source.mask[row][$0] })
+    }
+    let s = LlamaActivations(
+      config: config, batch: b, length: ts, keys: ts,
+      keeping: fusion.normalizeSource ? [.residual, .attentionNormed] : [.residual],
+      workers: min(threads.workers, b * config.headCount), pool: storagePool)
+    run(
+      s, tokens: Array(source.tokens.joined()), positions: positions, padding: padding,
+      cache: nil, pass: pass)
+    return s
+  }
+
+  /// `S = A·x_s` of every fused module after a source pass (whose storage is given back).
+  private func projectSource(
+    _ batch: TrainingBatch, fusion: TrainingFusion, loras: [Int: TrainableLoRA],
+    threads: LlamaThreads
+  ) throws -> [String: [Float]] {
+    let s = try sourcePass(batch, fusion: fusion, loras: loras, threads: threads)
+    defer { storagePool.give(s.storage) }
+    let rows = s.batch * s.length
+    let c = config.embeddingLength
+    let slots = linearSlots
+    var result: [String: [Float]] = [:]
+    for module in fusion.fusedModules {
+      guard let slot = slots[module], let lora = loras[slot] else {
+        throw FlareError(
+          "model", .invalidArgument,
+          "fused module \(module) has no LoRA layer in the training state", path: source.path)
+      }
+      let layer = slot / 7
+      let states = UnsafePointer(
+        fusion.normalizeSource ? s.pointer(.attentionNormed, layer: layer) : s.residual(layer))
+      let r = lora.rank
+      var out = [Float](repeating: 0, count: rows * r)
+      out.withUnsafeMutableBufferPointer { o in
+        lora.a.values.withUnsafeBufferPointer { a in
+          nonisolated(unsafe) let (o, a) = (o.baseAddress!, a.baseAddress!)
+          threads.forRows(rows) { range in
+            BLAS.sgemm(
+              transA: false, transB: true, m: range.count, n: r, k: c, alpha: 1,
+              a: states + range.lowerBound * c, lda: c, b: a, ldb: c, beta: 0,
+              c: o + range.lowerBound * r, ldc: r)
+          }
+        }
+      }
+      result[module] = out
+    }
+    return result
   }
 
   /// The batch's source (FLARE) after checking it against the model and the target batch.

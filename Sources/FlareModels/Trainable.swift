@@ -111,6 +111,10 @@ public struct TrainingBatch: Sendable {
   /// position `j` fuses source position `j`. Evaluation passes only (generation, where the
   /// generated positions reuse a chosen source state).
   public var sourceRows: [[Int]]?
+  /// FLARE evaluation: `S = A·x_s` of every fused module (by module path, `B·T_s × r` in
+  /// source row order), from ``LlamaModel/sourceProjections(batch:state:)``; the pass then
+  /// skips its source pass (generation reuses them at every step).
+  public var sourceProjections: [String: [Float]]?
 
   public enum Targets: Sendable {
     /// Causal LM: transformers' `labels`, aligned with `tokens` (not shifted: the model shifts,

@@ -1,4 +1,5 @@
 import CFlareOpenBLAS
+import Synchronization
 
 /// Thin, checked wrappers over OpenBLAS's CBLAS interface (row-major).
 ///
@@ -113,9 +114,49 @@ extension BLAS {
 }
 
 extension BLAS {
-  /// Sets how many threads OpenBLAS uses for one call.
-  public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+  /// Open single-threaded sections and the thread count to restore when the last one ends.
+  private static let sections = Mutex<(depth: Int, restore: Int)>((0, 1))
 
-  /// How many threads OpenBLAS uses for one call.
-  public static var threads: Int { Int(openblas_get_num_threads()) }
+  /// Sets how many threads OpenBLAS uses for one call. Inside a single-threaded section (of
+  /// any thread) the count takes effect when the last section ends.
+  public static func setThreads(_ n: Int) {
+    sections.withLock { state in
+      if state.depth > 0 {
+        state.restore = max(1, n)
+      } else {
+        openblas_set_num_threads(Int32(max(1, n)))
+      }
+    }
+  }
+
+  /// How many threads OpenBLAS uses for one call outside single-threaded sections.
+  public static var threads: Int {
+    sections.withLock { state in
+      state.depth > 0 ? state.restore : Int(openblas_get_num_threads())
+    }
+  }
+
+  /// Starts a section in which OpenBLAS runs single-threaded (code that splits its work over
+  /// threads itself, so that results do not depend on OpenBLAS's split). Sections nest and
+  /// overlap across threads: OpenBLAS stays single-threaded until every one has ended (a
+  /// save-and-restore per caller would let one caller's restore switch threads back on under
+  /// another's work). End each with ``endSingleThreaded()``.
+  public static func beginSingleThreaded() {
+    sections.withLock { state in
+      if state.depth == 0 {
+        state.restore = Int(openblas_get_num_threads())
+        openblas_set_num_threads(1)
+      }
+      state.depth += 1
+    }
+  }
+
+  /// Ends a section begun with ``beginSingleThreaded()``; the last one restores the count.
+  public static func endSingleThreaded() {
+    sections.withLock { state in
+      precondition(state.depth > 0, "endSingleThreaded without beginSingleThreaded")
+      state.depth -= 1
+      if state.depth == 0 { openblas_set_num_threads(Int32(state.restore)) }
+    }
+  }
 }

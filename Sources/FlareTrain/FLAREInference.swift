@@ -213,9 +213,10 @@ public struct FLAREDecoder {
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, stopping after any of `stop` or at
-  /// the end of the model's context. Each step runs the whole sequence again (no KV cache):
-  /// the sequence-mixing fusions read the target's bottleneck rows, which a cache of keys and
-  /// values does not hold.
+  /// the end of the model's context. The source pass runs once (its `S = A·x_s` kept); each
+  /// step runs the whole target sequence again (no KV cache: the sequence-mixing fusions read
+  /// the target's bottleneck rows of earlier positions, which a cache of keys and values does
+  /// not hold).
   /// - Parameters:
   ///   - source: The parallel English prompt's ids; `nil` runs target-only.
   ///   - mode: How generated positions use the source.
@@ -253,9 +254,17 @@ public struct FLAREDecoder {
     var sampler = Sampler(sampling)
     var out: [Int] = []
     let state = state(withSource: source != nil)
+    // The source side does not change while generating: one source pass, its S = A·x_s kept.
+    var projections: [String: [Float]]?
     while out.count < limit {
-      let batch = try self.batch(
+      var batch = try self.batch(
         prompt: prompt, generated: out, source: source, mode: mode, sourceRun: sourceRun)
+      if source != nil {
+        if projections == nil {
+          projections = try model.sourceProjections(batch: batch, state: state)
+        }
+        batch.sourceProjections = projections
+      }
       let logits = try model.evaluationLogits(batch: batch, state: state, rows: .last)
       let next = sampler.next(logits[...])
       out.append(next)

@@ -118,6 +118,14 @@ struct FlareTrainingTests {
     let loss = result.lossSum / Double(result.count)
     let expected = try #require(spec["loss"]?.doubleValue)
     #expect(abs(loss - expected) / expected < 1e-6, "\(name): loss \(loss) vs \(expected)")
+    // The evaluation pass keeps only S = A·x_s of the source side (FLARE.md §7.2), computed
+    // in its own source pass or given: the same loss as PyTorch's.
+    let evaluated = try model.evaluationPass(batch: try batch(), state: state)
+    let evaluatedLoss = evaluated.lossSum / Double(evaluated.count)
+    #expect(abs(evaluatedLoss - expected) / expected < 1e-6, "\(name): \(evaluatedLoss)")
+    var given = try batch()
+    given.sourceProjections = try model.sourceProjections(batch: given, state: state)
+    #expect(try model.evaluationPass(batch: given, state: state).lossSum == evaluated.lossSum)
     let gradients = Self.gradients(state)
     let norms = try #require(spec["gradient_norms"]?.objectMembers)
     #expect(Set(norms.map(\.0)) == Set(gradients.keys))
