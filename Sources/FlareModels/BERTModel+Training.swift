@@ -760,6 +760,16 @@ extension BERTModel: TrainableModel {
   /// The bytes a training pass holds for `batch × length` tokens besides the weights: every
   /// layer's activations (the layout the pass allocates) and the backward pass's gradient
   /// buffers (with the attention dropout mask when `dropout` is on).
+  /// The bytes a FLARE training pass's source pass holds for `batch × length` tokens besides
+  /// the target pass's (every block's input is kept for `A`'s gradient).
+  public func sourcePassBytes(batch: Int, length: Int) -> Int {
+    4
+      * BERTActivations.layout(
+        config: config, batch: batch, length: length, keepingAllLayers: false,
+        keepingResiduals: true
+      ).total
+  }
+
   public func trainingActivationBytes(batch: Int, length: Int, dropout: Bool) -> Int {
     let activations = BERTActivations.layout(
       config: config, batch: batch, length: length, keepingAllLayers: true

@@ -118,6 +118,18 @@ extension LlamaModel: TrainableModel {
     return try pass(batch: batch, state: state, gradientScale: nil, logitRows: selected).logits
   }
 
+  /// The bytes a FLARE training pass's source pass holds for `batch × length` tokens besides
+  /// the target pass's (every block's input is kept for `A`'s gradient, and with
+  /// `normalizeSource` its normed form too).
+  public func sourcePassBytes(batch: Int, length: Int, normalizeSource: Bool) -> Int {
+    4
+      * LlamaActivations.layout(
+        config: config, batch: batch, length: length, keys: length,
+        keeping: normalizeSource ? [.residual, .attentionNormed] : [.residual],
+        workers: min(max(1, trainingThreads), batch * config.headCount)
+      ).total
+  }
+
   /// The bytes a training pass holds for `batch × length` tokens with LoRA layers on
   /// `loraModules`, besides the weights: the activations it keeps (the same layout the pass
   /// allocates), the backward pass's gradient buffers, the final norm's, and the LM head's

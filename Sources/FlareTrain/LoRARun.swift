@@ -396,12 +396,18 @@ public final class LoRARun {
   }
 
   /// Estimated peak memory: F32 weights, the activations of one micro-batch of the longest
-  /// examples, and the trainable values with their gradients and two AdamW moments.
+  /// examples (FLARE: of `--max-length` tokens, plus the source pass's kept block inputs),
+  /// and the trainable values with their gradients and two AdamW moments.
   public var memoryEstimate: (weights: Int, activations: Int, trainable: Int, total: Int) {
-    let longest = trainData.examples.map(\.tokens.count).max() ?? 0
+    var longest = trainData.examples.map(\.tokens.count).max() ?? 0
+    if request.flare != nil { longest = request.maxLength }
     let weights = loaded.weightBytes
-    let activations = loaded.activationBytes(
+    var activations = loaded.activationBytes(
       request.options.batchSize, longest, targets.adapted)
+    if let flare = request.flare {
+      activations += loaded.sourcePassBytes(
+        request.options.batchSize, longest, flare.normalizeSource)
+    }
     let trainable = 16 * trainer.parameterCount
     return (weights, activations, trainable, weights + activations + trainable)
   }

@@ -23,13 +23,19 @@ public struct TrainingModel {
   /// Estimated bytes of the activations a training pass keeps for `batch × length` tokens
   /// with LoRA layers on `modules`.
   public var activationBytes: @Sendable (_ batch: Int, _ length: Int, _ modules: [String]) -> Int
+  /// Estimated bytes a FLARE source pass keeps for `batch × length` tokens (with the source
+  /// normalized or not) on top of ``activationBytes``.
+  public var sourcePassBytes: @Sendable (_ batch: Int, _ length: Int, _ normalize: Bool) -> Int =
+    { _, _, _ in 0 }
 
   public init(
     model: any TrainableModel, tokenizer: Tokenizer, architecture: String,
     layout: SequenceLayout, vocabularySize: Int, paddingSide: PaddingSide = .right,
     configDropout: Float = 0, defaultTargets: [String], weightBytes: Int = 0,
-    activationBytes: @escaping @Sendable (Int, Int, [String]) -> Int = { _, _, _ in 0 }
+    activationBytes: @escaping @Sendable (Int, Int, [String]) -> Int = { _, _, _ in 0 },
+    sourcePassBytes: @escaping @Sendable (Int, Int, Bool) -> Int = { _, _, _ in 0 }
   ) {
+    self.sourcePassBytes = sourcePassBytes
     self.model = model
     self.tokenizer = tokenizer
     self.architecture = architecture
@@ -77,6 +83,9 @@ public struct TrainingModel {
         activationBytes: { batch, length, modules in
           llama.trainingActivationBytes(
             batch: batch, length: length, loraModules: modules, threads: llama.trainingThreads)
+        },
+        sourcePassBytes: { batch, length, normalize in
+          llama.sourcePassBytes(batch: batch, length: length, normalizeSource: normalize)
         })
     case "bert", "roberta", "xlm-roberta":
       let bert = try BERTModel.load(path: path)
@@ -94,7 +103,8 @@ public struct TrainingModel {
         weightBytes: 4 * parameters,
         activationBytes: { batch, length, _ in
           bert.trainingActivationBytes(batch: batch, length: length, dropout: dropout > 0)
-        })
+        },
+        sourcePassBytes: { batch, length, _ in bert.sourcePassBytes(batch: batch, length: length) })
     default:
       throw FlareError(
         "train", .unsupported,
