@@ -16,8 +16,9 @@ patches PEFT's q_proj and v_proj LoRA layers to compute y = W x_t + s B (relu(A 
 relu(A x_t)) (FLARE.md 2.2), x_s being hidden_states[i] of a source pass: the raw residual
 entering block i, from the base model's blocks with the adapters disabled, under no_grad,
 without the LM head (neither side computes it there). The source pass is inside the timed step;
-tokens/s count target tokens. PyTorch runs this case with eager attention, as the reference
-does (the other cases with transformers' default, SDPA). The first --warmup steps are left
+tokens/s count target tokens. PyTorch keeps transformers' default attention (SDPA) here too:
+the reference forces eager attention only because its own SDPA path misroutes x_source (FLARE.md
+3.2), which patching the q/v modules does not, and SDPA is the faster peer. The first --warmup steps are left
 out; the median of the rest is a run's step time. A case runs --rounds times, Flare and PyTorch
 back to back (the order alternating from round to round), and the speed ratio reported is the
 median of the rounds' ratios: this host's speed drifts by tens of percent over minutes, and only
@@ -79,8 +80,7 @@ torch.set_num_threads(2)
 torch.manual_seed(0)
 rows = [json.loads(l) for l in open(data)]
 if task == "causal-lm":
-    base = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, **({"attn_implementation": "eager"} if fused else {}))
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets if targets == "all-linear"
                      else targets.split(","), lora_dropout=0.0, task_type="CAUSAL_LM")
 else:
