@@ -190,9 +190,8 @@ public struct FLAREDecoder {
     TrainingState(loras: loras, fusion: withSource ? fusion : nil)
   }
 
-  /// The logits of every position of `prompt` (`prompt.count × vocab`), or of its last one.
-  /// - Parameter source: The parallel English prompt's ids; `nil` runs target-only.
-  public func logits(prompt: [Int], source: [Int]?, lastOnly: Bool) throws -> [Float] {
+  /// Refuses an empty prompt, and a baked adapter without a source.
+  func check(prompt: [Int], source: [Int]?) throws {
     guard !prompt.isEmpty else {
       throw FlareError("eval", .invalidArgument, "the prompt has no tokens")
     }
@@ -201,6 +200,12 @@ public struct FLAREDecoder {
         "eval", .invalidArgument,
         "a baked FLARE adapter needs a source (without one, run the merged model alone)")
     }
+  }
+
+  /// The logits of every position of `prompt` (`prompt.count × vocab`), or of its last one.
+  /// - Parameter source: The parallel English prompt's ids; `nil` runs target-only.
+  public func logits(prompt: [Int], source: [Int]?, lastOnly: Bool) throws -> [Float] {
+    try check(prompt: prompt, source: source)
     let batch = try self.batch(
       prompt: prompt, generated: [], source: source, mode: .aligned, sourceRun: [])
     let all = try model.evaluationLogits(
@@ -226,14 +231,7 @@ public struct FLAREDecoder {
     prompt: [Int], source: [Int]?, mode: FLAREGenerationSource, maxTokens: Int,
     sampling: SamplingOptions, stop: Set<Int>, onToken: (Int) -> Bool = { _ in true }
   ) throws -> (generated: [Int], sourceGenerated: [Int]) {
-    guard !prompt.isEmpty else {
-      throw FlareError("eval", .invalidArgument, "the prompt has no tokens")
-    }
-    if source == nil && fusion.bakedTarget {
-      throw FlareError(
-        "eval", .invalidArgument,
-        "a baked FLARE adapter needs a source (without one, run the merged model alone)")
-    }
+    try check(prompt: prompt, source: source)
     var sourceGenerated: [Int] = []
     var sourceRun: [Int] = []
     if let source, mode == .reference {
