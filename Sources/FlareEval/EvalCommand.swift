@@ -35,6 +35,7 @@ public enum EvalCommand {
     .init("tokenize", tokenizeSpec, tokenize),
     .init("embed", embedSpec, embed),
     .init("classify", classifySpec, classify),
+    .init("significance", significanceSpec, significance),
     .init("perplexity", perplexitySpec, perplexity),
     .init("compare", compareSpec, compare),
     .init("bench", benchSpec, bench),
@@ -53,6 +54,7 @@ public enum EvalCommand {
         tokenize    The token ids of a text.
         embed       One vector per text from an encoder (mean or CLS pooling).
         classify    Accuracy, macro-F1 and confusion matrix of a classifier on labelled data.
+        significance  Seed intervals and paired bootstrap between classify --json results.
         perplexity  Perplexity of a text file.
         compare     Logit differences and top-1 agreement between two models.
         bench       Prefill and decode speed.
@@ -608,6 +610,154 @@ public enum EvalCommand {
       lines.append("  " + pad(name) + "  " + row.map { pad(String($0)) }.joined(separator: "  "))
     }
     return lines.joined(separator: "\n") + "\n"
+  }
+
+  // MARK: - significance
+
+  static let significanceSpec = CommandSpec(
+    name: "flare-eval significance",
+    overview:
+      "Compare classifiers from 'classify --json' results: seed intervals and a paired bootstrap.",
+    positionals: [],
+    options: [
+      OptionSpec(
+        "--a", value: "path", help: "A 'classify --json' result of the baseline (repeatable)."),
+      OptionSpec(
+        "--b", value: "path",
+        help: "A 'classify --json' result of the candidate (repeatable; paired with --a in order)."),
+      OptionSpec("--resamples", value: "n", default: "10000", help: "Bootstrap resamples."),
+      OptionSpec("--seed", value: "s", default: "0", help: "Seed of the resampling."),
+      json,
+    ],
+    discussion: """
+      Each --a/--b pair is one seed of the baseline and the candidate evaluated on the same
+      test file (the same lines and labels; anything else is an error). For accuracy and
+      macro-F1: each side's mean over the seeds with a 95 % interval (Student's t, n - 1
+      degrees of freedom), and per pair a paired bootstrap over the test examples: the
+      difference b - a, its 95 % percentile interval and a two-sided p-value for "no
+      difference" ((1 + k) / (R + 1), k the resampled differences at least as far from the
+      observed one as it is from 0).
+
+      \(exitStatus)
+      """)
+
+  /// One `classify --json` result: per example its line, true class and predicted class.
+  struct ClassifyResult {
+    var path: String
+    var labels: [JSONValue]
+    var lines: [Int]
+    var truth: [Int]
+    var predictions: [Int]
+  }
+
+  static func classifyResult(_ path: String) throws -> ClassifyResult {
+    func bad(_ message: String) -> FlareError {
+      FlareError("eval", .invalidArgument, message, path: path)
+    }
+    let bytes = try readSmallFile(path, limit: 1 << 30)
+    let json: JSONValue
+    do {
+      json = try JSONParser.parse(bytes)
+    } catch {
+      throw bad("not a 'classify --json' result: \(error.message) (byte \(error.offset))")
+    }
+    guard let labels = json["labels"]?.arrayValue, !labels.isEmpty,
+      let predictions = json["predictions"]?.arrayValue, !predictions.isEmpty
+    else {
+      throw bad("not a 'classify --json' result: it needs 'labels' and 'predictions'")
+    }
+    var result = ClassifyResult(path: path, labels: labels, lines: [], truth: [], predictions: [])
+    for (index, entry) in predictions.enumerated() {
+      guard let line = entry["line"]?.intValue,
+        let truth = entry["label"].flatMap({ labels.firstIndex(of: $0) }),
+        let prediction = entry["prediction"].flatMap({ labels.firstIndex(of: $0) })
+      else {
+        throw bad(
+          "prediction \(index + 1) needs a line and a label and a prediction among 'labels'")
+      }
+      result.lines.append(line)
+      result.truth.append(truth)
+      result.predictions.append(prediction)
+    }
+    return result
+  }
+
+  static func significance(_ arguments: ParsedArguments) throws -> ExitStatus {
+    let aPaths = arguments.allValues("--a")
+    let bPaths = arguments.allValues("--b")
+    guard !aPaths.isEmpty, aPaths.count == bPaths.count else {
+      throw UsageError("give '--a' and '--b' the same number of times (at least once)")
+    }
+    let resamples = try arguments.int("--resamples", spec: significanceSpec) ?? 10_000
+    guard resamples >= 100 else { throw UsageError("'--resamples' must be at least 100") }
+    let seed = UInt64(max(0, try arguments.int("--seed", spec: significanceSpec) ?? 0))
+    let a = try aPaths.map(classifyResult)
+    let b = try bPaths.map(classifyResult)
+    let reference = a[0]
+    for result in a + b
+    where result.lines != reference.lines || result.truth != reference.truth
+      || result.labels != reference.labels
+    {
+      throw FlareError(
+        "eval", .invalidArgument,
+        "not the same test set as \(reference.path) (lines, labels or classes differ)",
+        path: result.path)
+    }
+    typealias Stats = ClassifierStatistics
+    var metrics: [(String, JSONValue)] = []
+    var text = "pairs: \(a.count), test examples: \(reference.truth.count)\n"
+    var pairs: [[(String, JSONValue)]] = zip(aPaths, bPaths).map {
+      [("a", .string($0.0)), ("b", .string($0.1))]
+    }
+    for metric in Stats.Metric.allCases {
+      func side(_ results: [ClassifyResult]) -> ([Double], (mean: Double, halfWidth: Double)) {
+        let values = results.map { metric.value(predictions: $0.predictions, truth: $0.truth) }
+        return (values, Stats.meanInterval(values))
+      }
+      let (valuesA, intervalA) = side(a)
+      let (valuesB, intervalB) = side(b)
+      func summary(_ values: [Double], _ interval: (mean: Double, halfWidth: Double)) -> JSONValue {
+        .object([
+          ("mean", .exact(interval.mean)), ("half_width", .exact(interval.halfWidth)),
+          ("values", .array(values.map { .exact($0) })),
+        ])
+      }
+      metrics.append(
+        (
+          metric.rawValue,
+          .object([("a", summary(valuesA, intervalA)), ("b", summary(valuesB, intervalB))])
+        ))
+      text +=
+        "\(metric.rawValue): a \(fourDecimals(intervalA.mean)) ± \(fourDecimals(intervalA.halfWidth)), b \(fourDecimals(intervalB.mean)) ± \(fourDecimals(intervalB.halfWidth)) (mean over seeds, 95 % interval)\n"
+      for (index, (x, y)) in zip(a, b).enumerated() {
+        let comparison = Stats.pairedBootstrap(
+          truth: x.truth, a: x.predictions, b: y.predictions, metric: metric,
+          resamples: resamples, seed: seed &+ UInt64(index))
+        pairs[index].append(
+          (
+            metric.rawValue,
+            .object([
+              ("a", .exact(comparison.a)), ("b", .exact(comparison.b)),
+              ("difference", .exact(comparison.difference)), ("low", .exact(comparison.low)),
+              ("high", .exact(comparison.high)), ("p", .exact(comparison.pValue)),
+            ])
+          ))
+        text +=
+          "  pair \(index + 1): b - a = \(fourDecimals(comparison.difference)) [\(fourDecimals(comparison.low)), \(fourDecimals(comparison.high))], p = \(fourDecimals(comparison.pValue))\n"
+      }
+    }
+    if arguments.flag("--json") {
+      Console.out(
+        JSONWriter.compact(
+          .object([
+            ("examples", .integer(reference.truth.count)), ("resamples", .integer(resamples)),
+            ("seed", .integer(Int(seed))), ("metrics", .object(metrics)),
+            ("pairs", .array(pairs.map { .object($0) })),
+          ])) + "\n")
+    } else {
+      Console.out(text)
+    }
+    return .success
   }
 
   // MARK: - perplexity
