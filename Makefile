@@ -10,7 +10,7 @@ E5 := $(FLARE_CACHE)/models/multilingual-e5-small
 DEMO_PROMPT := Once upon a time, there was a little
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
-.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check clean
+.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check crosslingual crosslingual-quick clean
 
 all: build
 
@@ -94,6 +94,14 @@ data:
 ## text (about 15 minutes; figures in scripts/TRAINING.md). Not part of `make test`.
 learn-check: build models
 	scripts/learn-check.sh
+
+## The cross-lingual grid (FLARE vs translate-train LoRA, every baseline, 3 seeds): long.
+crosslingual: build models
+	scripts/crosslingual.sh
+
+## The same, one seed and fewer rows and verses: a few minutes.
+crosslingual-quick: build models
+	scripts/crosslingual.sh --quick
 
 bench: build models
 	python3 scripts/bench-inspect.py

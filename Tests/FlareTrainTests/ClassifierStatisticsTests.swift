@@ -131,3 +131,53 @@ struct ClassifierStatisticsTests {
     #expect(unpaired.status == 64)
   }
 }
+
+/// `scripts/crosslingual.sh --tiny` end to end with the built tools (12 training verses, one
+/// seed): every row runs and reaches the report, and the report's numbers are the classify
+/// results' (accuracy recomputed from the per-example predictions). Not the results: the tiny
+/// slice cannot learn the task.
+@Suite("cross-lingual grid, tiny slice")
+struct CrosslingualTinyTests {
+  @Test("scripts/crosslingual.sh --tiny runs every row and reports them")
+  func tiny() throws {
+    let folder = "\(modelCache)/models/multilingual-e5-small"
+    guard fileExists("\(folder)/config.json") else { return }
+    let work = makeTemporaryFolder()
+    defer { removeTree(work) }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["\(packageRoot)/scripts/crosslingual.sh", "--tiny", "--out", work]
+    var environment = ProcessInfo.processInfo.environment
+    environment["FLARE_BIN"] = productsFolder()
+    environment["FLARE_CACHE"] = modelCache
+    process.environment = environment
+    let errors = Pipe()
+    process.standardError = errors
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let stderr = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    try #require(
+      process.terminationStatus == 0, "\(String(decoding: stderr, as: UTF8.self))")
+    let summary = try JSONParser.parse(try fileBytes("\(work)/summary.json"))
+    let rows = summary["rows"]?.arrayValue ?? []
+    #expect(
+      rows.compactMap { $0["name"]?.stringValue } == [
+        "zero-shot", "translate-test", "lora-tt", "input-fusion", "flare-add_relu",
+        "flare-add_relu-oracle", "flare-add_relu-target-only",
+      ])
+    for row in rows {
+      let name = row["name"]?.stringValue ?? ""
+      let result = try JSONParser.parse(try fileBytes("\(work)/eval/\(name)-s0.json"))
+      let predictions = result["predictions"]?.arrayValue ?? []
+      #expect(predictions.count == 12, "\(name)")
+      let right = predictions.filter { $0["label"] == $0["prediction"] }.count
+      #expect(row["accuracy"]?["mean"]?.doubleValue == Double(right) / 12, "\(name)")
+    }
+    #expect(rows[2]["train_wall_s"]?.doubleValue ?? 0 > 0)
+    #expect(rows[4]["vs_lora_tt"]?.arrayValue?.count == 1)
+    let report = try String(contentsOfFile: "\(work)/report.md", encoding: .utf8)
+    #expect(report.contains("| flare-add_relu-target-only |") && report.contains("pipeline check"))
+    #expect(fileExists("\(work)/accuracy.svg") && fileExists("\(work)/curves.svg"))
+  }
+}
