@@ -262,20 +262,7 @@ extension LlamaModel: TrainableModel {
     let n = b * t
     let c = config.embeddingLength
     /// RoPE positions (real tokens counted) and each sequence's padding slots.
-    func layout(_ mask: [[Bool]]) -> (positions: [Int], padding: [[Int]]) {
-      var positions = [Int](repeating: 0, count: n)
-      var padding: [[Int]] = []
-      for row in 0..<b {
-        var next = 0
-        for i in 0..<t {
-          positions[row * t + i] = next
-          if mask[row][i] { next += 1 }
-        }
-        padding.append((0..<t).filter { !mask[row][$0] })
-      }
-      return (positions, padding)
-    }
-    let (positions, padding) = layout(batch.mask)
+    let (positions, padding) = Self.layout(batch.mask)
     // FLARE: the source pass (base weights, every adapter off, no gradient) keeps each block's
     // input; the fused LoRA layers read it.
     var sourceStorage: FloatStorage?
@@ -549,16 +536,7 @@ extension LlamaModel: TrainableModel {
         TrainableLoRA(module: $0.module, a: $0.a, b: $0.b, scale: -$0.scale, dropout: 0)
       }
     }
-    var positions: [Int] = []
-    var padding: [[Int]] = []
-    for row in 0..<b {
-      var next = 0
-      for i in 0..<ts {
-        positions.append(next)
-        if source.mask[row][i] { next += 1 }
-      }
-      padding.append((0..<ts).filter { !source.mask[row][$0] })
-    }
+    let (positions, padding) = Self.layout(source.mask)
     let s = LlamaActivations(
       config: config, batch: b, length: ts, keys: ts,
       keeping: fusion.normalizeSource ? [.residual, .attentionNormed] : [.residual],
@@ -605,6 +583,22 @@ extension LlamaModel: TrainableModel {
       result[module] = out
     }
     return result
+  }
+
+  /// RoPE positions of padded sequences of equal length (real tokens counted, transformers'
+  /// `cumsum(mask) − 1`) and each sequence's padding slots.
+  private static func layout(_ mask: [[Bool]]) -> (positions: [Int], padding: [[Int]]) {
+    var positions: [Int] = []
+    var padding: [[Int]] = []
+    for row in mask {
+      var next = 0
+      for real in row {
+        positions.append(next)
+        if real { next += 1 }
+      }
+      padding.append(row.indices.filter { !row[$0] })
+    }
+    return (positions, padding)
   }
 
   /// The batch's source (FLARE) after checking it against the model and the target batch.
