@@ -85,7 +85,6 @@ public final class LoRARun {
         }
       }
     }
-    if let threads = request.threads { BLAS.setThreads(threads) }
     let loaded = try loader(request.model, task)
     // The passes split their work over threads themselves, in a fixed partition
     // (bit-identical results for any count), and run BLAS single-threaded.

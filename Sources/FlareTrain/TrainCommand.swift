@@ -348,6 +348,9 @@ public enum TrainCommand {
       printPlan(run, request: request)
       return .success
     }
+    // OpenBLAS's thread count is the process's: set here, for the run, not while planning (a
+    // dry run changes nothing, and a caller in the same process keeps its setting).
+    if let threads = request.threads { BLAS.setThreads(threads) }
     return try execute(run, request: request)
   }
 

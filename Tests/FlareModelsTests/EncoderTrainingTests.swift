@@ -181,19 +181,19 @@ struct EncoderTrainingTests {
     #expect(evaluation.predictions == result.predictions)
   }
 
-  /// Same seed, dropout on: a pass on 1 thread (BLAS set to 1 thread before) and on 2 threads
-  /// (BLAS set to 2 before) give bit-identical losses and gradients, and BLAS's thread count
-  /// is restored after the pass.
+  /// Same seed, dropout on: a pass on 1 thread and on 2 threads give bit-identical losses and
+  /// gradients, and BLAS's thread count is what it was after the pass (the pass runs BLAS
+  /// single-threaded and restores it). The test does not change the process's BLAS thread
+  /// count itself: other tests run in this process at the same time, and OpenBLAS rounds
+  /// differently with another split, so a test that did made their bit-exact comparisons
+  /// flaky (seen: the BERT batch-independence test).
   @Test("the same seed gives bit-identical gradients on 1 and 2 threads")
   func threadsAgree() throws {
     guard let model = try Self.model("minilm") else { return }
     let golden = try EncoderTrainingGolden("minilm")
     let batch = try golden.batch
     let saved = BLAS.threads
-    defer {
-      BLAS.setThreads(saved)
-      model.trainingThreads = 1
-    }
+    defer { model.trainingThreads = 1 }
     var runs: [(Double, [String: [Float]])] = []
     for threads in [1, 2] {
       var state = try golden.state(for: model)
@@ -202,10 +202,9 @@ struct EncoderTrainingTests {
       state.loras = state.loras.mapValues {
         TrainableLoRA(module: $0.module, a: $0.a, b: $0.b, scale: $0.scale, dropout: 0.1)
       }
-      BLAS.setThreads(threads)
       model.trainingThreads = threads
       let result = try model.trainingPass(batch: batch, state: state, gradientScale: 1.0 / 3)
-      #expect(BLAS.threads == threads)
+      #expect(BLAS.threads == saved)
       runs.append((result.lossSum, gradients(state)))
     }
     #expect(runs[0].0 == runs[1].0)
