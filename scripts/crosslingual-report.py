@@ -7,12 +7,21 @@
   crosslingual-report.py --report OUT --seeds N --best F --fusions "..." --bin BIN --quick Q
                                                       write OUT/report.md, accuracy.svg,
                                                       curves.svg and summary.json
+  crosslingual-report.py --sweep OUT LR...             the learning-rate sweep: validation
+                                                      accuracy per rate, OUT/sweep.json
+  crosslingual-report.py --export OUT DEST             copy a finished grid's report to DEST
+                                                      (the committed form): report.md, the
+                                                      charts, summary.json, sweep.json, every
+                                                      training log (logs/NAME.jsonl) and every
+                                                      evaluation (logs/eval/NAME.json, per
+                                                      example the predicted class index)
 """
 import argparse
 import glob
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -57,8 +66,17 @@ def significance(binary, a_files, b_files):
                                      text=True).stdout)
 
 
+def median(values):
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def training_cost(out, name, seeds):
-    """Mean wall time, tokens/s and peak RSS of a trained row's runs."""
+    """Median wall time and tokens/s and the largest peak RSS of a trained row's runs (the
+    median: one run slowed by another process on the machine does not move it)."""
     walls, rates, rss = [], [], []
     for s in range(seeds):
         cost_file = f"{out}/runs/{name}-s{s}.cost"
@@ -74,8 +92,7 @@ def training_cost(out, name, seeds):
             tokens = sum(l["tokens"] for l in steps)
             seconds = sum(l["seconds"] for l in steps)
             rates.append(tokens / seconds)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None
-    return mean(walls), mean(rates), max(rss) if rss else None
+    return median(walls), median(rates), max(rss) if rss else None
 
 
 def curve(out, name):
@@ -169,27 +186,36 @@ def report(args):
         summary = significance(args.bin, files, files)["metrics"]
         row = {"name": name, "seeds": len(files),
                "accuracy": summary["accuracy"]["a"], "macro_f1": summary["macro_f1"]["a"],
-               "eval_s": sum(float(open(f[:-5] + ".seconds").read()) for f in files) / len(files)}
+               "eval_s": median([float(open(f[:-5] + ".seconds").read()) for f in files])}
         source = name.rsplit("-oracle", 1)[0].rsplit("-target-only", 1)[0]
         if source in trained:
             row["train_wall_s"], row["tokens_per_s"], row["peak_rss_mib"] = training_cost(
                 out, source, seeds)
-        if name.startswith("flare") or name == "input-fusion":
+        if name != "lora-tt":
             baseline = seeds_of(out, "lora-tt", seeds)
             if len(baseline) == len(files):
-                pairs = significance(args.bin, baseline, files)["pairs"]
+                result = significance(args.bin, baseline, files)
                 row["vs_lora_tt"] = [{"accuracy": p["accuracy"], "macro_f1": p["macro_f1"]}
-                                     for p in pairs]
+                                     for p in result["pairs"]]
+                row["vs_lora_tt_seeds"] = {m: result["metrics"][m]["difference"]
+                                           for m in ("accuracy", "macro_f1")}
         rows.append(row)
     bar_chart(rows, f"{out}/accuracy.svg")
     curves_chart({n: curve(out, n) for n in ["stage1", *sorted(trained)]}, f"{out}/curves.svg")
     test = len(load(seeds_of(out, "zero-shot", seeds)[0])["predictions"])
+    for row in rows:
+        row["eval_examples_per_s"] = test / row["eval_s"] if row["eval_s"] > 0 else None
+    model = {"e5": "multilingual-e5-small, LoRA/FLARE r=8 (alpha 16) on query,value",
+             "smollm2": "SmolLM2-135M-Instruct (F32 folder of the Q4_1 GGUF), LoRA/FLARE r=8 "
+                        "(alpha 16) on q_proj,v_proj, classification head on the last token"}
+    sweep_note = (" (chosen on validation by `--sweep`, sweep.json)"
+                  if os.path.exists(f"{out}/sweep.json") else "")
     lines = [
         "# Cross-lingual grid: FLARE vs translate-train LoRA on the Bible genre task", "",
         f"Made by `scripts/crosslingual.sh{({'1': ' --quick', '2': ' --tiny'}).get(args.quick, '')}` "
         f"({seeds} seed{'s' if seeds > 1 else ''}, {test} Spanish test verses) on "
         f"{cpu_name()}, {os.cpu_count()} cores. "
-        "multilingual-e5-small, LoRA/FLARE r=8 on query,value; best fusion on validation: "
+        f"{model[args.model]}; learning rate {args.lr}{sweep_note}; best fusion on validation: "
         f"`{best}`. Intervals: 95 %, Student's t over seeds. Paired comparisons: per seed, "
         "per-example bootstrap over the test set (10,000 resamples) of the row minus "
         "lora-tt (`flare-eval significance`). Chance (majority) level: 1/6 = 0.1667.", ""]
@@ -198,8 +224,8 @@ def report(args):
                   "task; `make crosslingual` runs the grid.", ""]
     lines += [
         "| method | accuracy | macro-F1 | vs lora-tt: accuracy difference [95 % interval], p "
-        "(per seed) | training s | tokens/s | peak RSS MiB | eval s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|"]
+        "(per seed) | training s | tokens/s | peak RSS MiB | eval s | eval verses/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     fmt = lambda v, d=1: "" if v is None else f"{v:.{d}f}"
     for row in rows:
         acc, f1 = row["accuracy"], row["macro_f1"]
@@ -211,12 +237,92 @@ def report(args):
             f"| {row['name']} | {acc['mean']:.4f} ± {acc['half_width']:.4f} | "
             f"{f1['mean']:.4f} ± {f1['half_width']:.4f} | {versus} | "
             f"{fmt(row.get('train_wall_s'))} | {fmt(row.get('tokens_per_s'))} | "
-            f"{fmt(row.get('peak_rss_mib'), 0)} | {row['eval_s']:.1f} |")
+            f"{fmt(row.get('peak_rss_mib'), 0)} | {row['eval_s']:.1f} | "
+            f"{fmt(row.get('eval_examples_per_s'))} |")
+    lines += ["", "Training s, tokens/s and peak RSS are the training run's (median over seeds, "
+              "peak RSS the largest; "
+              "tokens/s counts the target tokens, FLARE's source pass comes on top); eval s is "
+              "`flare-eval classify` on the test file, the whole process, median over seeds (FLARE rows with a "
+              "source run two passes, the source pass without the adapter and the fused pass).",
+              ""]
+    lines += verdict(rows)
     lines += ["", "![accuracy](accuracy.svg)", "", "![training loss](curves.svg)", ""]
     with open(f"{out}/report.md", "w") as f:
         f.write("\n".join(lines))
     with open(f"{out}/summary.json", "w") as f:
         json.dump({"seeds": seeds, "best_fusion": best, "rows": rows}, f, indent=1)
+
+
+def verdict(rows):
+    """The comparison with lora-tt in words: per row the seed-level mean difference with its
+    interval and the seeds whose bootstrap p is below 0.05 in either direction."""
+    lines = ["## Verdict (accuracy, row minus lora-tt)", ""]
+    for row in rows:
+        seeds = row.get("vs_lora_tt_seeds")
+        if not seeds:
+            continue
+        d = seeds["accuracy"]
+        pairs = [p["accuracy"] for p in row["vs_lora_tt"]]
+        up = sum(1 for p in pairs if p["p"] < 0.05 and p["difference"] > 0)
+        down = sum(1 for p in pairs if p["p"] < 0.05 and p["difference"] < 0)
+        if len(pairs) > 1 and d["mean"] - d["half_width"] > 0:
+            word = "better than lora-tt (seed interval above 0)"
+        elif len(pairs) > 1 and d["mean"] + d["half_width"] < 0:
+            word = "worse than lora-tt (seed interval below 0)"
+        else:
+            word = "no difference shown (seed interval contains 0)"
+        lines.append(
+            f"- {row['name']}: {d['mean']:+.4f} ± {d['half_width']:.4f} over {len(pairs)} "
+            f"seed{'s' if len(pairs) > 1 else ''}; bootstrap p < 0.05 in favour in {up}, "
+            f"against in {down} of {len(pairs)}: {word}.")
+    return lines
+
+
+def sweep(out, rates):
+    """Stage 1's validation accuracies per learning rate; prints the table and the winner (the
+    best English validation accuracy, the rate the grid then uses)."""
+    rows = []
+    for lr in rates:
+        english = load(f"{out}/eval/valid-en-lr{lr}.json")
+        spanish = load(f"{out}/eval/valid-es-mt-lr{lr}.json")
+        cost = load(f"{out}/runs/stage1-lr{lr}.cost")
+        rows.append({"lr": lr, "valid_en_accuracy": english["accuracy"],
+                     "valid_en_macro_f1": english["macro_f1"],
+                     "valid_es_mt_accuracy": spanish["accuracy"],
+                     "valid_es_mt_macro_f1": spanish["macro_f1"], "train_wall_s": cost["wall_s"]})
+    best = max(rows, key=lambda r: r["valid_en_accuracy"])["lr"]
+    with open(f"{out}/sweep.json", "w") as f:
+        json.dump({"cpu": cpu_name(), "chosen_lr": best, "rows": rows}, f, indent=1)
+    print("| lr | English valid accuracy | macro-F1 | Apertium-Spanish valid accuracy | macro-F1 | training s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['lr']} | {r['valid_en_accuracy']:.4f} | {r['valid_en_macro_f1']:.4f} | "
+              f"{r['valid_es_mt_accuracy']:.4f} | {r['valid_es_mt_macro_f1']:.4f} | "
+              f"{r['train_wall_s']:.0f} |")
+    print(f"chosen (best English validation accuracy): lr {best}")
+
+
+def export(out, dest):
+    os.makedirs(f"{dest}/logs/eval", exist_ok=True)
+    for name in ["report.md", "accuracy.svg", "curves.svg", "summary.json", "sweep.json"]:
+        if os.path.exists(f"{out}/{name}"):
+            shutil.copyfile(f"{out}/{name}", f"{dest}/{name}")
+    for path in sorted(glob.glob(f"{out}/runs/*.log.jsonl")):
+        name = os.path.basename(path)[:-len(".log.jsonl")]
+        shutil.copyfile(path, f"{dest}/logs/{name}.jsonl")
+        if os.path.exists(f"{out}/runs/{name}.cost"):
+            shutil.copyfile(f"{out}/runs/{name}.cost", f"{dest}/logs/{name}.cost.json")
+    for path in sorted(glob.glob(f"{out}/eval/*.json")):
+        result = load(path)
+        labels = result["labels"]
+        compact = {k: v for k, v in result.items() if k != "predictions"}
+        compact["seconds"] = float(open(path[:-5] + ".seconds").read())
+        # Per example: the predicted class (an index into labels), in file order.
+        compact["predicted"] = [labels.index(p["prediction"]) for p in result["predictions"]]
+        compact["truth"] = [labels.index(p["label"]) for p in result["predictions"]]
+        with open(f"{dest}/logs/eval/{os.path.basename(path)}", "w") as f:
+            json.dump(compact, f, separators=(",", ":"))
+            f.write("\n")
 
 
 def main():
@@ -228,11 +334,19 @@ def main():
     ap.add_argument("--fusions", default="add_relu")
     ap.add_argument("--bin", default=".build/release")
     ap.add_argument("--quick", default="0")
+    ap.add_argument("--model", default="e5", choices=["e5", "smollm2"])
+    ap.add_argument("--lr", default="5e-4")
+    ap.add_argument("--sweep", nargs="+", metavar=("OUT", "LR"))
+    ap.add_argument("--export", nargs=2, metavar=("OUT", "DEST"))
     args = ap.parse_args()
     if args.best_fusion:
         print(best_fusion(args.best_fusion[0], args.best_fusion[1:]))
     elif args.report:
         report(args)
+    elif args.sweep:
+        sweep(args.sweep[0], args.sweep[1:])
+    elif args.export:
+        export(*args.export)
     else:
         ap.error("give --best-fusion or --report")
 

@@ -5,7 +5,8 @@
 # English of each test verse as an oracle source; built by scripts/build-bible-data.py.)
 #
 # Every row runs with the commands a user would type (flare-train, flare-merge, flare-eval) on
-# multilingual-e5-small, as FLARE.md section 6.1 defines the rows:
+# multilingual-e5-small (or SmolLM2-135M with --model smollm2), as FLARE.md section 6.1 defines
+# the rows:
 #   zero-shot        stage-1 English LoRA, merged (F32), on the Spanish test verses
 #   translate-test   the same model on their Apertium English
 #   lora-tt          a fresh LoRA on the Apertium Spanish training verses, stage 1 merged
@@ -19,13 +20,27 @@
 # (flare-eval significance), and the cost of every row. Fusions are chosen on the validation
 # set (valid.es-mt with its English source), never on test.
 #
-# Usage: scripts/crosslingual.sh [--quick | --tiny] [--seeds N] [--out DIR]
+# Usage: scripts/crosslingual.sh [--quick | --tiny | --sweep] [--model e5|smollm2] [--seeds N]
+#                               [--lr LR] [--fusions "F..."] [--out DIR]
 #   --quick   one seed, 600 training / 300 validation / 600 test verses (100 / 50 / 100 per
 #             class), rows zero-shot,
 #             translate-test, lora-tt, input-fusion, flare-add_relu (a few minutes; 38 steps
 #             per row, too few to learn the task: a check that the pipeline runs)
 #   --tiny    the same rows on 12 / 6 / 12 verses of 16 tokens, batch 4 (`make test` runs it
 #             with the debug build: it checks that the pieces connect, not the results)
+#   --sweep   the learning-rate choice, on validation only: stage 1 (seed 0, the full grid's
+#             data) with each rate of $LRS (default "5e-4 1e-3 2e-3 4e-3 8e-3"), its English validation
+#             accuracy and the Apertium-Spanish validation accuracy of the same model, written
+#             to sweep.json in --out; the grid then runs with --lr set to the winner
+#   --lr LR   the learning rate of every trained row (default 5e-4); `--lr from-sweep` takes
+#             the rate a finished --sweep of the same model chose (its sweep.json in the
+#             cache, else the committed one in scripts/results/crosslingual-MODEL; copied to
+#             the report)
+#   --model   e5 (multilingual-e5-small, LoRA on query,value; the default) or smollm2
+#             (SmolLM2-135M-Instruct, the decoder: its GGUF converted to an F32 folder, LoRA on
+#             q_proj,v_proj, a LlamaForSequenceClassification head on the last token; the full
+#             grid runs rows 1-5 with add_relu, output in crosslingual-smollm2)
+#   --fusions the FLARE fusions to train (default: all six on e5, add_relu on smollm2)
 # `make crosslingual` runs the full grid (about 1.5 hours on 2 cores). Needs a release build ($FLARE_BIN overrides the
 # folder of the tools).
 set -eu
@@ -37,42 +52,71 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --tiny) QUICK=2 ;;
+    --sweep) QUICK=3 ;;
     --seeds) SEEDS=$2; shift ;;
+    --lr) LR=$2; shift ;;
+    --model) MODEL_NAME=$2; shift ;;
+    --fusions) FUSIONS_OPT=$2; shift ;;
     --out) OUT=$2; shift ;;
-    *) echo "usage: scripts/crosslingual.sh [--quick] [--seeds N] [--out DIR]" >&2; exit 64 ;;
+    *) echo "usage: scripts/crosslingual.sh [--quick | --tiny | --sweep] [--model e5|smollm2] [--seeds N] [--lr LR] [--fusions \"F...\"] [--out DIR]" >&2
+       exit 64 ;;
   esac
   shift
 done
 CACHE=${FLARE_CACHE:-$HOME/.cache/flare}
 BIN=${FLARE_BIN:-.build/release}
 DATA=Fixtures/data/bible
-E5=$CACHE/models/multilingual-e5-small
+MODEL_NAME=${MODEL_NAME:-e5}
+case "$MODEL_NAME" in
+  e5) MODEL=$CACHE/models/multilingual-e5-small; MODULES=query,value; SUFFIX=""
+      RESULTS=scripts/results/crosslingual-e5-small ;;
+  smollm2) MODEL=$CACHE/models/smollm2-hf; MODULES=q_proj,v_proj; SUFFIX=-smollm2
+      RESULTS=scripts/results/crosslingual-smollm2 ;;
+  *) echo "--model: e5 or smollm2, not '$MODEL_NAME'" >&2; exit 64 ;;
+esac
 if [ "$QUICK" = 1 ]; then
   SEEDS=1; NTRAIN=100; NVALID=50; NTEST=100
   FUSIONS="add_relu"
-  OUT=${OUT:-$CACHE/crosslingual-quick}
+  OUT=${OUT:-$CACHE/crosslingual$SUFFIX-quick}
 elif [ "$QUICK" = 2 ]; then
   SEEDS=1; NTRAIN=2; NVALID=1; NTEST=2; BATCH=4; MAXLEN=16
   FUSIONS="add_relu"
-  OUT=${OUT:-$CACHE/crosslingual-tiny}
+  OUT=${OUT:-$CACHE/crosslingual$SUFFIX-tiny}
 else
   # 2,400 training verses (150 steps a row), 600 validation, all 1,500 test verses: about
   # 30 minutes a seed on a 2-core Xeon, estimated from the per-step costs of a --quick run.
   NTRAIN=400; NVALID=100; NTEST=250
   FUSIONS="add mul add_relu matmul matmul_relu cross-attention"
-  OUT=${OUT:-$CACHE/crosslingual}
+  [ "$MODEL_NAME" = smollm2 ] && FUSIONS="add_relu"
+  if [ "$QUICK" = 3 ]; then OUT=${OUT:-$CACHE/crosslingual$SUFFIX-sweep}; else OUT=${OUT:-$CACHE/crosslingual$SUFFIX}; fi
+fi
+FUSIONS=${FUSIONS_OPT:-$FUSIONS}
+SWEEP=$CACHE/crosslingual$SUFFIX-sweep/sweep.json
+[ -f "$SWEEP" ] || SWEEP=$RESULTS/sweep/sweep.json
+if [ "${LR:-}" = from-sweep ]; then
+  [ -f "$SWEEP" ] || { echo "--lr from-sweep: no sweep.json (run --sweep first)" >&2; exit 1; }
+  LR=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' "$SWEEP")
+  mkdir -p "$OUT"
+  cp "$SWEEP" "$OUT/sweep.json"
 fi
 # Hyperparameters: FLARE.md 2.5 and 4 (r 8, alpha 16, query/value, AdamW with linear decay),
-# scaled to this data: one epoch, batch 16, lr 5e-4 with 30 warm-up steps (stage 1 and every
-# stage-2 row alike), verses cut to 64 tokens (128 with --input-fusion).
+# scaled to this data: one epoch, batch 16, lr $LR (chosen by --sweep on validation) with 30
+# warm-up steps (stage 1 and every stage-2 row alike), verses cut to 64 tokens (128 with
+# --input-fusion).
 MAXLEN=${MAXLEN:-64}
 BATCH=${BATCH:-16}
-TRAIN_OPTS="--task classification --target-modules query,value --rank 8 --alpha 16
-  --batch-size $BATCH --epochs 1 --lr 5e-4 --schedule linear --warmup-steps 30 --max-length $MAXLEN
+LR=${LR:-5e-4}
+TRAIN_OPTS="--task classification --target-modules $MODULES --rank 8 --alpha 16
+  --batch-size $BATCH --epochs 1 --lr $LR --schedule linear --warmup-steps 30 --max-length $MAXLEN
   --json --force --quiet"
 for tool in flare-train flare-merge flare-eval; do
   [ -x "$BIN/$tool" ] || { echo "no $BIN/$tool: build first (swift build -c release)" >&2; exit 1; }
 done
+if [ ! -f "$MODEL/model.safetensors" ] && [ "$MODEL_NAME" = smollm2 ]; then
+  # The decoder: the SmolLM2 GGUF that `make models` fetches, as an F32 folder (written
+  # atomically by flare-convert).
+  "$BIN/flare-convert" -q "$CACHE/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" "$MODEL"
+fi
 mkdir -p "$OUT/data" "$OUT/runs" "$OUT/eval"
 # The first N verses of each class, in file order (the parallel files list the same verses
 # in the same order, so they stay parallel).
@@ -110,14 +154,33 @@ classify() {
   awk "BEGIN { print $end - $start }" > "$OUT/eval/$name.seconds"
 }
 
+if [ "$QUICK" = 3 ]; then
+  LRS=${LRS:-5e-4 1e-3 2e-3 4e-3 8e-3}
+  for lr in $LRS; do
+    # A rate already finished in this --out is reused (the sweep can be widened).
+    [ -f "$OUT/eval/valid-es-mt-lr$lr.json" ] && continue
+    echo "== stage 1, seed 0, lr $lr"
+    # shellcheck disable=SC2086
+    train "stage1-lr$lr" lora --model "$MODEL" --data "$OUT/data/train.en" --valid "$OUT/data/valid.en" \
+      --output "$OUT/runs/stage1-lr$lr" --seed 0 $(echo "$TRAIN_OPTS" | sed "s/--lr $LR/--lr $lr/")
+    classify "valid-en-lr$lr" --model "$MODEL" --adapter "$OUT/runs/stage1-lr$lr" \
+      --data "$OUT/data/valid.en" --max-length $MAXLEN
+    classify "valid-es-mt-lr$lr" --model "$MODEL" --adapter "$OUT/runs/stage1-lr$lr" \
+      --data "$OUT/data/valid.es-mt" --max-length $MAXLEN
+  done
+  # shellcheck disable=SC2086
+  python3 scripts/crosslingual-report.py --sweep "$OUT" $LRS
+  exit 0
+fi
+
 seed=0
 while [ "$seed" -lt "$SEEDS" ]; do
   s=s$seed
   echo "== seed $seed: stage 1 (English LoRA), merged in F32"
   # shellcheck disable=SC2086
-  train "stage1-$s" lora --model "$E5" --data "$OUT/data/train.en" --valid "$OUT/data/valid.en" \
+  train "stage1-$s" lora --model "$MODEL" --data "$OUT/data/train.en" --valid "$OUT/data/valid.en" \
     --output "$OUT/runs/stage1-$s" --seed "$seed" $TRAIN_OPTS
-  "$BIN/flare-merge" --base "$E5" --adapter "$OUT/runs/stage1-$s" \
+  "$BIN/flare-merge" --base "$MODEL" --adapter "$OUT/runs/stage1-$s" \
     --output "$OUT/runs/stage1-$s-merged" --force --quiet
   M=$OUT/runs/stage1-$s-merged
   classify "zero-shot-$s" --model "$M" --data "$OUT/data/test.es" --max-length $MAXLEN
@@ -165,5 +228,5 @@ while [ "$seed" -lt "$SEEDS" ]; do
 done
 
 python3 scripts/crosslingual-report.py --report "$OUT" --seeds "$SEEDS" --best "$best" \
-  --fusions "$FUSIONS" --bin "$BIN" --quick "$QUICK"
+  --fusions "$FUSIONS" --bin "$BIN" --quick "$QUICK" --model "$MODEL_NAME" --lr "$LR"
 echo "report: $OUT/report.md"

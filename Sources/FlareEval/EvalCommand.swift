@@ -633,7 +633,7 @@ public enum EvalCommand {
       Each --a/--b pair is one seed of the baseline and the candidate evaluated on the same
       test file (the same lines and labels; anything else is an error). For accuracy and
       macro-F1: each side's mean over the seeds with a 95 % interval (Student's t, n - 1
-      degrees of freedom), and per pair a paired bootstrap over the test examples: the
+      degrees of freedom), the same for the seed-level difference b - a, and per pair a paired bootstrap over the test examples: the
       difference b - a, its 95 % percentile interval and a two-sided p-value for "no
       difference" ((1 + k) / (R + 1), k the resampled differences at least as far from the
       observed one as it is from 0).
@@ -722,13 +722,19 @@ public enum EvalCommand {
           ("values", .array(values.map { .exact($0) })),
         ])
       }
+      // The seed-level paired difference b − a: its mean over the pairs with a 95 % interval.
+      let differences = zip(valuesB, valuesA).map { $0.0 - $0.1 }
+      let intervalDifference = Stats.meanInterval(differences)
       metrics.append(
         (
           metric.rawValue,
-          .object([("a", summary(valuesA, intervalA)), ("b", summary(valuesB, intervalB))])
+          .object([
+            ("a", summary(valuesA, intervalA)), ("b", summary(valuesB, intervalB)),
+            ("difference", summary(differences, intervalDifference)),
+          ])
         ))
       text +=
-        "\(metric.rawValue): a \(fourDecimals(intervalA.mean)) ± \(fourDecimals(intervalA.halfWidth)), b \(fourDecimals(intervalB.mean)) ± \(fourDecimals(intervalB.halfWidth)) (mean over seeds, 95 % interval)\n"
+        "\(metric.rawValue): a \(fourDecimals(intervalA.mean)) ± \(fourDecimals(intervalA.halfWidth)), b \(fourDecimals(intervalB.mean)) ± \(fourDecimals(intervalB.halfWidth)), b - a \(fourDecimals(intervalDifference.mean)) ± \(fourDecimals(intervalDifference.halfWidth)) (mean over seeds, 95 % interval)\n"
       for (index, (x, y)) in zip(a, b).enumerated() {
         let comparison = Stats.pairedBootstrap(
           truth: x.truth, a: x.predictions, b: y.predictions, metric: metric,

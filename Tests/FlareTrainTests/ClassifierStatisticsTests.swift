@@ -97,8 +97,13 @@ struct ClassifierStatisticsTests {
     defer { removeTree(work) }
     let (truth, predictions) = Self.pairs
     let better = truth  // every example right
+    // Two of the three mistakes fixed: accuracy 0.9.
+    var wrong = zip(truth, predictions).enumerated().filter { $0.element.0 != $0.element.1 }
+    wrong.removeLast()
+    var fewer = predictions
+    for (index, pair) in wrong { fewer[index] = pair.0 }
     for (name, values) in [
-      ("a1", predictions), ("a2", predictions), ("b1", better), ("b2", better),
+      ("a1", predictions), ("a2", predictions), ("b1", better), ("b2", fewer),
     ] {
       writeBytes(Array(Self.result(truth, values).utf8), to: "\(work)/\(name).json")
     }
@@ -113,7 +118,15 @@ struct ClassifierStatisticsTests {
     #expect(json["examples"]?.intValue == 10)
     #expect(json["metrics"]?["accuracy"]?["a"]?["mean"]?.doubleValue == 0.7)
     #expect(json["metrics"]?["accuracy"]?["a"]?["half_width"]?.doubleValue == 0)
-    #expect(json["metrics"]?["accuracy"]?["b"]?["mean"]?.doubleValue == 1)
+    let b = json["metrics"]?["accuracy"]?["b"]?["mean"]?.doubleValue ?? 0
+    #expect(abs(b - 0.95) < 1e-12, "\(b)")
+    // Seed-level differences 0.3 and 0.2: mean 0.25, standard deviation √0.005, half-width
+    // t(0.975, 1) · sd / √2 = 12.706 · 0.05 = 0.6353.
+    let difference = json["metrics"]?["accuracy"]?["difference"]
+    let mean = difference?["mean"]?.doubleValue ?? 0
+    let half = difference?["half_width"]?.doubleValue ?? 0
+    #expect(abs(mean - 0.25) < 1e-12, "\(mean)")
+    #expect(abs(half - 0.6353) < 1e-9, "\(half)")
     let pair = json["pairs"]?.arrayValue?.first
     #expect(abs((pair?["accuracy"]?["difference"]?.doubleValue ?? 0) - 0.3) < 1e-12)
     // Accuracy: the per-example differences are 1 on 3 of 10 examples. A resample's difference
@@ -138,15 +151,27 @@ struct ClassifierStatisticsTests {
 /// slice cannot learn the task.
 @Suite("cross-lingual grid, tiny slice")
 struct CrosslingualTinyTests {
-  @Test("scripts/crosslingual.sh --tiny runs every row and reports them")
+  @Test("scripts/crosslingual.sh --tiny runs every row and reports them (e5-small)")
   func tiny() throws {
     let folder = "\(modelCache)/models/multilingual-e5-small"
     guard fileExists("\(folder)/config.json") else { return }
+    try run(model: "e5")
+  }
+
+  @Test("scripts/crosslingual.sh --tiny --model smollm2: the decoder rows")
+  func tinyDecoder() throws {
+    guard try smolLM2HFFolder() != nil else { return }
+    try run(model: "smollm2")
+  }
+
+  func run(model: String) throws {
     let work = makeTemporaryFolder()
     defer { removeTree(work) }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["\(packageRoot)/scripts/crosslingual.sh", "--tiny", "--out", work]
+    process.arguments = [
+      "\(packageRoot)/scripts/crosslingual.sh", "--tiny", "--model", model, "--out", work,
+    ]
     var environment = ProcessInfo.processInfo.environment
     environment["FLARE_BIN"] = productsFolder()
     environment["FLARE_CACHE"] = modelCache
@@ -176,8 +201,16 @@ struct CrosslingualTinyTests {
     }
     #expect(rows[2]["train_wall_s"]?.doubleValue ?? 0 > 0)
     #expect(rows[4]["vs_lora_tt"]?.arrayValue?.count == 1)
+    // One seed: the seed-level difference is the single pair's, with no interval.
+    let pair = rows[4]["vs_lora_tt"]?.arrayValue?.first?["accuracy"]?["difference"]?.doubleValue
+    let seeds = rows[4]["vs_lora_tt_seeds"]?["accuracy"]
+    #expect(pair != nil && seeds?["mean"]?.doubleValue == pair)
+    #expect(seeds?["half_width"]?.doubleValue == 0)
     let report = try String(contentsOfFile: "\(work)/report.md", encoding: .utf8)
     #expect(report.contains("| flare-add_relu-target-only |") && report.contains("pipeline check"))
+    #expect(report.contains("- flare-add_relu: ") && report.contains("## Verdict"))
+    let described = model == "e5" ? "multilingual-e5-small" : "SmolLM2-135M-Instruct"
+    #expect(report.contains(described), "\(model)")
     #expect(fileExists("\(work)/accuracy.svg") && fileExists("\(work)/curves.svg"))
   }
 }
