@@ -66,17 +66,9 @@ def significance(binary, a_files, b_files):
                                      text=True).stdout)
 
 
-def median(values):
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def training_cost(out, name, seeds):
-    """Median wall time and tokens/s and the largest peak RSS of a trained row's runs (the
-    median: one run slowed by another process on the machine does not move it)."""
+    """The fastest seed's wall time and tokens/s and the largest peak RSS of a trained row's
+    runs (the fastest: a run slowed by other work on the machine does not count)."""
     walls, rates, rss = [], [], []
     for s in range(seeds):
         cost_file = f"{out}/runs/{name}-s{s}.cost"
@@ -92,7 +84,8 @@ def training_cost(out, name, seeds):
             tokens = sum(l["tokens"] for l in steps)
             seconds = sum(l["seconds"] for l in steps)
             rates.append(tokens / seconds)
-    return median(walls), median(rates), max(rss) if rss else None
+    return (min(walls) if walls else None, max(rates) if rates else None,
+            max(rss) if rss else None)
 
 
 def curve(out, name):
@@ -186,7 +179,7 @@ def report(args):
         summary = significance(args.bin, files, files)["metrics"]
         row = {"name": name, "seeds": len(files),
                "accuracy": summary["accuracy"]["a"], "macro_f1": summary["macro_f1"]["a"],
-               "eval_s": median([float(open(f[:-5] + ".seconds").read()) for f in files])}
+               "eval_s": min(float(open(f[:-5] + ".seconds").read()) for f in files)}
         source = name.rsplit("-oracle", 1)[0].rsplit("-target-only", 1)[0]
         if source in trained:
             row["train_wall_s"], row["tokens_per_s"], row["peak_rss_mib"] = training_cost(
@@ -219,6 +212,8 @@ def report(args):
         f"`{best}`. Intervals: 95 %, Student's t over seeds. Paired comparisons: per seed, "
         "per-example bootstrap over the test set (10,000 resamples) of the row minus "
         "lora-tt (`flare-eval significance`). Chance (majority) level: 1/6 = 0.1667.", ""]
+    if args.note:
+        lines += [f"**{args.note}**", ""]
     if args.quick != "0":
         lines += ["**A pipeline check, not a result:** this mode trains too few steps to learn the "
                   "task; `make crosslingual` runs the grid.", ""]
@@ -239,10 +234,10 @@ def report(args):
             f"{fmt(row.get('train_wall_s'))} | {fmt(row.get('tokens_per_s'))} | "
             f"{fmt(row.get('peak_rss_mib'), 0)} | {row['eval_s']:.1f} | "
             f"{fmt(row.get('eval_examples_per_s'))} |")
-    lines += ["", "Training s, tokens/s and peak RSS are the training run's (median over seeds, "
-              "peak RSS the largest; "
+    lines += ["", "Training s and tokens/s are the fastest seed's training run, peak RSS the "
+              "largest of the seeds' (other work on the machine slowed some runs; "
               "tokens/s counts the target tokens, FLARE's source pass comes on top); eval s is "
-              "`flare-eval classify` on the test file, the whole process, median over seeds (FLARE rows with a "
+              "`flare-eval classify` on the test file, the whole process, the fastest seed's (FLARE rows with a "
               "source run two passes, the source pass without the adapter and the fused pass).",
               ""]
     lines += verdict(rows)
@@ -269,8 +264,10 @@ def verdict(rows):
             word = "better than lora-tt (seed interval above 0)"
         elif len(pairs) > 1 and d["mean"] + d["half_width"] < 0:
             word = "worse than lora-tt (seed interval below 0)"
-        else:
+        elif len(pairs) > 1:
             word = "no difference shown (seed interval contains 0)"
+        else:
+            word = "one seed: no seed interval, only the bootstrap over test verses"
         lines.append(
             f"- {row['name']}: {d['mean']:+.4f} ± {d['half_width']:.4f} over {len(pairs)} "
             f"seed{'s' if len(pairs) > 1 else ''}; bootstrap p < 0.05 in favour in {up}, "
@@ -336,6 +333,7 @@ def main():
     ap.add_argument("--quick", default="0")
     ap.add_argument("--model", default="e5", choices=["e5", "smollm2"])
     ap.add_argument("--lr", default="5e-4")
+    ap.add_argument("--note", default="", help="a line under the report's header")
     ap.add_argument("--sweep", nargs="+", metavar=("OUT", "LR"))
     ap.add_argument("--export", nargs=2, metavar=("OUT", "DEST"))
     args = ap.parse_args()
