@@ -98,7 +98,7 @@ learn-check: build models
 ## The cross-lingual grid on multilingual-e5-small (FLARE vs translate-train LoRA, every
 ## baseline, every fusion, 3 seeds) with the learning rate the sweep chose on validation (the
 ## committed scripts/results/crosslingual-e5-small/sweep, or a newer `make crosslingual-sweep`):
-## about 1.5 hours on 2 cores. The committed report: scripts/results/crosslingual-e5-small.
+## about 2 hours on 2 cores. The committed report: scripts/results/crosslingual-e5-small.
 crosslingual: build models
 	scripts/crosslingual.sh --lr from-sweep
 
