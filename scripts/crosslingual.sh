@@ -41,6 +41,10 @@
 #             q_proj,v_proj, a LlamaForSequenceClassification head on the last token; the full
 #             grid runs rows 1-5 with add_relu, output in crosslingual-smollm2)
 #   --fusions the FLARE fusions to train (default: all six on e5, add_relu on smollm2)
+#   --resume  reuse every training run and evaluation already finished in --out (its cost or
+#             seconds file written), so an interrupted grid, or one given more --seeds, goes
+#             on where it stopped; a run recorded with other options (NAME.args) is an error,
+#             not a silent mix (runs from before .args files existed are trusted as they are)
 # `make crosslingual` runs the full grid (about 2 hours on 2 cores, 37 minutes a seed). Needs a release build ($FLARE_BIN overrides the
 # folder of the tools).
 set -eu
@@ -48,6 +52,7 @@ cd "$(dirname "$0")/.."
 QUICK=0
 SEEDS=3
 OUT=""
+RESUME=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -58,7 +63,8 @@ while [ $# -gt 0 ]; do
     --model) MODEL_NAME=$2; shift ;;
     --fusions) FUSIONS_OPT=$2; shift ;;
     --out) OUT=$2; shift ;;
-    *) echo "usage: scripts/crosslingual.sh [--quick | --tiny | --sweep] [--model e5|smollm2] [--seeds N] [--lr LR] [--fusions \"F...\"] [--out DIR]" >&2
+    --resume) RESUME=1 ;;
+    *) echo "usage: scripts/crosslingual.sh [--quick | --tiny | --sweep] [--model e5|smollm2] [--seeds N] [--lr LR] [--fusions \"F...\"] [--out DIR] [--resume]" >&2
        exit 64 ;;
   esac
   shift
@@ -132,9 +138,24 @@ for f in test.es test.en-mt test.es-oracle; do per_class "$NTEST" "$DATA/$f" > "
 # The Spanish test verses without a source (FLARE target-only).
 sed 's/, "source": .*}$/}/' "$OUT/data/test.es" > "$OUT/data/test.es-nosource"
 
-# Runs `flare-train` ($1: run name, rest: options) with its cost recorded in runs/NAME.cost.
+# With --resume: true when $1/$2 finished (its $3 file exists) with the options $4, so the
+# step is skipped; an error when it finished with other options.
+finished() {
+  [ "$RESUME" = 1 ] && [ -f "$1/$2.$3" ] || return 1
+  if [ -f "$1/$2.args" ] && [ "$(cat "$1/$2.args")" != "$4" ]; then
+    echo "--resume: $1/$2 was made with other options; remove it or run without --resume" >&2
+    exit 1
+  fi
+  echo "== reusing $1/$2"
+}
+
+# Runs `flare-train` ($1: run name, rest: options) with its cost recorded in runs/NAME.cost
+# and its options in runs/NAME.args; REUSED=1 when --resume skipped it.
 train() {
   name=$1; shift
+  REUSED=0
+  if finished "$OUT/runs" "$name" cost "$*"; then REUSED=1; return 0; fi
+  rm -f "$OUT/runs/$name.cost" "$OUT/runs/$name.args"
   start=$(date +%s.%N)
   if [ -x /usr/bin/time ]; then
     /usr/bin/time -f "%M" -o "$OUT/runs/$name.rss" "$BIN/flare-train" "$@" \
@@ -145,14 +166,18 @@ train() {
   end=$(date +%s.%N)
   echo "{\"wall_s\": $(awk "BEGIN { print $end - $start }"), \"peak_rss_kib\": $(cat "$OUT/runs/$name.rss" 2>/dev/null || echo null)}" \
     > "$OUT/runs/$name.cost"
+  echo "$*" > "$OUT/runs/$name.args"
 }
 # Runs `flare-eval classify` ($1: result name, rest: options) with its wall time.
 classify() {
   name=$1; shift
+  finished "$OUT/eval" "$name" seconds "$*" && return 0
+  rm -f "$OUT/eval/$name.seconds" "$OUT/eval/$name.args"
   start=$(date +%s.%N)
   "$BIN/flare-eval" classify --json "$@" > "$OUT/eval/$name.json"
   end=$(date +%s.%N)
   awk "BEGIN { print $end - $start }" > "$OUT/eval/$name.seconds"
+  echo "$*" > "$OUT/eval/$name.args"
 }
 
 if [ "$QUICK" = 3 ]; then
@@ -181,9 +206,11 @@ while [ "$seed" -lt "$SEEDS" ]; do
   # shellcheck disable=SC2086
   train "stage1-$s" lora --model "$MODEL" --data "$OUT/data/train.en" --valid "$OUT/data/valid.en" \
     --output "$OUT/runs/stage1-$s" --seed "$seed" $TRAIN_OPTS
-  "$BIN/flare-merge" --base "$MODEL" --adapter "$OUT/runs/stage1-$s" \
-    --output "$OUT/runs/stage1-$s-merged" --force --quiet
   M=$OUT/runs/stage1-$s-merged
+  # A reused stage 1 keeps its merged model (flare-merge renames it into place complete).
+  if [ "$REUSED" = 0 ] || [ ! -f "$M/model.safetensors" ]; then
+    "$BIN/flare-merge" --base "$MODEL" --adapter "$OUT/runs/stage1-$s" --output "$M" --force --quiet
+  fi
   classify "zero-shot-$s" --model "$M" --data "$OUT/data/test.es" --max-length $MAXLEN
   classify "translate-test-$s" --model "$M" --data "$OUT/data/test.en-mt" --max-length $MAXLEN
 
