@@ -10,7 +10,7 @@ E5 := $(FLARE_CACHE)/models/multilingual-e5-small
 DEMO_PROMPT := Once upon a time, there was a little
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
-.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check crosslingual crosslingual-quick crosslingual-sweep crosslingual-smollm2 clean
+.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check crosslingual crosslingual-quick crosslingual-sweep crosslingual-smollm2 fuzz fuzz-regress clean
 
 all: build
 
@@ -82,7 +82,19 @@ man-check: deps
 unit: deps
 	OPENBLAS_NUM_THREADS=1 $(SWIFT) test
 
-test: deps models lint man-check unit
+test: deps models lint man-check unit fuzz-regress
+
+## Every fuzz target once over its committed corpus, built with libFuzzer and AddressSanitizer
+## (part of `make test`: a reproducer that comes back fails it; about 2 minutes to build).
+fuzz-regress: deps
+	scripts/fuzz.sh --regress
+
+## The fuzzing campaign (not part of `make test`): FUZZ_TIME seconds per target (default 60;
+## scripts/RELIABILITY.md's campaign used 3600 or 10^7 executions), results and findings in
+## $(FLARE_CACHE)/fuzz.
+FUZZ_TIME ?= 60
+fuzz: deps
+	scripts/fuzz.sh --time $(FUZZ_TIME)
 
 ## Benchmarks (not part of the tests): flare-inspect against the Python safetensors package.
 ## Rebuild the committed Bible data (Fixtures/data/bible) from the Debian SWORD Bibles and

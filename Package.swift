@@ -59,6 +59,13 @@ let package = Package(
       name: "FlareInspect",
       dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareCLI"]),
 
+    .target(
+      name: "FlareFuzz",
+      dependencies: [
+        "FlareCore", "FlareCLI", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareInspect",
+        "FlareModels", "FlareTokenizers", "FlareTrain",
+      ]),
+
     // MARK: - Executables
     .executableTarget(name: "flare-inspect", dependencies: ["FlareInspect", "FlareCLI"]),
     .executableTarget(name: "flare-convert", dependencies: ["FlareConvert", "FlareCLI"]),
@@ -68,6 +75,9 @@ let package = Package(
       name: "flare-merge", dependencies: ["FlareMerge", "FlareCLI", "FlareTensor"]),
     .executableTarget(
       name: "flare-train", dependencies: ["FlareTrain", "FlareCLI", "FlareTensor"]),
+    // The fuzz targets' driver (a developer tool, not a product): `make fuzz` builds it with
+    // libFuzzer, every other build replays corpora with it.
+    .executableTarget(name: "flare-fuzz", dependencies: ["FlareFuzz", "FlareCore", "FlareCLI"]),
 
     // MARK: - Tests
     .target(
@@ -102,6 +112,8 @@ let package = Package(
         "FlareCLI", "FlareInspect", "FlareConvert", "_FlareTestSupport", "flare-inspect",
         "flare-convert", "flare-merge", "flare-eval",
       ]),
+    .testTarget(
+      name: "FlareFuzzTests", dependencies: ["FlareFuzz", "_FlareTestSupport", "flare-fuzz"]),
   ],
   swiftLanguageModes: [.v6]
 )
