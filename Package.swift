@@ -110,7 +110,7 @@ let package = Package(
       name: "FlareCLITests",
       dependencies: [
         "FlareCLI", "FlareInspect", "FlareConvert", "_FlareTestSupport", "flare-inspect",
-        "flare-convert", "flare-merge", "flare-eval",
+        "flare-convert", "flare-merge", "flare-eval", "flare-train",
       ]),
     .testTarget(
       name: "FlareFuzzTests", dependencies: ["FlareFuzz", "_FlareTestSupport", "flare-fuzz"]),

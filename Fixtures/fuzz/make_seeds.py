@@ -106,6 +106,9 @@ def tokenizers():
         ("wordpiece-minilm", os.path.join(CACHE, "models/all-MiniLM-L6-v2/tokenizer.json"), 400),
         ("unigram-xlmr", os.path.join(CACHE, "models/xlmr-tokenizer/tokenizer.json"), 400),
         ("bpe-smollm2", os.path.join(CACHE, "models/smollm2-hf/tokenizer.json"), 600),
+        # 64 entries: the vocabulary size of Fixtures/peft/base-llama (the kill tests convert
+        # that model with this tokenizer).
+        ("bpe-smollm2-64", os.path.join(CACHE, "models/smollm2-hf/tokenizer.json"), 64),
     ]
     for name, path, keep in sources:
         if not os.path.isfile(path):

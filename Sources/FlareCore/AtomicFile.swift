@@ -33,10 +33,10 @@ public final class AtomicFileWriter {
       throw FlareError("io", .outputExists, "output is a directory", path: destination)
     }
     let folder = AtomicFileWriter.parentFolder(of: destination)
-    let name = AtomicFileWriter.baseName(of: destination)
+    CleanupOnSignal.removeStaleTemporaries(of: destination)
     guard
       let (path, descriptor) = CleanupOnSignal.createTemporary(
-        template: "\(folder)/.\(name).flare-tmp-XXXXXX", folder: false)
+        template: CleanupOnSignal.template(for: destination), folder: false)
     else {
       throw FlareError.io(
         "cannot create a temporary file in '\(folder)'", path: destination, errno: errno)

@@ -13,7 +13,7 @@
 ///
 /// Paths are kept as C strings in a fixed table the signal handler reads without allocating.
 /// (SIGKILL cannot be caught; then the temporary file, never the output, is left, with a
-/// `.flare-tmp-` name.)
+/// `.NAME.flare-tmp-PID-` name, and the next write of the same output removes it.)
 public enum CleanupOnSignal {
   static let capacity = 64
   nonisolated(unsafe) static var table = [UnsafeMutablePointer<CChar>?](
@@ -93,6 +93,36 @@ public enum CleanupOnSignal {
     }
     if slot == nil { free(buffer) }  // the table is full: created, but not removed on a signal
     return (path, descriptor)
+  }
+
+  /// The `createTemporary` template for an output at `destination`: a hidden sibling named
+  /// after it and this process, `.NAME.flare-tmp-PID-XXXXXX`.
+  public static func template(for destination: String) -> String {
+    let folder = AtomicFileWriter.parentFolder(of: destination)
+    let name = AtomicFileWriter.baseName(of: destination)
+    return "\(folder)/.\(name).flare-tmp-\(getpid())-XXXXXX"
+  }
+
+  /// Removes the temporary files and folders that killed Flare processes left (SIGKILL runs no
+  /// handler) in the folder of `destination`: `.NAME.flare-tmp-PID-…` entries whose process no
+  /// longer exists. Others, and names without a process id, are left alone.
+  /// - Returns: The paths removed.
+  @discardableResult
+  public static func removeStaleTemporaries(of destination: String) -> [String] {
+    let folder = AtomicFileWriter.parentFolder(of: destination)
+    let marker = ".flare-tmp-"
+    var removed: [String] = []
+    for entry in folderEntries(folder) where entry.hasPrefix(".") {
+      guard let range = entry.firstRange(of: marker) else { continue }
+      let rest = entry[range.upperBound...]
+      guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0,
+        pid != getpid()
+      else { continue }
+      guard kill(pid, 0) == -1 && errno == ESRCH else { continue }
+      removeFileTree("\(folder)/\(entry)")
+      removed.append("\(folder)/\(entry)")
+    }
+    return removed
   }
 
   /// Forgets a path (it was published or already removed).

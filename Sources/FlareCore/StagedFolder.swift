@@ -20,7 +20,8 @@ public final class StagedFolder {
       throw FlareError("io", .outputExists, "output exists and is not a folder", path: destination)
     }
     let parent = AtomicFileWriter.parentFolder(of: destination)
-    let template = "\(parent)/.\(AtomicFileWriter.baseName(of: destination)).flare-tmp-XXXXXX"
+    CleanupOnSignal.removeStaleTemporaries(of: destination)
+    let template = CleanupOnSignal.template(for: destination)
     guard let (made, _) = CleanupOnSignal.createTemporary(template: template, folder: true) else {
       throw FlareError.io(
         "cannot create a temporary folder in '\(parent)'", path: destination, errno: errno)
@@ -39,8 +40,17 @@ public final class StagedFolder {
     }
   }
 
-  /// Moves `files` into place: the whole folder is renamed when the destination does not exist
-  /// yet, otherwise each file is renamed into it.
+  /// Moves `files` into place, so that the destination holds at every moment either its
+  /// previous content or the new one, whole (even if the process is killed meanwhile):
+  /// - no destination yet: the staging folder is renamed to it;
+  /// - an existing destination: everything in it that `files` does not replace (other files,
+  ///   subfolders such as a training run's checkpoint) is hard-linked into the staging folder,
+  ///   which then takes the destination's place in one `renameat2(RENAME_EXCHANGE)`; the old
+  ///   folder, now at the staging path, is removed.
+  /// Where the file system cannot exchange or hard-link (another file system inside the
+  /// destination, a kernel without `RENAME_EXCHANGE`), each file is renamed into the
+  /// destination instead: every file is then whole, but a kill between two renames leaves old
+  /// and new files side by side.
   public func publish(files: [String]) throws {
     if !fileExists(destination) {
       guard rename(path, destination) == 0 else {
@@ -48,6 +58,13 @@ public final class StagedFolder {
       }
       CleanupOnSignal.unregister(path)
       published = true
+      return
+    }
+    if exchangeWithDestination(keeping: Set(files)) {
+      published = true
+      CleanupOnSignal.unregister(path)
+      // The staging path now holds the previous folder.
+      removeFileTree(path)
       return
     }
     for name in files {
@@ -62,14 +79,99 @@ public final class StagedFolder {
   /// Removes the staging folder and whatever is left in it.
   public func cleanUp() {
     guard isDirectory(path) else { return }
-    for name in folderEntries(path) { unlink("\(path)/\(name)") }
-    rmdir(path)
+    removeFileTree(path)
     CleanupOnSignal.unregister(path)
+  }
+
+  /// Links what the destination keeps into the staging folder, gives the staging folder the
+  /// destination's permissions and exchanges the two; `false` (staging folder back to the new
+  /// files only) if any step is not possible here.
+  private func exchangeWithDestination(keeping replaced: Set<String>) -> Bool {
+    guard let exchange = renameExchange else { return false }
+    var kept: [String] = []
+    for name in folderEntries(destination) where !replaced.contains(name) {
+      kept.append(name)
+      guard linkTree("\(destination)/\(name)", "\(path)/\(name)") else {
+        for name in kept { removeFileTree("\(path)/\(name)") }
+        return false
+      }
+    }
+    var info = stat()
+    if stat(destination, &info) == 0 { _ = chmod(path, info.st_mode & 0o7777) }
+    guard exchange(AT_FDCWD, path, AT_FDCWD, destination, renameExchangeFlag) == 0 else {
+      for name in kept { removeFileTree("\(path)/\(name)") }
+      return false
+    }
+    syncFolder(AtomicFileWriter.parentFolder(of: destination))
+    return true
   }
 
   deinit {
     if !published || isDirectory(path) { cleanUp() }
   }
+}
+
+/// `renameat2(2)` (glibc 2.28+), looked up at run time: Swift's Glibc module does not declare
+/// it. `nil` where the C library lacks it.
+private let renameExchange:
+  (@convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32)? = {
+    #if os(Linux)
+      guard let symbol = dlsym(nil, "renameat2") else { return nil }
+      return unsafeBitCast(
+        symbol,
+        to: (@convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) ->
+          Int32)
+          .self)
+    #else
+      return nil
+    #endif
+  }()
+
+/// `RENAME_EXCHANGE` (linux/fs.h): swap the two paths atomically.
+private let renameExchangeFlag: UInt32 = 1 << 1
+
+/// Recreates the tree at `source` at `target` with hard links (folders made anew with the same
+/// permissions, symbolic links copied); `false` if something cannot be linked (another file
+/// system, a special file).
+func linkTree(_ source: String, _ target: String) -> Bool {
+  var info = stat()
+  guard lstat(source, &info) == 0 else { return false }
+  switch info.st_mode & S_IFMT {
+  case S_IFREG:
+    return link(source, target) == 0
+  case S_IFLNK:
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let count = readlink(source, &buffer, buffer.count - 1)
+    guard count >= 0 else { return false }
+    buffer[count] = 0
+    return symlink(buffer, target) == 0
+  case S_IFDIR:
+    guard mkdir(target, info.st_mode & 0o7777) == 0 else { return false }
+    return folderEntries(source).allSatisfy { linkTree("\(source)/\($0)", "\(target)/\($0)") }
+  default:
+    return false
+  }
+}
+
+/// Removes `path`: a file, a symbolic link, or a folder with everything in it (symbolic links
+/// are removed, never followed).
+public func removeFileTree(_ path: String) {
+  var info = stat()
+  guard lstat(path, &info) == 0 else { return }
+  if (info.st_mode & S_IFMT) == S_IFDIR {
+    for name in folderEntries(path) { removeFileTree("\(path)/\(name)") }
+    rmdir(path)
+  } else {
+    unlink(path)
+  }
+}
+
+/// `fsync`s folder `path`, so a rename in it is durable.
+func syncFolder(_ path: String) {
+  let fd = open(path, O_RDONLY | O_DIRECTORY)
+  guard fd >= 0 else { return }
+  _ = fsync(fd)
+  close(fd)
 }
 
 /// Copies a small file (configs, tokenizers) from `source` to `target`.

@@ -132,20 +132,7 @@ public final class FuzzScratch: @unchecked Sendable {
 
   /// Removes the folder and everything in it.
   public func remove() {
-    removeTree(folder)
-  }
-
-  private func removeTree(_ path: String) {
-    for entry in folderEntries(path) {
-      let child = "\(path)/\(entry)"
-      var info = stat()
-      if lstat(child, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR {
-        removeTree(child)
-      } else {
-        unlink(child)
-      }
-    }
-    rmdir(path)
+    removeFileTree(folder)
   }
 }
 

@@ -53,7 +53,6 @@ public final class LlamaModel: @unchecked Sendable {
 
   /// Loads a Llama model from an opened ``WeightSource``.
   public init(source: WeightSource) throws {
-    let path = source.path
     self.source = source
     let config: LlamaConfig
     let name: (String) -> String

@@ -1,4 +1,5 @@
 import FlareCore
+import Foundation
 import Testing
 import _FlareTestSupport
 
@@ -128,6 +129,62 @@ struct FileTests {
     #expect(folderContents(folder) == ["out.bin"])
     let empty = try MappedFile(path: path)
     #expect(empty.count == 1)
+  }
+
+  @Test(
+    "a staged folder replaces an existing one in one exchange: the files it writes are new, everything else is kept (hard links), permissions stay"
+  )
+  func stagedFolderReplacesAtomically() throws {
+    let parent = makeTemporaryFolder()
+    defer { removeTree(parent) }
+    let destination = "\(parent)/out"
+    let sub = "\(destination)/checkpoint-3"
+    try makeFolder(destination, mode: 0o750)
+    try makeFolder(sub, mode: 0o700)
+    writeBytes([1], to: "\(destination)/model.bin")
+    writeBytes([2], to: "\(destination)/notes.txt")
+    writeBytes([3], to: "\(sub)/state.json")
+    let before = try inode(destination)
+    let keptInode = try inode("\(sub)/state.json")
+
+    let staging = try StagedFolder(for: destination)
+    writeBytes([9, 9], to: "\(staging.path)/model.bin")
+    writeBytes([8], to: "\(staging.path)/config.json")
+    try staging.publish(files: ["model.bin", "config.json"])
+
+    // Oracle: the exchange leaves a new folder (new inode) holding the new files and the old
+    // ones it did not replace, as hard links to the same inodes; nothing else in the parent.
+    #expect(folderContents(parent) == ["out"])
+    #expect(try inode(destination) != before)
+    #expect(
+      folderContents(destination) == ["checkpoint-3", "config.json", "model.bin", "notes.txt"])
+    #expect(fileBytes("\(destination)/model.bin") == [9, 9])
+    #expect(fileBytes("\(destination)/config.json") == [8])
+    #expect(fileBytes("\(destination)/notes.txt") == [2])
+    #expect(fileBytes("\(sub)/state.json") == [3])
+    #expect(try inode("\(sub)/state.json") == keptInode)
+    #expect(try mode(destination) == 0o750)
+    #expect(try mode(sub) == 0o700)
+
+    // A fresh destination is the staging folder renamed.
+    let fresh = try StagedFolder(for: "\(parent)/fresh")
+    writeBytes([5], to: "\(fresh.path)/a")
+    try fresh.publish(files: ["a"])
+    #expect(folderContents("\(parent)/fresh") == ["a"])
+    #expect(folderContents(parent) == ["fresh", "out"])
+  }
+
+  func makeFolder(_ path: String, mode: Int) throws {
+    try FileManager.default.createDirectory(
+      atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: mode])
+  }
+
+  func inode(_ path: String) throws -> Int {
+    try (FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? Int) ?? -1
+  }
+
+  func mode(_ path: String) throws -> Int {
+    try (FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) ?? -1
   }
 
   @Test("CRC-32 through zlib")
