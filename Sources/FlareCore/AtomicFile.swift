@@ -39,7 +39,8 @@ public final class AtomicFileWriter {
         template: CleanupOnSignal.template(for: destination), folder: false)
     else {
       throw FlareError.io(
-        "cannot create a temporary file in '\(folder)'", path: destination, errno: errno)
+        "cannot create a temporary file beside it", path: StagedFolder.outputPath(for: destination),
+        errno: errno)
     }
     fd = descriptor
     // mkstemp creates the file 0600; give it the mode a plain create would (0666 minus umask).
@@ -83,10 +84,12 @@ public final class AtomicFileWriter {
     guard fd >= 0 else { return }
     try flush()
     guard fsync(fd) == 0 else {
-      throw FlareError.io("cannot sync", path: temporaryPath, errno: errno)
+      throw FlareError.io(
+        "cannot sync", path: StagedFolder.outputPath(for: destination), errno: errno)
     }
     guard close(fd) == 0 else {
-      throw FlareError.io("cannot close", path: temporaryPath, errno: errno)
+      throw FlareError.io(
+        "cannot close", path: StagedFolder.outputPath(for: destination), errno: errno)
     }
     fd = -1
   }
@@ -94,7 +97,8 @@ public final class AtomicFileWriter {
   /// Second phase of a commit: renames the finished temporary file into place.
   public func publish() throws {
     guard rename(temporaryPath, destination) == 0 else {
-      throw FlareError.io("cannot rename into place", path: destination, errno: errno)
+      throw FlareError.io(
+        "cannot rename into place", path: StagedFolder.outputPath(for: destination), errno: errno)
     }
     committed = true
     CleanupOnSignal.unregister(temporaryPath)
@@ -132,7 +136,8 @@ public final class AtomicFileWriter {
       let n = Glibc.write(fd, start + done, bytes.count - done)
       if n < 0 {
         if errno == EINTR { continue }
-        throw FlareError.io("cannot write", path: temporaryPath, errno: errno)
+        throw FlareError.io(
+          "cannot write", path: StagedFolder.outputPath(for: destination), errno: errno)
       }
       done += n
     }

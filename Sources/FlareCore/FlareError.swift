@@ -45,7 +45,8 @@ public struct FlareError: Error, Equatable, CustomStringConvertible, Sendable {
   /// The same error, attributed to `path` unless it already names a file.
   public func inFile(_ path: String) -> FlareError {
     var copy = self
-    if copy.path == nil { copy.path = path }
+    // A file inside a staging folder is named as the output it will become.
+    if copy.path == nil { copy.path = StagedFolder.outputPath(for: path) }
     return copy
   }
 

@@ -28,6 +28,43 @@ public final class StagedFolder {
     }
     path = made
     _ = chmod(path, 0o777 & ~currentUmask())  // mkdtemp makes it 0700
+    Self.register(staging: made, destination: destination)
+  }
+
+  // Staging folders and their destinations, so that errors about files being written inside a
+  // staging folder name the output the user asked for (``outputPath(for:)``).
+  nonisolated(unsafe) private static var stagings: [(staging: String, destination: String)] = []
+  nonisolated(unsafe) private static var stagingsLock = pthread_mutex_t()
+
+  private static func register(staging: String, destination: String) {
+    pthread_mutex_lock(&stagingsLock)
+    stagings.append((staging, destination))
+    pthread_mutex_unlock(&stagingsLock)
+  }
+
+  private static func forget(staging: String) {
+    pthread_mutex_lock(&stagingsLock)
+    stagings.removeAll { $0.staging == staging }
+    pthread_mutex_unlock(&stagingsLock)
+  }
+
+  /// `path` as the user knows it: a path inside a live staging folder becomes the same path in
+  /// its destination (nested staging folders resolve in turn); other paths are unchanged.
+  public static func outputPath(for path: String) -> String {
+    pthread_mutex_lock(&stagingsLock)
+    let table = stagings
+    pthread_mutex_unlock(&stagingsLock)
+    var result = path
+    var changed = true
+    while changed {
+      changed = false
+      for (staging, destination) in table where result == staging || result.hasPrefix(staging + "/")
+      {
+        result = destination + result.dropFirst(staging.count)
+        changed = true
+      }
+    }
+    return result
   }
 
   /// Refuses to start when any of `files` already exists at the destination (unless `overwrite`).
@@ -108,6 +145,7 @@ public final class StagedFolder {
 
   deinit {
     if !published || isDirectory(path) { cleanUp() }
+    Self.forget(staging: path)
   }
 }
 

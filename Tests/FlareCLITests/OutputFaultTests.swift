@@ -1,0 +1,227 @@
+import FlareCore
+import Foundation
+import Testing
+import _FlareTestSupport
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Outputs under hostile conditions: a full disk and a read-only file system (small tmpfs
+/// mounts the test makes; root is needed, so without it these two are skipped with a note),
+/// an output that is a folder, the same path as input and output, two processes writing one
+/// output. Each gets a clear error naming the path (exit 1) or a correct result; the previous
+/// output is never damaged and no temporary file stays. Oracles: the previous output's bytes
+/// and an undisturbed run's output.
+@Suite("output faults", .serialized)
+struct OutputFaultTests {
+  let base = fixturePath("peft/base-llama/model.safetensors")
+  let adapter = fixturePath("peft/lora-plain")
+  let otherAdapter = fixturePath("peft/lora-plain-2")
+
+  /// Mounts a tmpfs of `kilobytes` at a fresh folder (read-only after `prepare` when
+  /// `readOnly`); `nil` when not root.
+  func withTmpfs(
+    kilobytes: Int, readOnly: Bool = false, prepare: (String) throws -> Void = { _ in },
+    _ body: (String) throws -> Void
+  ) throws {
+    guard getuid() == 0 else {
+      print("note: not root, the tmpfs cases are skipped")
+      return
+    }
+    let folder = makeTemporaryFolder()
+    defer { removeTree(folder) }
+    try #require(shell("/bin/mount", ["-t", "tmpfs", "-o", "size=\(kilobytes)k", "tmpfs", folder]))
+    defer { _ = shell("/bin/umount", [folder]) }
+    try prepare(folder)
+    if readOnly {
+      try #require(shell("/bin/mount", ["-o", "remount,ro", folder]))
+    }
+    try body(folder)
+  }
+
+  func shell(_ tool: String, _ arguments: [String]) -> Bool {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: tool)
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return false }
+    process.waitUntilExit()
+    return process.terminationStatus == 0
+  }
+
+  func temporaries(in folder: String) -> [String] {
+    folderContents(folder).filter { $0.contains(".flare-tmp-") }
+  }
+
+  @Test("a full disk: exit 1 naming the output, the previous output intact, nothing staged left")
+  func diskFull() throws {
+    // 160 KiB: room for one 92 KiB merged model, not for a second one beside it.
+    try withTmpfs(kilobytes: 160) { folder in
+      let output = "\(folder)/merged.safetensors"
+      let merge = ["--base", base, "--output", output, "--force", "-q"]
+      try #require(try runTool("flare-merge", merge + ["--adapter", otherAdapter]).status == 0)
+      let previous = fileBytes(output)
+      let result = try runTool("flare-merge", merge + ["--adapter", adapter])
+      #expect(result.status == 1)
+      #expect(result.stderr.contains(output), "\(result.stderr)")
+      #expect(result.stderr.lowercased().contains("no space left"), "\(result.stderr)")
+      #expect(fileBytes(output) == previous)
+      #expect(temporaries(in: folder).isEmpty, "\(temporaries(in: folder))")
+    }
+    // A folder output (flare-convert to an HF folder), same rules.
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let gguf = try tinyLlamaGGUF(in: scratch)
+    try withTmpfs(kilobytes: 160) { folder in
+      let output = "\(folder)/hf"
+      try #require(
+        try runTool("flare-convert", [gguf, output, "--outtype", "f16", "-q"]).status == 0)
+      let previous = folderSnapshot(output)
+      let result = try runTool("flare-convert", [gguf, output, "--force", "-q"])
+      #expect(result.status == 1)
+      #expect(result.stderr.contains(output), "\(result.stderr)")
+      #expect(folderSnapshot(output) == previous)
+      #expect(temporaries(in: folder).isEmpty, "\(temporaries(in: folder))")
+    }
+  }
+
+  @Test("a read-only file system: exit 1 naming the output, the previous output intact")
+  func readOnly() throws {
+    var previous: [UInt8] = []
+    try withTmpfs(
+      kilobytes: 512, readOnly: true,
+      prepare: { folder in
+        let made = try runTool(
+          "flare-merge",
+          [
+            "--base", base, "--adapter", otherAdapter, "--output", "\(folder)/merged.safetensors",
+            "-q",
+          ])
+        try #require(made.status == 0)
+        previous = fileBytes("\(folder)/merged.safetensors")
+      }
+    ) { folder in
+      let output = "\(folder)/merged.safetensors"
+      let result = try runTool(
+        "flare-merge", ["--base", base, "--adapter", adapter, "--output", output, "--force", "-q"])
+      #expect(result.status == 1)
+      #expect(result.stderr.contains(output), "\(result.stderr)")
+      #expect(result.stderr.lowercased().contains("read-only"), "\(result.stderr)")
+      #expect(fileBytes(output) == previous)
+    }
+  }
+
+  @Test("an output path that is a folder is refused by name for a file output")
+  func outputIsAFolder() throws {
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let folder = "\(scratch)/taken"
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    writeBytes([7], to: "\(folder)/keep.txt")
+    let result = try runTool(
+      "flare-merge", ["--base", base, "--adapter", adapter, "--output", folder, "--force", "-q"])
+    #expect(result.status == 1)
+    #expect(
+      result.stderr.contains("\(folder): io error: output is a directory"), "\(result.stderr)")
+    #expect(folderContents(folder) == ["keep.txt"])
+    let gguf = try runTool(
+      "flare-convert",
+      [
+        fixturePath("gguf/tiny-llama.gguf"), "\(scratch)/taken", "--outtype", "q8_0", "--force",
+        "-q",
+      ])
+    #expect(gguf.status != 0)
+    #expect(folderContents(folder) == ["keep.txt"])
+  }
+
+  @Test("the same path as input and output gives the result of a separate output")
+  func sameInputAndOutput() throws {
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let separate = "\(scratch)/separate.safetensors"
+    try #require(
+      try runTool(
+        "flare-merge", ["--base", base, "--adapter", adapter, "--output", separate, "-q"]
+      )
+      .status == 0)
+    // A file merged onto itself (the base stays mapped from the old file while the new one is
+    // staged and renamed over it).
+    let inPlace = "\(scratch)/in-place.safetensors"
+    try FileManager.default.copyItem(atPath: base, toPath: inPlace)
+    let result = try runTool(
+      "flare-merge",
+      ["--base", inPlace, "--adapter", adapter, "--output", inPlace, "--force", "-q"])
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(fileBytes(inPlace) == fileBytes(separate))
+    #expect(temporaries(in: scratch).isEmpty)
+    // A folder merged onto itself: the untouched files stay, the weights are the merged ones.
+    let folder = "\(scratch)/model"
+    try FileManager.default.copyItem(atPath: fixturePath("peft/base-llama"), toPath: folder)
+    let config = fileBytes("\(folder)/config.json")
+    let folderResult = try runTool(
+      "flare-merge", ["--base", folder, "--adapter", adapter, "--output", folder, "--force", "-q"])
+    #expect(folderResult.status == 0, "\(folderResult.stderr)")
+    #expect(fileBytes("\(folder)/model.safetensors") == fileBytes(separate))
+    #expect(fileBytes("\(folder)/config.json") == config)
+    #expect(temporaries(in: scratch).isEmpty)
+  }
+
+  @Test("two processes writing one output: it ends as one of the two complete outputs")
+  func concurrentWriters() throws {
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    var expected: [[UInt8]] = []
+    for (i, source) in [adapter, otherAdapter].enumerated() {
+      let path = "\(scratch)/expected-\(i).safetensors"
+      try #require(
+        try runTool("flare-merge", ["--base", base, "--adapter", source, "--output", path, "-q"])
+          .status == 0)
+      expected.append(fileBytes(path))
+    }
+    for output in ["\(scratch)/shared.safetensors", "\(scratch)/shared-folder"] {
+      let isFolder = !output.hasSuffix(".safetensors")
+      let baseInput = isFolder ? fixturePath("peft/base-llama") : base
+      for round in 0..<5 {
+        let processes = [adapter, otherAdapter].map { source -> Process in
+          let process = Process()
+          process.executableURL = URL(fileURLWithPath: "\(productsFolder())/flare-merge")
+          process.arguments = [
+            "--base", baseInput, "--adapter", source, "--output", output, "--force", "-q",
+          ]
+          process.standardError = FileHandle.nullDevice
+          return process
+        }
+        for process in processes { try process.run() }
+        for process in processes { process.waitUntilExit() }
+        for process in processes { #expect(process.terminationStatus == 0, "round \(round)") }
+        let weights = isFolder ? "\(output)/model.safetensors" : output
+        #expect(expected.contains(fileBytes(weights)), "round \(round): a mixed or partial output")
+        #expect(temporaries(in: scratch).isEmpty, "round \(round): \(temporaries(in: scratch))")
+      }
+    }
+  }
+
+  /// The tiny Llama of Fixtures/peft as a GGUF (with the 64-token BPE tokenizer seed).
+  func tinyLlamaGGUF(in scratch: String) throws -> String {
+    let model = "\(scratch)/tiny-llama"
+    try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
+    for file in ["config.json", "model.safetensors"] {
+      try FileManager.default.copyItem(
+        atPath: fixturePath("peft/base-llama/\(file)"), toPath: "\(model)/\(file)")
+    }
+    try FileManager.default.copyItem(
+      atPath: fixturePath("fuzz/tokenizer-json/seed-bpe-smollm2-64.json"),
+      toPath: "\(model)/tokenizer.json")
+    let gguf = "\(scratch)/tiny-llama.gguf"
+    try #require(try runTool("flare-convert", [model, gguf, "-q"]).status == 0)
+    return gguf
+  }
+
+  /// Every file of a folder with its bytes.
+  func folderSnapshot(_ folder: String) -> [String: [UInt8]] {
+    Dictionary(
+      uniqueKeysWithValues: folderContents(folder).map { ($0, fileBytes("\(folder)/\($0)")) })
+  }
+}
