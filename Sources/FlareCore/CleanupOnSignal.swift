@@ -44,6 +44,7 @@ public enum CleanupOnSignal {
       sigaddset(&signals, sig)
     }
     pthread_sigmask(SIG_UNBLOCK, &signals, nil)
+    MappedFileFaults.install()
   }
 
   /// Registers a temporary file (or folder) to remove on interruption.
@@ -139,6 +140,13 @@ public enum CleanupOnSignal {
 
 /// Removes every registered path and exits with 128 + the signal number.
 private func handle(_ sig: Int32) {
+  removeRegisteredTemporaries()
+  _exit(128 + sig)
+}
+
+/// Removes every registered temporary path (in a signal handler: no allocation by Swift
+/// strings, no locks).
+func removeRegisteredTemporaries() {
   for slot in 0..<CleanupOnSignal.capacity {
     guard let path = CleanupOnSignal.table[slot] else { continue }
     if CleanupOnSignal.isFolder[slot], let dir = opendir(path) {
@@ -171,5 +179,4 @@ private func handle(_ sig: Int32) {
       unlink(path)
     }
   }
-  _exit(128 + sig)
 }

@@ -46,6 +46,7 @@ public final class MappedFile: @unchecked Sendable {
     }
     base = mapped
     bytes = UnsafeRawBufferPointer(start: mapped, count: size)
+    MappedFileFaults.register(base: mapped, count: size, path: path)
   }
 
   /// The file size in bytes.
@@ -64,7 +65,10 @@ public final class MappedFile: @unchecked Sendable {
   }
 
   deinit {
-    if let base { munmap(base, length) }
+    if let base {
+      MappedFileFaults.unregister(base: base)
+      munmap(base, length)
+    }
   }
 }
 

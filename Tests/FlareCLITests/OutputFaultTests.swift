@@ -203,6 +203,44 @@ struct OutputFaultTests {
     }
   }
 
+  /// A 512 MiB safetensors file (sparse: no disk used) truncated by another program while
+  /// `flare-inspect --check --data` scans it: the read past the new end raises SIGBUS, which
+  /// the tools turn into an error naming the file and exit 1. Retried with a later cut when
+  /// the cut came before the file was mapped (then the size check refuses it, also exit 1).
+  @Test("an input truncated while it is mapped: exit 1 naming the file, no crash")
+  func truncatedWhileMapped() throws {
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let path = "\(scratch)/big.safetensors"
+    let count = 128 << 20
+    var header = Array(
+      "{\"w\":{\"dtype\":\"F32\",\"shape\":[\(count)],\"data_offsets\":[0,\(4 * count)]}}".utf8)
+    while header.count % 8 != 0 { header.append(0x20) }
+    var sawBusError = false
+    for delay in [0.3, 0.6, 1.2] where !sawBusError {
+      var bytes = withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) }
+      bytes += header
+      writeBytes(bytes, to: path)
+      try #require(truncate(path, off_t(bytes.count + 4 * count)) == 0)
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: "\(productsFolder())/flare-inspect")
+      process.arguments = ["--check", "--data", "--quiet", path]
+      let errors = Pipe()
+      process.standardError = errors
+      process.standardOutput = FileHandle.nullDevice
+      try process.run()
+      usleep(useconds_t(delay * 1e6))
+      #expect(truncate(path, 100_000_000) == 0)
+      let stderr = String(
+        decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      process.waitUntilExit()
+      #expect(process.terminationReason == .exit, "killed by signal \(process.terminationStatus)")
+      #expect(process.terminationStatus == 1, "\(stderr)")
+      sawBusError = stderr.contains("\(path): io error: the file changed size while it was read")
+    }
+    #expect(sawBusError, "the cut never came while the file was being scanned")
+  }
+
   /// The tiny Llama of Fixtures/peft as a GGUF (with the 64-token BPE tokenizer seed).
   func tinyLlamaGGUF(in scratch: String) throws -> String {
     let model = "\(scratch)/tiny-llama"
