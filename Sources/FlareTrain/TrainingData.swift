@@ -1,6 +1,14 @@
 import FlareCore
 import FlareTokenizers
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
 /// What the adapter is trained for.
 public enum TrainingTask: String, CaseIterable, Sendable {
   /// Next-token prediction: `{"text"}` (loss on every token) or `{"prompt","completion"}`
@@ -14,7 +22,7 @@ public enum TrainingTask: String, CaseIterable, Sendable {
 public struct TrainingDataError: Error, Equatable, CustomStringConvertible, Sendable {
   /// A stable identifier tests compare.
   public enum Code: String, Sendable {
-    case unreadable, malformedJSON, notAnObject, missingField, wrongType, emptyFile
+    case unreadable, malformedJSON, notAnObject, missingField, wrongType, emptyFile, lineTooLong
     case unknownLabel, mixedLabels, labelOutOfRange, tokenizerMismatch
   }
 
@@ -111,16 +119,20 @@ public enum JSONLReader {
   public static func read(path: String, task: TrainingTask, source: Bool = false)
     throws(TrainingDataError) -> [RawExample]
   {
-    let bytes: [UInt8]
+    // Parsed from the mapping: a file is never copied whole, and a line is copied only once it
+    // is known to be within the limit.
+    let file: MappedFile
     do {
-      bytes = try readSmallFile(path, limit: 4 << 30)
-    } catch let error as FlareError {
-      throw TrainingDataError(.unreadable, path: path, line: nil, error.message)
+      file = try MappedFile(path: path)
     } catch {
-      throw TrainingDataError(.unreadable, path: path, line: nil, "cannot read the file")
+      throw TrainingDataError(.unreadable, path: path, line: nil, error.message)
     }
-    return try parse(bytes, path: path, task: task, source: source)
+    return try parse(file.bytes, path: path, task: task, source: source)
   }
+
+  /// The longest line a training file may have (16 MiB; a long training example is a few
+  /// hundred KiB). Longer lines are refused before they are copied or parsed.
+  public static let maxLineBytes = 16 << 20
 
   /// Parses JSONL text (`path` is used in errors only).
   /// With `source`, every line also needs `"source"` (FLARE's parallel English text) and may
@@ -128,16 +140,43 @@ public enum JSONLReader {
   public static func parse(_ bytes: [UInt8], path: String, task: TrainingTask, source: Bool = false)
     throws(TrainingDataError) -> [RawExample]
   {
+    let result: Result<[RawExample], TrainingDataError> = bytes.withUnsafeBytes { raw in
+      do throws(TrainingDataError) {
+        return .success(try parse(raw, path: path, task: task, source: source))
+      } catch {
+        return .failure(error)
+      }
+    }
+    return try result.get()
+  }
+
+  /// Parses JSONL text in memory (`path` is used in errors only).
+  public static func parse(
+    _ bytes: UnsafeRawBufferPointer, path: String, task: TrainingTask, source: Bool = false
+  ) throws(TrainingDataError) -> [RawExample] {
     var examples: [RawExample] = []
     var lineNumber = 0
     var start = 0
     while start < bytes.count {
       lineNumber += 1
+      let limit = min(bytes.count, start + maxLineBytes + 2)
       var end = start
-      while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+      if let base = bytes.baseAddress,
+        let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), limit - start)
+      {
+        end = base.distance(to: UnsafeRawPointer(newline))
+      } else {
+        end = limit
+      }
       var last = end
       if last > start && bytes[last - 1] == UInt8(ascii: "\r") { last -= 1 }
-      let line = bytes[start..<last]
+      guard last - start <= maxLineBytes else {
+        throw TrainingDataError(
+          .lineTooLong, path: path, line: lineNumber,
+          "the line is longer than \(maxLineBytes >> 20) MiB (a training example of that size is not text Flare reads)"
+        )
+      }
+      let line = UnsafeRawBufferPointer(rebasing: bytes[start..<last])
       start = end + 1
       if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
       examples.append(

@@ -66,14 +66,15 @@ public struct ToolResult: Sendable {
   public var stderr: String
 }
 
-/// Runs the built executable `name` (from the same products folder as the tests) with
-/// `arguments`, capturing its output.
+/// Runs the built executable `name` (from the same products folder as the tests; or the
+/// program at `name` when it is an absolute path) with `arguments`, capturing its output.
 public func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil)
   throws -> ToolResult
 {
   let products = productsFolder()
   let process = Process()
-  process.executableURL = URL(fileURLWithPath: "\(products)/\(name)")
+  // An absolute path runs that program instead (a shell, for instance).
+  process.executableURL = URL(fileURLWithPath: name.hasPrefix("/") ? name : "\(products)/\(name)")
   process.arguments = arguments
   if let environment { process.environment = environment }
   let out = Pipe()
