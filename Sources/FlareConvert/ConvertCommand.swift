@@ -28,6 +28,10 @@ public enum ConvertCommand {
         help:
           "Quantize every 2-D tensor to --outtype; by default the output head gets Q6_K, as llama.cpp does."
       ),
+      OptionSpec(
+        "--threads", value: "n",
+        help: "Threads for (de)quantization (default: all cores; the output does not depend on it)."
+      ),
       OptionSpec("--force", help: "Replace existing output files."),
       OptionSpec("--json", help: "Print a JSON summary."),
       OptionSpec("--quiet", short: "-q", help: "Print nothing on success; no progress bar."),
@@ -51,6 +55,12 @@ public enum ConvertCommand {
     }
     let force = arguments.flag("--force")
     let quiet = arguments.flag("--quiet")
+    if let threads = try arguments.int("--threads", spec: spec) {
+      guard threads >= 1 else {
+        throw UsageError("the value '\(threads)' is invalid for '--threads <n>'")
+      }
+      GGMLParallelism.threads = threads
+    }
     let bar = ProgressBar(label: "converting", total: 1, enabled: !quiet)
     let progress: Converter.Progress = { done, count in bar.set(done: done, of: count) }
     defer { bar.finish() }

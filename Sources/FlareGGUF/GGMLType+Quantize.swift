@@ -161,11 +161,30 @@ extension GGMLType {
   }
 }
 
+/// How many threads (de)quantization uses: 0 (the default) for all cores. The ranges do not
+/// depend on it, so neither do the results.
+public enum GGMLParallelism {
+  nonisolated(unsafe) public static var threads = 0
+}
+
 /// Splits `0..<count` into contiguous ranges that start at multiples of `granularity` and
-/// together cover every item, and runs `body` on them on all cores.
+/// together cover every item, and runs `body` on them on all cores (or on
+/// ``GGMLParallelism/threads`` workers, each taking every n-th range).
 func parallelRanges(count: Int, granularity: Int, body: @Sendable (Range<Int>) -> Void) {
   let ranges = chunkRanges(count: count, granularity: granularity)
-  DispatchQueue.concurrentPerform(iterations: ranges.count) { i in body(ranges[i]) }
+  let threads = GGMLParallelism.threads
+  guard threads > 0 else {
+    DispatchQueue.concurrentPerform(iterations: ranges.count) { i in body(ranges[i]) }
+    return
+  }
+  let workers = min(threads, ranges.count)
+  if workers <= 1 {
+    for range in ranges { body(range) }
+    return
+  }
+  DispatchQueue.concurrentPerform(iterations: workers) { worker in
+    for i in stride(from: worker, to: ranges.count, by: workers) { body(ranges[i]) }
+  }
 }
 
 /// The ranges ``parallelRanges(count:granularity:body:)`` uses: at most 8 per 64 units of

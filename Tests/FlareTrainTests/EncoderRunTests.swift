@@ -235,9 +235,10 @@ struct EncoderRunTests {
   /// Oracle: the adapter's own earlier state (a run is a function of the seed and the step).
   /// On the real model, with everything random switched on (fresh LoRA init from the seed,
   /// shuffling, LoRA dropout 0.1, the model's dropout 0.1): 6 steps on 2 threads, saving a
-  /// checkpoint at step 3; the same 6 steps on 1 thread; steps 4-6 resumed on 1 thread from the
-  /// step-3 checkpoint. The three adapters are the same bytes, and so are the logged losses.
-  @Test("--resume and --threads 1 or 2 give the same adapter, bit for bit")
+  /// checkpoint at step 3; the same 6 steps on 1 thread and on 4; steps 4-6 resumed on 1 thread
+  /// from the step-3 checkpoint. The four adapters are the same bytes, and so are the logged
+  /// losses.
+  @Test("--resume and --threads 1, 2 or 4 give the same adapter, bit for bit")
   func resumeAndThreads() throws {
     guard let model = try Self.model() else { return }
     let scratch = makeTemporaryFolder()
@@ -254,6 +255,8 @@ struct EncoderRunTests {
     let resumed = "\(scratch)/resumed"
     try Self.run("flare-train", arguments(whole, ["--threads", "2", "--save-every", "3"]))
     try Self.run("flare-train", arguments(single, ["--threads", "1"]))
+    let four = "\(scratch)/four"
+    try Self.run("flare-train", arguments(four, ["--threads", "4"]))
     let checkpoint = "\(whole)/checkpoint-3"
     try #require(fileExists("\(checkpoint)/trainer_state.json"))
     try Self.run("flare-train", arguments(resumed, ["--threads", "1", "--resume", checkpoint]))
@@ -262,6 +265,7 @@ struct EncoderRunTests {
     let bytes = fileBytes("\(whole)/\(file)")
     try #require(!bytes.isEmpty)
     #expect(fileBytes("\(single)/\(file)") == bytes, "--threads 1 and 2 differ")
+    #expect(fileBytes("\(four)/\(file)") == bytes, "--threads 4 and 2 differ")
     #expect(fileBytes("\(resumed)/\(file)") == bytes, "the resumed run differs")
     // The run moved the adapter after the checkpoint (the comparison is not between copies of
     // an untrained state).
