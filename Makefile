@@ -10,7 +10,7 @@ E5 := $(FLARE_CACHE)/models/multilingual-e5-small
 DEMO_PROMPT := Once upon a time, there was a little
 SWIFT_FORMAT_CONFIG := .ci/swift-format.json
 
-.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check crosslingual crosslingual-quick crosslingual-sweep crosslingual-smollm2 fuzz fuzz-regress clean
+.PHONY: all deps build build-debug models demo test unit lint format man-check bench data learn-check crosslingual crosslingual-quick crosslingual-sweep crosslingual-smollm2 fuzz fuzz-regress sanitize clean
 
 all: build
 
@@ -88,6 +88,11 @@ test: deps models lint man-check unit fuzz-regress
 ## (part of `make test`: a reproducer that comes back fails it; about 2 minutes to build).
 fuzz-regress: deps
 	scripts/fuzz.sh --regress
+
+## The test suite under AddressSanitizer + UndefinedBehaviorSanitizer, and the parallel code's
+## suites under ThreadSanitizer (not part of `make test`; an hour or more on 2 cores).
+sanitize: deps models
+	scripts/sanitize.sh all
 
 ## The fuzzing campaign (not part of `make test`): FUZZ_TIME seconds per target (default 60;
 ## scripts/RELIABILITY.md's campaign used 3600 or 10^7 executions), results and findings in

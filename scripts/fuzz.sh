@@ -13,7 +13,7 @@
 # $FLARE_CACHE/fuzz/corpus/TARGET, seeded from the committed corpus (`flare-fuzz corpus
 # TARGET`); crashes, leaks, timeouts and over-cap allocations are written to
 # $FLARE_CACHE/fuzz/findings/TARGET (copy each into Fixtures/fuzz/TARGET as a reproducer, with
-# a regression test). Limits: 10 s an input, 512 MB a single allocation, 2 GB RSS. Per target
+# a regression test). Dictionaries: Fixtures/fuzz/dicts. Limits: 10 s an input, 512 MB a single allocation, 2 GB RSS. Per target
 # the executions, time, coverage (edges and features) and findings go to
 # $FLARE_CACHE/fuzz/results/TARGET.json and a Markdown table to $FLARE_CACHE/fuzz/results/table.md.
 set -eu
@@ -69,13 +69,20 @@ for target in $TARGETS; do
   for file in $("$BIN" corpus "$target"); do
     cp "$file" "$corpus/seed-$(sha1sum "$file" | cut -c1-16)"
   done
-  echo "== $target: $TIME s, $(ls "$corpus" | wc -l) corpus inputs"
+  # Format keywords where they help (Fixtures/fuzz/dicts).
+  case "$target" in
+    safetensors | shard-index | peft-adapter) dict="-dict=Fixtures/fuzz/dicts/safetensors.dict" ;;
+    gguf | gguf-model | gguf-lora) dict="-dict=Fixtures/fuzz/dicts/gguf.dict" ;;
+    ggml-blocks) dict="" ;;
+    *) dict="-dict=Fixtures/fuzz/dicts/json.dict" ;;
+  esac
+  echo "== $target: $TIME s, $(ls "$corpus" | wc -l) corpus inputs ${dict#-dict=}"
   log=$RESULTS/$target.log
   start=$(date +%s)
   status=0
   # shellcheck disable=SC2086
   "$BIN" "$target" $LIMITS -max_total_time="$TIME" -runs="$RUNS" -print_final_stats=1 \
-    -close_fd_mask=3 -artifact_prefix="$findings/" "$corpus" > "$log" 2>&1 \
+    -close_fd_mask=3 -artifact_prefix="$findings/" $dict "$corpus" > "$log" 2>&1 \
     || status=$?
   end=$(date +%s)
   # The last status line: "#N DONE cov: E ft: F corp: C/S ..."; the final stats: executions.

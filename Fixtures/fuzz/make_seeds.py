@@ -14,6 +14,7 @@ tokenizer.json files cut to their first entries). Re-running it rewrites the sam
                   cut to their first entries, every other section kept
   flare-config    flare_config.json variants: each fusion, each source setting
   shard-index     variants of the committed shard index
+  dicts           libFuzzer dictionaries of format keywords (json, safetensors, gguf)
   llama-config, bert-config   the config tests' semantic cases (Fixtures/llama and
                   Fixtures/encoders malformed-config.json), each as a whole config.json
 """
@@ -158,7 +159,64 @@ def config_cases():
             write(target, f"seed-case-{case['name']}.json", json.dumps(config, indent=2))
 
 
+def dictionaries():
+    # libFuzzer dictionaries (scripts/fuzz.sh picks one per target): format keywords, byte
+    # escapes for everything outside printable ASCII.
+    def write_dict(name, words):
+        folder = os.path.join(OUT, "dicts")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(f"# libFuzzer dictionary for the {name[:-5]} targets (Fixtures/fuzz/make_seeds.py)\n")
+            for i, word in enumerate(words):
+                data = word.encode("utf-8") if isinstance(word, str) else word
+                text = "".join(chr(b) if 32 <= b < 127 and b not in (0x22, 0x5C) else "\\x%02x" % b for b in data)
+                f.write(f'k{i}="{text}"\n')
+    json_tokens = ['{', '}', '[', ']', ':', ',', '"', 'true', 'false', 'null', '-0', '1e309', '0.5',
+                   '\\u0000', '\\ud800', '\\"', '"":', '18446744073709551616', '-9223372036854775809']
+    quoted = lambda words: [f'"{w}"' for w in words]
+    safetensors = quoted(['dtype', 'shape', 'data_offsets', '__metadata__', 'F32', 'F16', 'BF16', 'F64', 'I8',
+                          'U8', 'I16', 'I32', 'I64', 'BOOL', 'F8_E4M3', 'F8_E5M2', 'F4', 'F6_E2M3', 'F6_E3M2',
+                          'E8M0', 'format', 'pt', 'weight_map', 'metadata', 'total_size',
+                          'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'])
+    config = quoted(['hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
+                     'intermediate_size', 'vocab_size', 'max_position_embeddings', 'rms_norm_eps', 'rope_theta',
+                     'rope_scaling', 'head_dim', 'tie_word_embeddings', 'model_type', 'llama', 'bert',
+                     'xlm-roberta', 'layer_norm_eps', 'type_vocab_size', 'hidden_act', 'gelu', 'silu', 'id2label',
+                     'label2id', 'pad_token_id', 'bos_token_id', 'eos_token_id', 'architectures', 'torch_dtype'])
+    peft = quoted(['r', 'lora_alpha', 'target_modules', 'modules_to_save', 'use_rslora', 'use_dora',
+                   'fan_in_fan_out', 'bias', 'none', 'all', 'lora_only', 'rank_pattern', 'alpha_pattern',
+                   'init_lora_weights', 'peft_type', 'LORA', 'task_type', 'CAUSAL_LM', 'SEQ_CLS',
+                   'base_model.model.', '.lora_A.weight', '.lora_B.weight', 'lora_magnitude_vector',
+                   'layers_to_transform', 'layers_pattern'])
+    flare = quoted(['flare_version', 'fusion', 'fused_modules', 'causal', 'source', 'state', 'block_input',
+                    'normalize', 'padding_side', 'left', 'right', 'max_length', 'weights', 'without_adapter',
+                    'cross_attention', 'heads', 'dropout', 'add', 'mul', 'add_relu', 'matmul', 'matmul_relu',
+                    'cross-attention'])
+    tokenizer = quoted(['model', 'type', 'BPE', 'WordPiece', 'Unigram', 'vocab', 'merges', 'added_tokens',
+                        'normalizer', 'pre_tokenizer', 'post_processor', 'decoder', 'ByteLevel', 'Metaspace',
+                        'Sequence', 'Split', 'BertPreTokenizer', 'TemplateProcessing', 'RobertaProcessing',
+                        'precompiled_charsmap', 'unk_token', 'unk_id', 'continuing_subword_prefix', '##',
+                        'byte_fallback', 'special', 'content', '\u2581', '\u0120'])
+    training = quoted(['text', 'label', 'prompt', 'completion', 'text_pair', 'source']) + ['\n', '\r\n']
+    gguf = ['GGUF', 'general.architecture', 'general.alignment', 'general.type', 'adapter', 'adapter.type',
+            'lora', 'adapter.lora.alpha', 'llama', 'llama.block_count', 'llama.context_length',
+            'llama.embedding_length', 'llama.feed_forward_length', 'llama.attention.head_count',
+            'llama.attention.head_count_kv', 'llama.rope.freq_base', 'llama.attention.layer_norm_rms_epsilon',
+            'llama.vocab_size', 'llama.rope.dimension_count', 'tokenizer.ggml.model', 'gpt2',
+            'tokenizer.ggml.pre', 'smollm', 'tokenizer.ggml.tokens', 'tokenizer.ggml.scores',
+            'tokenizer.ggml.token_type', 'tokenizer.ggml.merges', 'tokenizer.ggml.bos_token_id',
+            'tokenizer.ggml.eos_token_id', 'token_embd.weight', 'output.weight', 'blk.0.attn_q.weight',
+            'blk.0.attn_q.weight.lora_a', 'blk.0.attn_q.weight.lora_b',
+            # value types as u32 (string 8, array 9, uint64 10, float64 12) and a u64 count
+            bytes([8, 0, 0, 0]), bytes([9, 0, 0, 0]), bytes([10, 0, 0, 0]), bytes([12, 0, 0, 0]),
+            bytes([8, 0, 0, 0, 0, 0, 0, 0])]
+    write_dict("json.dict", json_tokens + safetensors + config + peft + flare + tokenizer + training)
+    write_dict("safetensors.dict", json_tokens + safetensors + peft)
+    write_dict("gguf.dict", gguf)
+
+
 if __name__ == "__main__":
+    dictionaries()
     config_cases()
     ggml_blocks()
     peft_adapters()

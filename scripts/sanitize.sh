@@ -1,0 +1,40 @@
+#!/bin/sh
+# The test suite under the sanitizers (not part of `make test`; results in scripts/RELIABILITY.md).
+#
+# Usage: scripts/sanitize.sh [address | thread | all]   (default: all)
+#   address  the whole suite (and every tool it runs) built with AddressSanitizer and
+#            UndefinedBehaviorSanitizer (-sanitize=address,undefined), in .build/asan
+#   thread   the suites that run parallel code (the compute-ahead merge, parallel attention
+#            heads, parallel (de)quantization, the training passes; $TSAN_FILTER overrides the
+#            selection) with ThreadSanitizer, in .build/tsan
+# Each run's log goes to .build/<name>.log; the exit status is the tests'. OpenBLAS and zlib are
+# not instrumented (system libraries): ASan still checks every access Flare's code makes to
+# their buffers, TSan sees no accesses inside them.
+set -eu
+cd "$(dirname "$0")/.."
+WHICH=${1:-all}
+TSAN_FILTER=${TSAN_FILTER:-"DeterminismTests|MergeEndToEndTests|MergeRealModelTests|parallel|GoldenTests|EncoderRunTests|LlamaRunTests|CommandTests|FlareInferenceTests|EvalEndToEndTests|EncoderTrainingTests|LlamaTrainingTests|KillTests"}
+status=0
+run() {
+  name=$1; shift
+  echo "== $name: $*"
+  start=$(date +%s)
+  if OPENBLAS_NUM_THREADS=1 "$@" > ".build/$name.log" 2>&1; then
+    echo "   passed in $(( $(date +%s) - start )) s ($(grep -c '✔ Test' ".build/$name.log") tests)"
+  else
+    echo "   FAILED in $(( $(date +%s) - start )) s: see .build/$name.log"
+    grep -E 'ERROR: (Address|Thread|Undefined)Sanitizer|runtime error:|WARNING: ThreadSanitizer|✘' ".build/$name.log" | head -n 20
+    status=1
+  fi
+}
+mkdir -p .build
+if [ "$WHICH" = address ] || [ "$WHICH" = all ]; then
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1} \
+  UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    run asan swift test --scratch-path .build/asan --sanitize address --sanitize undefined
+fi
+if [ "$WHICH" = thread ] || [ "$WHICH" = all ]; then
+  TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
+    run tsan swift test --scratch-path .build/tsan --sanitize thread --filter "$TSAN_FILTER"
+fi
+exit $status
