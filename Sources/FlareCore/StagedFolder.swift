@@ -204,6 +204,29 @@ public func removeFileTree(_ path: String) {
   }
 }
 
+/// Removes folder `path` so that it never exists half-removed: it is first renamed, in one
+/// step, to a temporary sibling (`.NAME.flare-tmp-PID-…`, which a later write removes if this
+/// process is killed meanwhile), then removed. Falls back to removing in place if the rename
+/// fails.
+public func discardFolder(_ path: String) {
+  guard fileExists(path) else { return }
+  let template = CleanupOnSignal.template(for: path)
+  guard let (temporary, _) = CleanupOnSignal.createTemporary(template: template, folder: true)
+  else {
+    removeFileTree(path)
+    return
+  }
+  // mkdtemp made an empty folder there: a folder renamed onto an empty folder replaces it.
+  if rename(path, temporary) == 0 {
+    syncFolder(AtomicFileWriter.parentFolder(of: path))
+    removeFileTree(temporary)
+  } else {
+    removeFileTree(temporary)
+    removeFileTree(path)
+  }
+  CleanupOnSignal.unregister(temporary)
+}
+
 /// `fsync`s folder `path`, so a rename in it is durable.
 func syncFolder(_ path: String) {
   let fd = open(path, O_RDONLY | O_DIRECTORY)

@@ -202,7 +202,6 @@ public enum CheckpointStore {
 
   /// Removes a folder of plain files (checkpoints hold no subfolders).
   static func removeFlatFolder(_ path: String) {
-    for name in folderEntries(path) { unlink("\(path)/\(name)") }
-    rmdir(path)
+    discardFolder(path)
   }
 }

@@ -14,7 +14,10 @@ import _FlareTestSupport
 /// bit. Oracles: the previous output and an uninterrupted run's output, byte for byte.
 ///
 /// `make test` kills each case at 8 points; `FLARE_KILL_POINTS=50` (scripts/RELIABILITY.md)
-/// at 50. With `FLARE_KILL_REPORT=path` each case appends a JSON line with its outcomes.
+/// at 50. The tiny fixtures run for tens of milliseconds; `FLARE_KILL_REAL=1` adds the real
+/// SmolLM2 (a merge into an HF folder, a GGUF-to-HF conversion: seconds each, so the kills land
+/// in every phase: reading, computing, writing, publishing). With `FLARE_KILL_REPORT=path`
+/// each case appends a JSON line with its outcomes.
 @Suite("SIGKILL at random points", .serialized)
 struct KillTests {
   static let points = Int(ProcessInfo.processInfo.environment["FLARE_KILL_POINTS"] ?? "") ?? 8
@@ -147,20 +150,32 @@ struct KillTests {
     }
   }
 
+  static var real: Bool { ProcessInfo.processInfo.environment["FLARE_KILL_REAL"] == "1" }
+
+  @Test("on the real SmolLM2: merge into an existing folder, convert to an existing folder")
+  func realModel() throws {
+    guard Self.real, let model = try smolLM2HFFolder() else { return }
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let merged = "\(scratch)/merged"
+    let adapter = fixturePath("peft/smollm2-demo-lora")
+    let common = ["--base", model, "--output", merged, "--force", "--quiet"]
+    try killCase(
+      "flare-merge -> folder, SmolLM2", tool: "flare-merge", output: merged,
+      previous: common + ["--adapter", "\(adapter):0.5"], next: common + ["--adapter", adapter],
+      scratch: scratch)
+    let folder = "\(scratch)/hf"
+    try killCase(
+      "flare-convert -> folder, SmolLM2", tool: "flare-convert", output: folder,
+      previous: [smolLM2GGUF, folder, "--outtype", "f16", "--force", "-q"],
+      next: [smolLM2GGUF, folder, "--force", "-q"], scratch: scratch)
+  }
+
   @Test("flare-convert GGUF to an existing HF folder and HF to an existing GGUF file")
   func convert() throws {
     let scratch = makeTemporaryFolder()
     defer { removeTree(scratch) }
-    // The tiny Llama of Fixtures/peft with a real byte-level BPE tokenizer cut to its 64 tokens.
-    let model = "\(scratch)/tiny-llama"
-    try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
-    for file in ["config.json", "model.safetensors"] {
-      try FileManager.default.copyItem(
-        atPath: fixturePath("peft/base-llama/\(file)"), toPath: "\(model)/\(file)")
-    }
-    try FileManager.default.copyItem(
-      atPath: fixturePath("fuzz/tokenizer-json/seed-bpe-smollm2-64.json"),
-      toPath: "\(model)/tokenizer.json")
+    let model = try FaultModels.tinyLlama(in: scratch)
     let file = "\(scratch)/model.gguf"
     try killCase(
       "flare-convert -> file", tool: "flare-convert", output: file,
@@ -181,26 +196,9 @@ struct KillTests {
   func train() throws {
     let scratch = makeTemporaryFolder()
     defer { removeTree(scratch) }
-    let model = "\(scratch)/tiny"
-    try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
-    for file in ["config.json", "model.safetensors"] {
-      try FileManager.default.copyItem(
-        atPath: fixturePath("encoders/tiny-bert-cls/\(file)"), toPath: "\(model)/\(file)")
-    }
-    let words = [
-      "the", "film", "was", "a", "delight", "i", "want", "my", "money", "back", "meeting", "is",
-      "for", "at", "what", "wonderful", "this", "soup", "cold", "and", "bland",
-    ]
-    writeBytes(
-      Array((["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words).joined(separator: "\n").utf8),
-      to: "\(model)/vocab.txt")
-    let data = fixturePath("training/encoder-run/train.jsonl")
+    let model = try FaultModels.tinyBERT(in: scratch)
     func arguments(_ output: String) -> [String] {
-      [
-        "lora", "--model", model, "--task", "classification", "--data", data, "--output", output,
-        "--rank", "4", "--alpha", "8", "--batch-size", "4", "--max-steps", "30", "--save-every",
-        "1", "--seed", "1", "--threads", "1", "--max-length", "24", "--quiet",
-      ]
+      FaultModels.trainArguments(model: model, output: output)
     }
     let straight = "\(scratch)/straight"
     let duration = try timed("flare-train", arguments(straight))
@@ -216,7 +214,9 @@ struct KillTests {
       leftBehind += leftovers(of: output).count
       // Every checkpoint present is whole: a PEFT folder with its optimizer state.
       let checkpoints = folderContents(output).filter { $0.hasPrefix("checkpoint-") }
-      #expect(checkpoints.count <= 1, "\(checkpoints)")
+      // The newest and, when the kill came between publishing it and removing the previous
+      // one, that previous one.
+      #expect(checkpoints.count <= 2, "\(checkpoints)")
       for checkpoint in checkpoints {
         #expect(
           folderContents("\(output)/\(checkpoint)") == [

@@ -73,7 +73,7 @@ struct OutputFaultTests {
     // A folder output (flare-convert to an HF folder), same rules.
     let scratch = makeTemporaryFolder()
     defer { removeTree(scratch) }
-    let gguf = try tinyLlamaGGUF(in: scratch)
+    let gguf = try FaultModels.tinyLlamaGGUF(in: scratch)
     try withTmpfs(kilobytes: 160) { folder in
       let output = "\(folder)/hf"
       try #require(
@@ -84,6 +84,53 @@ struct OutputFaultTests {
       #expect(result.stderr.contains(output), "\(result.stderr)")
       #expect(folderSnapshot(output) == previous)
       #expect(temporaries(in: folder).isEmpty, "\(temporaries(in: folder))")
+    }
+  }
+
+  /// Training on a disk that fills up: a checkpoint that does not fit stops the run with an
+  /// error naming the file, the previous checkpoint stays whole, and once there is room
+  /// `--resume` finishes with the uninterrupted run's adapter.
+  @Test("a full disk while checkpointing: exit 1, the last checkpoint whole and resumable")
+  func diskFullWhileTraining() throws {
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let model = try FaultModels.tinyBERT(in: scratch)
+    let straight = "\(scratch)/straight"
+    try #require(
+      try runTool(
+        "flare-train", FaultModels.trainArguments(model: model, output: straight, steps: 12)
+      )
+      .status == 0)
+    let expected = fileBytes("\(straight)/adapter_model.safetensors")
+    try withTmpfs(kilobytes: 512) { folder in
+      // Leave room for about two checkpoints (one is published before the previous one goes).
+      let checkpoint = folderContents(straight).first { $0.hasPrefix("checkpoint-") } ?? ""
+      let size = folderContents("\(straight)/\(checkpoint)").reduce(0) {
+        $0 + fileBytes("\(straight)/\(checkpoint)/\($1)").count
+      }
+      try #require(size > 0)
+      let filler = "\(folder)/filler"
+      writeBytes([UInt8](repeating: 1, count: 512 * 1024 - 5 * size / 2 - 8192), to: filler)
+      let output = "\(folder)/out"
+      let arguments = FaultModels.trainArguments(model: model, output: output, steps: 12)
+      let result = try runTool("flare-train", arguments)
+      #expect(result.status == 1, "\(result.stderr)")
+      #expect(result.stderr.contains(output), "\(result.stderr)")
+      #expect(result.stderr.lowercased().contains("no space left"), "\(result.stderr)")
+      let checkpoints = folderContents(output).filter { $0.hasPrefix("checkpoint-") }
+      try #require(!checkpoints.isEmpty, "no checkpoint fitted: \(folderContents(output))")
+      for name in checkpoints {
+        #expect(
+          folderContents("\(output)/\(name)") == [
+            "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+            "trainer_state.json", "training_log.jsonl",
+          ], "\(name)")
+      }
+      #expect(temporaries(in: output).isEmpty && temporaries(in: folder).isEmpty)
+      unlink(filler)
+      let resumed = try runTool("flare-train", arguments + ["--resume", output])
+      #expect(resumed.status == 0, "\(resumed.stderr)")
+      #expect(fileBytes("\(output)/adapter_model.safetensors") == expected)
     }
   }
 
@@ -239,22 +286,6 @@ struct OutputFaultTests {
       sawBusError = stderr.contains("\(path): io error: the file changed size while it was read")
     }
     #expect(sawBusError, "the cut never came while the file was being scanned")
-  }
-
-  /// The tiny Llama of Fixtures/peft as a GGUF (with the 64-token BPE tokenizer seed).
-  func tinyLlamaGGUF(in scratch: String) throws -> String {
-    let model = "\(scratch)/tiny-llama"
-    try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
-    for file in ["config.json", "model.safetensors"] {
-      try FileManager.default.copyItem(
-        atPath: fixturePath("peft/base-llama/\(file)"), toPath: "\(model)/\(file)")
-    }
-    try FileManager.default.copyItem(
-      atPath: fixturePath("fuzz/tokenizer-json/seed-bpe-smollm2-64.json"),
-      toPath: "\(model)/tokenizer.json")
-    let gguf = "\(scratch)/tiny-llama.gguf"
-    try #require(try runTool("flare-convert", [model, gguf, "-q"]).status == 0)
-    return gguf
   }
 
   /// Every file of a folder with its bytes.
