@@ -109,8 +109,8 @@ let package = Package(
     .testTarget(
       name: "FlareCLITests",
       dependencies: [
-        "FlareCLI", "FlareInspect", "FlareConvert", "_FlareTestSupport", "flare-inspect",
-        "flare-convert", "flare-merge", "flare-eval", "flare-train",
+        "FlareCLI", "FlareInspect", "FlareConvert", "FlareModels", "_FlareTestSupport",
+        "flare-inspect", "flare-convert", "flare-merge", "flare-eval", "flare-train",
       ]),
     .testTarget(
       name: "FlareFuzzTests", dependencies: ["FlareFuzz", "_FlareTestSupport", "flare-fuzz"]),

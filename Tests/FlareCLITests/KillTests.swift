@@ -1,4 +1,5 @@
 import FlareCore
+import FlareModels
 import Foundation
 import Testing
 import _FlareTestSupport
@@ -68,9 +69,9 @@ struct KillTests {
   /// Kill delays spread over `duration` (one per point, each at a random place in its slice,
   /// seeded), reaching 20 % past it so that some runs finish.
   func delays(over duration: Double) -> [Double] {
-    var random = SystemSeeded(seed: 20_261_204)
+    var random = SplitMix64(seed: 20_261_204)
     return (0..<Self.points).map { i in
-      (Double(i) + random.unit()) / Double(Self.points) * duration * 1.2
+      (Double(i) + random.nextUnit()) / Double(Self.points) * duration * 1.2
     }
   }
 
@@ -254,18 +255,4 @@ struct KillTests {
       ("run_seconds", .number(String(format: "%.3f", duration))),
     ])
   }
-}
-
-/// SplitMix64 for the kill delays (the test support's generators live in other targets).
-struct SystemSeeded {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-  mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
