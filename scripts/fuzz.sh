@@ -35,9 +35,14 @@ done
 CACHE=${FLARE_CACHE:-$HOME/.cache/flare}
 SCRATCH=.build/fuzz
 BIN=$SCRATCH/release/flare-fuzz
-swift build -c release --product flare-fuzz --scratch-path "$SCRATCH" \
-  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFLARE_LIBFUZZER 2>&1 \
-  | grep -v -e "Cannot export local symbol" -e "warning:" -e "^ *|" -e "^ *[0-9]* |" | tail -n 3
+mkdir -p "$SCRATCH"
+if ! swift build -c release --product flare-fuzz --scratch-path "$SCRATCH" \
+  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFLARE_LIBFUZZER > "$SCRATCH/build.log" 2>&1; then
+  grep -e "error" "$SCRATCH/build.log" | head -n 20 >&2
+  echo "fuzz.sh: the libFuzzer build failed (log: $SCRATCH/build.log)" >&2
+  exit 1
+fi
+tail -n 1 "$SCRATCH/build.log"
 [ -n "$TARGETS" ] || TARGETS=$("$BIN" list | awk '{ print $1 }')
 # ASan: fail on leaks too; the allocation cap makes a hostile size a finding, not a slow run.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}
