@@ -18,7 +18,9 @@ struct HostileSizeTests {
       "/bin/sh",
       [
         "-c",
-        "ulimit -v \(kilobytes); exec '\(productsFolder())/\(tool)' \(quoted.joined(separator: " "))",
+        // One OpenBLAS thread and two malloc arenas: on a machine with many cores, per-thread
+        // stacks and arenas alone would otherwise reserve more than the cap.
+        "ulimit -v \(kilobytes); export OPENBLAS_NUM_THREADS=1 MALLOC_ARENA_MAX=2; exec '\(productsFolder())/\(tool)' \(quoted.joined(separator: " "))",
       ])
   }
 
@@ -110,7 +112,7 @@ struct HostileSizeTests {
       "flare-train",
       [
         "lora", "--model", fixturePath("peft/base-llama"), "--data", data, "--output",
-        "\(scratch)/out", "--max-steps", "1",
+        "\(scratch)/out", "--max-steps", "1", "--threads", "1",
       ], kilobytes: 3 << 20)
     #expect(result.status == 1, "\(result.stderr)")
     #expect(
