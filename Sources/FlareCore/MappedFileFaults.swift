@@ -18,12 +18,11 @@ public enum MappedFileFaults {
   static let capacity = 512
   // The table the handler reads: address ranges and the message to print for each. Written
   // under `lock`; the handler reads it without locking (at worst it misses an entry being
-  // changed and prints the generic message).
+  // changed, and the bus error takes its default course).
   nonisolated(unsafe) static var starts = [UInt](repeating: 0, count: capacity)
   nonisolated(unsafe) static var ends = [UInt](repeating: 0, count: capacity)
   nonisolated(unsafe) static var messages = [UnsafeMutablePointer<CChar>?](
     repeating: nil, count: capacity)
-  nonisolated(unsafe) static var generic: UnsafeMutablePointer<CChar>? = nil
   nonisolated(unsafe) static var lock = pthread_mutex_t()
   nonisolated(unsafe) static var installed = false
   nonisolated(unsafe) static var toolName = "flare"
@@ -37,9 +36,6 @@ public enum MappedFileFaults {
     if let first = CommandLine.arguments.first, !first.isEmpty {
       toolName = String(first.split(separator: "/").last ?? Substring(first))
     }
-    generic = strdup(
-      "\(toolName): error: a mapped input file changed size while it was read (truncated by another program?); stopped, no output written\n"
-    )
     _ = starts.count
     _ = ends.count
     _ = messages.count
@@ -81,11 +77,14 @@ public enum MappedFileFaults {
   }
 }
 
-/// Prints which file the faulting address maps, removes the temporaries, exits 1.
+/// Prints which file the faulting address maps, removes the temporaries, exits 1. A bus error
+/// outside every registered mapping is not an input problem: the default action is restored
+/// and the faulting access runs again, so the process stops as it would have without Flare's
+/// handler.
 private func handleBusError(
-  _ signal: Int32, _ info: UnsafeMutablePointer<siginfo_t>?, _ context: UnsafeMutableRawPointer?
+  _ sig: Int32, _ info: UnsafeMutablePointer<siginfo_t>?, _ context: UnsafeMutableRawPointer?
 ) {
-  var message = MappedFileFaults.generic
+  var message: UnsafeMutablePointer<CChar>? = nil
   if let info {
     let address = UInt(bitPattern: info.pointee._sifields._sigfault.si_addr)
     for slot in 0..<MappedFileFaults.capacity {
@@ -97,7 +96,11 @@ private func handleBusError(
       }
     }
   }
-  if let message { _ = write(2, message, strlen(message)) }
+  guard let message else {
+    signal(SIGBUS, SIG_DFL)
+    return
+  }
+  _ = write(2, message, strlen(message))
   removeRegisteredTemporaries()
   _exit(1)
 }
