@@ -32,7 +32,6 @@ public final class AtomicFileWriter {
     if isDirectory(destination) {
       throw FlareError("io", .outputExists, "output is a directory", path: destination)
     }
-    let folder = AtomicFileWriter.parentFolder(of: destination)
     CleanupOnSignal.removeStaleTemporaries(of: destination)
     guard
       let (path, descriptor) = CleanupOnSignal.createTemporary(

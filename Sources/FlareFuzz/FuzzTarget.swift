@@ -91,7 +91,7 @@ public final class FuzzScratch: @unchecked Sendable {
     guard made != nil else {
       throw FlareError.io("cannot make a scratch folder", path: root, errno: errno)
     }
-    folder = String(cString: template.withUnsafeBufferPointer { $0.baseAddress! })
+    folder = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
   }
 
   /// Writes `bytes` to `name` in the folder (replacing it) and returns its path. A write that

@@ -114,7 +114,7 @@ extension Merger {
         return list
       }
       // Merged tensors in the order they are written, computed one ahead of the writer.
-      nonisolated(unsafe) let source = model
+      let source = model
       let order = model.files.flatMap { specs($0).map(\.name) }.filter { changes[$0] != nil }
       let ahead = ComputeAhead<([Float], MergeReport.Tensor)>(order: order) { name in
         if let change = changes[name], change.isAddedHead, let replacement = change.replacement {

@@ -184,7 +184,7 @@ struct CrosslingualTinyTests {
     process.waitUntilExit()
     try #require(
       process.terminationStatus == 0, "\(String(decoding: stderr, as: UTF8.self))")
-    let summary = try JSONParser.parse(try fileBytes("\(work)/summary.json"))
+    let summary = try JSONParser.parse(fileBytes("\(work)/summary.json"))
     let rows = summary["rows"]?.arrayValue ?? []
     #expect(
       rows.compactMap { $0["name"]?.stringValue } == [
@@ -193,7 +193,7 @@ struct CrosslingualTinyTests {
       ])
     for row in rows {
       let name = row["name"]?.stringValue ?? ""
-      let result = try JSONParser.parse(try fileBytes("\(work)/eval/\(name)-s0.json"))
+      let result = try JSONParser.parse(fileBytes("\(work)/eval/\(name)-s0.json"))
       let predictions = result["predictions"]?.arrayValue ?? []
       #expect(predictions.count == 12, "\(name)")
       let right = predictions.filter { $0["label"] == $0["prediction"] }.count

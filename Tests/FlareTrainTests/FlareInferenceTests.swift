@@ -272,7 +272,7 @@ struct FlareInferenceTests {
     var leftConfig = try #require(adapter.flare)
     leftConfig.paddingSide = "left"
     let configPath = "\(adapterPath)/flare_config.json"
-    let saved = try fileBytes(configPath)
+    let saved = fileBytes(configPath)
     writeBytes(Array(JSONWriter.compact(leftConfig.json).utf8), to: configPath)
     let leftDecoder = try FLAREDecoder(
       model: llama, tokenizer: tokenizer, adapter: try PEFTAdapter(folder: adapterPath))
