@@ -15,7 +15,9 @@
 # $FLARE_CACHE/fuzz/findings/TARGET (copy each into Fixtures/fuzz/TARGET as a reproducer, with
 # a regression test). Dictionaries: Fixtures/fuzz/dicts. Limits: 10 s an input, 512 MB a single allocation, 2 GB RSS. Per target
 # the executions, time, coverage (edges and features) and findings go to
-# $FLARE_CACHE/fuzz/results/TARGET.json and a Markdown table to $FLARE_CACHE/fuzz/results/table.md.
+# $FLARE_CACHE/fuzz/results/TARGET.json and a Markdown table of every target with a result to
+# $FLARE_CACHE/fuzz/results/table.md. To use both cores, run two jobs with disjoint targets
+# (start the second after the first has built).
 set -eu
 cd "$(dirname "$0")/.."
 TIME=60
@@ -101,10 +103,13 @@ for target in $TARGETS; do
 JSON
   echo "   $(cat "$RESULTS/$target.json")"
 done
+# The table covers every target with a result, so campaigns run in parallel (one job per
+# core, each with its own targets) end with one table.
 {
   echo "| target | executions | seconds | edges | features | corpus | peak RSS MB | findings |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  for target in $TARGETS; do
+  for target in $("$BIN" list | awk '{ print $1 }'); do
+    [ -f "$RESULTS/$target.json" ] || continue
     python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("| {target} | {executions:,} | {seconds} | {edges} | {features} | {corpus} | {peak_rss_mb} | {findings} |".format(**r))' "$RESULTS/$target.json"
   done
 } > "$RESULTS/table.md"

@@ -9,18 +9,29 @@ import _FlareTestSupport
 /// not exit 1) and the test with it. Oracle: exit 1 with an error naming the claim.
 @Suite("hostile sizes")
 struct HostileSizeTests {
-  /// Runs `tool` under a `kilobytes` address-space limit.
+  /// Runs `tool` under a `kilobytes` address-space limit. Tools built with AddressSanitizer
+  /// (`scripts/sanitize.sh` sets `FLARE_SANITIZED=address`) reserve terabytes of shadow address
+  /// space and cannot start under `ulimit -v`; for them the same cap is ASan's largest single
+  /// allocation (`max_allocation_size_mb`), and an allocation beyond it aborts with exit 99, so
+  /// the oracle (exit 1 naming the claim) still tells a refused claim from an attempted one.
   func runCapped(_ tool: String, _ arguments: [String], kilobytes: Int = 1 << 20) throws
     -> ToolResult
   {
     let quoted = arguments.map { "'\($0.replacingOccurrences(of: "'", with: "'\\''"))'" }
+    let cap: String
+    if ProcessInfo.processInfo.environment["FLARE_SANITIZED"] == "address" {
+      cap =
+        "export ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:max_allocation_size_mb=\(kilobytes >> 10):allocator_may_return_null=0:exitcode=99\""
+    } else {
+      cap = "ulimit -v \(kilobytes)"
+    }
     return try runTool(
       "/bin/sh",
       [
         "-c",
         // One OpenBLAS thread and two malloc arenas: on a machine with many cores, per-thread
         // stacks and arenas alone would otherwise reserve more than the cap.
-        "ulimit -v \(kilobytes); export OPENBLAS_NUM_THREADS=1 MALLOC_ARENA_MAX=2; exec '\(productsFolder())/\(tool)' \(quoted.joined(separator: " "))",
+        "\(cap); export OPENBLAS_NUM_THREADS=1 MALLOC_ARENA_MAX=2; exec '\(productsFolder())/\(tool)' \(quoted.joined(separator: " "))",
       ])
   }
 
