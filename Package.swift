@@ -19,12 +19,15 @@ let package = Package(
     .systemLibrary(
       name: "CFlareOpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
     .systemLibrary(name: "CFlareZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+    // Flare's own C: the quantized dot kernels (AVX2 / AVX-512 chosen at run time), optimized
+    // in every build so that debug test runs do not crawl.
+    .target(name: "CFlareKernels", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
 
     // MARK: - Libraries
     .target(name: "FlareCore", dependencies: ["CFlareZlib"]),
     .target(name: "FlareSafetensors", dependencies: ["FlareCore"]),
     .target(name: "FlareGGUF", dependencies: ["FlareCore"]),
-    .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS"]),
+    .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS", "CFlareKernels"]),
     .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
@@ -90,7 +93,8 @@ let package = Package(
     .testTarget(
       name: "FlareAdaptersTests",
       dependencies: ["FlareAdapters", "FlareSafetensors", "_FlareTestSupport"]),
-    .testTarget(name: "FlareTensorTests", dependencies: ["FlareTensor", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareTensorTests", dependencies: ["FlareTensor", "FlareGGUF", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareTokenizersTests",
       dependencies: ["FlareTokenizers", "FlareGGUF", "_FlareTestSupport", "flare-convert"]),

@@ -119,6 +119,7 @@ public var smolLM2GGUF: String {
 /// A model the tests need is not in the cache.
 public struct MissingModel: Error, CustomStringConvertible {
   public var description: String
+  public init(description: String) { self.description = description }
 }
 
 /// An F32 HF folder of SmolLM2 made by `flare-convert` from ``smolLM2GGUF``, under the model
