@@ -2,6 +2,7 @@
 #ifndef FLARE_KERNELS_INTERNAL_H
 #define FLARE_KERNELS_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -19,6 +20,9 @@ float flare_dot_scalar(int type, const void *w, const void *act, int n);
 #if FLARE_X86
 float flare_dot_avx2(int type, const void *w, const void *act, int n);
 float flare_dot_avx512(int type, const void *w, const void *act, int n);
+void flare_dot4_avx2(int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
+void flare_dot4_avx512(
+    int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
 #endif
 
 #endif

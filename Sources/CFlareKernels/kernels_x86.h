@@ -66,96 +66,118 @@ K_FN __m256i k_sub_lane0(__m256i v, int value) {
   return _mm256_sub_epi32(v, _mm256_setr_epi32(value, 0, 0, 0, 0, 0, 0, 0));
 }
 
-K_FN float k_dot_a32(int type, const uint8_t *w, const uint8_t *act, int n) {
+// The dot products of one weight row with `NT` activation rows (NT a constant 1 to 4 after
+// inlining): each weight block is unpacked once and used for every activation row. Each row's
+// sum is formed exactly as with NT = 1 (same accumulators, same order), so grouping tokens
+// never changes a result.
+#define K_MAXT 4
+__attribute__((always_inline)) K_FN void k_dot_a32_rows(
+    int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int nt, int n, float *out) {
   int blocks = n / 32;
-  const int8_t *qa = (const int8_t *)act;
-  const float *da = (const float *)(act + n);
-  const float *sa = da + blocks;
-  const int32_t *suma = (const int32_t *)(sa + blocks);
-  __m256 acc0 = _mm256_setzero_ps();
-  __m256 acc1 = _mm256_setzero_ps();
-  float extra = 0;
-  switch (type) {
-    case FLARE_W_Q4_0:
-      for (int b = 0; b < blocks; b++) {
-        const uint8_t *blk = w + 18 * b;
-        __m256i p = k_dot_u8s8(k_nibbles16(blk + 2), k_load(qa + 32 * b));
-        p = k_sub_lane0(p, 8 * suma[b]);
-        __m256 scale = _mm256_set1_ps(k_half(blk) * da[b]);
-        if (b & 1) {
-          acc1 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1);
-        } else {
-          acc0 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0);
-        }
-      }
-      break;
-    case FLARE_W_Q4_1:
-      for (int b = 0; b < blocks; b++) {
-        const uint8_t *blk = w + 20 * b;
-        __m256i p = k_dot_u8s8(k_nibbles16(blk + 4), k_load(qa + 32 * b));
-        __m256 scale = _mm256_set1_ps(k_half(blk) * da[b]);
-        if (b & 1) {
-          acc1 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1);
-        } else {
-          acc0 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0);
-        }
-        extra += k_half(blk + 2) * sa[b];
-      }
-      break;
-    case FLARE_W_Q5_0:
-    case FLARE_W_Q5_1: {
-      int with_min = type == FLARE_W_Q5_1;
-      int bytes = with_min ? 24 : 22;
-      int qh_at = with_min ? 4 : 2;
-      for (int b = 0; b < blocks; b++) {
-        const uint8_t *blk = w + bytes * b;
+  const int8_t *qa[K_MAXT];
+  const float *da[K_MAXT];
+  const float *sa[K_MAXT];
+  const int32_t *suma[K_MAXT];
+  __m256 acc0[K_MAXT];
+  __m256 acc1[K_MAXT];
+  float extra[K_MAXT];
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *row = act + (size_t)j * act_bytes;
+    qa[j] = (const int8_t *)row;
+    da[j] = (const float *)(row + n);
+    sa[j] = da[j] + blocks;
+    suma[j] = (const int32_t *)(sa[j] + blocks);
+    acc0[j] = _mm256_setzero_ps();
+    acc1[j] = _mm256_setzero_ps();
+    extra[j] = 0;
+  }
+  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  int bytes = flare_weight_block_bytes(type);
+  for (int b = 0; b < blocks; b++) {
+    const uint8_t *blk = w + bytes * b;
+    float dw = k_half(blk);
+    float mw = with_min ? k_half(blk + 2) : 0;
+    __m256i q;
+    int offset = 0;  // the integer correction per unit of the activation block's sum
+    switch (type) {
+      case FLARE_W_Q4_0:
+        q = k_nibbles16(blk + 2);
+        offset = 8;
+        break;
+      case FLARE_W_Q4_1: q = k_nibbles16(blk + 4); break;
+      case FLARE_W_Q5_0:
+      case FLARE_W_Q5_1: {
+        int qh_at = with_min ? 4 : 2;
         uint32_t qh;
         memcpy(&qh, blk + qh_at, 4);
-        __m256i q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
-        __m256i p = k_dot_u8s8(q, k_load(qa + 32 * b));
-        if (!with_min) p = k_sub_lane0(p, 16 * suma[b]);
-        __m256 scale = _mm256_set1_ps(k_half(blk) * da[b]);
-        if (b & 1) {
-          acc1 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1);
-        } else {
-          acc0 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0);
-        }
-        if (with_min) extra += k_half(blk + 2) * sa[b];
+        q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
+        if (!with_min) offset = 16;
+        break;
       }
-      break;
+      default: q = k_load(blk + 2); break;  // Q8_0: signed levels
     }
-    case FLARE_W_Q8_0:
-      for (int b = 0; b < blocks; b++) {
-        const uint8_t *blk = w + 34 * b;
-        __m256i q = k_load(blk + 2);
-        __m256i a = k_load(qa + 32 * b);
-        // |q| is unsigned (0x80 reads as 128), the sign moves to the activation.
-        __m256i p = k_dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q));
-        __m256 scale = _mm256_set1_ps(k_half(blk) * da[b]);
-        if (b & 1) {
-          acc1 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1);
-        } else {
-          acc0 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0);
-        }
+    // Q8_0: |q| is unsigned (0x80 reads as 128), the sign moves to the activation.
+    __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
+    for (int j = 0; j < nt; j++) {
+      __m256i a = k_load(qa[j] + 32 * b);
+      if (type == FLARE_W_Q8_0) a = _mm256_sign_epi8(a, q);
+      __m256i p = k_dot_u8s8(u, a);
+      if (offset) p = k_sub_lane0(p, offset * suma[j][b]);
+      __m256 scale = _mm256_set1_ps(dw * da[j][b]);
+      if (b & 1) {
+        acc1[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1[j]);
+      } else {
+        acc0[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0[j]);
       }
-      break;
-    default: break;
+      if (with_min) extra[j] += mw * sa[j][b];
+    }
   }
-  return k_hsum(_mm256_add_ps(acc0, acc1)) + extra;
+  for (int j = 0; j < nt; j++) out[j] = k_hsum(_mm256_add_ps(acc0[j], acc1[j])) + extra[j];
 }
 
-K_FN float k_dot_a256(int type, const uint8_t *w, const uint8_t *act, int n) {
+// One specialised copy per type and token count (the type and count are constants inside).
+#define K_A32_CASES(NT)                                                                \
+  switch (type) {                                                                      \
+    case FLARE_W_Q4_0: k_dot_a32_rows(FLARE_W_Q4_0, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q4_1: k_dot_a32_rows(FLARE_W_Q4_1, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q5_0: k_dot_a32_rows(FLARE_W_Q5_0, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q5_1: k_dot_a32_rows(FLARE_W_Q5_1, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q8_0: k_dot_a32_rows(FLARE_W_Q8_0, w, act, act_bytes, NT, n, out); break; \
+    default: break;                                                                    \
+  }
+
+K_FN void k_dot_a32_1(int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int n, float *out) {
+  K_A32_CASES(1)
+}
+
+K_FN void k_dot_a32_4(int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int n, float *out) {
+  K_A32_CASES(4)
+}
+
+// The K-quant dot products of one weight row with `NT` activation rows: the block's levels
+// and scales are unpacked once for all of them; each row's sum is formed as with NT = 1.
+__attribute__((always_inline)) K_FN void k_dot_a256_rows(
+    int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int nt, int n, float *out) {
   int blocks = n / 256;
-  const int8_t *qa = (const int8_t *)act;
-  const float *da = (const float *)(act + n);
-  const int16_t *bsums = (const int16_t *)(da + blocks);
+  const int8_t *qa[K_MAXT];
+  const float *da[K_MAXT];
+  const int16_t *bsums[K_MAXT];
+  __m256 acc[K_MAXT];
+  float extra[K_MAXT];
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *row = act + (size_t)j * act_bytes;
+    qa[j] = (const int8_t *)row;
+    da[j] = (const float *)(row + n);
+    bsums[j] = (const int16_t *)(da[j] + blocks);
+    acc[j] = _mm256_setzero_ps();
+    extra[j] = 0;
+  }
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps();
-  float extra = 0;
   for (int b = 0; b < blocks; b++) {
-    const int8_t *a = qa + 256 * b;
-    const int16_t *bs = bsums + 16 * b;
-    __m256i isum = _mm256_setzero_si256();
+    // Eight vectors of 32 unsigned levels (elements 32i..32i+31 of the block) and the 16-bit
+    // scale of each half of each.
+    __m256i q[8];
+    __m256i scale[8];
     if (type == FLARE_W_Q6_K) {
       const uint8_t *blk = w + 210 * b;
       const int8_t *sc = (const int8_t *)(blk + 192);
@@ -164,28 +186,34 @@ K_FN float k_dot_a256(int type, const uint8_t *w, const uint8_t *act, int n) {
         __m256i ql0 = k_load(blk + 64 * h);
         __m256i ql1 = k_load(blk + 64 * h + 32);
         __m256i qh = k_load(blk + 128 + 32 * h);
-        __m256i q[4];
-        q[0] = _mm256_or_si256(
+        q[4 * h] = _mm256_or_si256(
             _mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4));
-        q[1] = _mm256_or_si256(
+        q[4 * h + 1] = _mm256_or_si256(
             _mm256_and_si256(ql1, low4),
             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4));
-        q[2] = _mm256_or_si256(
+        q[4 * h + 2] = _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4));
-        q[3] = _mm256_or_si256(
+        q[4 * h + 3] = _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4));
-        for (int k = 0; k < 4; k++) {
-          int g = 8 * h + 2 * k;
-          __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
-          isum = _mm256_add_epi32(isum, k_dot_scaled(q[k], k_load(a + 128 * h + 32 * k), scale));
-        }
       }
-      int correction = 0;
-      for (int g = 0; g < 16; g++) correction += sc[g] * bs[g];
-      isum = k_sub_lane0(isum, 32 * correction);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(k_half(blk + 208) * da[b]), _mm256_cvtepi32_ps(isum), acc);
+      for (int i = 0; i < 8; i++) {
+        scale[i] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
+      }
+      float d = k_half(blk + 208);
+      for (int j = 0; j < nt; j++) {
+        const int8_t *a = qa[j] + 256 * b;
+        const int16_t *bs = bsums[j] + 16 * b;
+        __m256i isum = _mm256_setzero_si256();
+        for (int i = 0; i < 8; i++) {
+          isum = _mm256_add_epi32(isum, k_dot_scaled(q[i], k_load(a + 32 * i), scale[i]));
+        }
+        int correction = 0;
+        for (int g = 0; g < 16; g++) correction += sc[g] * bs[g];
+        isum = k_sub_lane0(isum, 32 * correction);
+        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * da[j][b]), _mm256_cvtepi32_ps(isum), acc[j]);
+      }
       continue;
     }
     int high_bits = type == FLARE_W_Q5_K;
@@ -205,17 +233,42 @@ K_FN float k_dot_a256(int type, const uint8_t *w, const uint8_t *act, int n) {
         lo = _mm256_or_si256(lo, _mm256_slli_epi16(bit_lo, 4));
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(bit_hi, 4));
       }
-      isum = _mm256_add_epi32(
-          isum, k_dot_scaled(lo, k_load(a + 64 * g), _mm256_set1_epi16(scales[2 * g])));
-      isum = _mm256_add_epi32(
-          isum, k_dot_scaled(hi, k_load(a + 64 * g + 32), _mm256_set1_epi16(scales[2 * g + 1])));
+      q[2 * g] = lo;
+      q[2 * g + 1] = hi;
     }
-    int imin = 0;
-    for (int s = 0; s < 8; s++) imin += mins[s] * (bs[2 * s] + bs[2 * s + 1]);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(k_half(blk) * da[b]), _mm256_cvtepi32_ps(isum), acc);
-    extra -= k_half(blk + 2) * da[b] * (float)imin;
+    for (int i = 0; i < 8; i++) scale[i] = _mm256_set1_epi16(scales[i]);
+    float d = k_half(blk);
+    float dmin = k_half(blk + 2);
+    for (int j = 0; j < nt; j++) {
+      const int8_t *a = qa[j] + 256 * b;
+      const int16_t *bs = bsums[j] + 16 * b;
+      __m256i isum = _mm256_setzero_si256();
+      for (int i = 0; i < 8; i++) {
+        isum = _mm256_add_epi32(isum, k_dot_scaled(q[i], k_load(a + 32 * i), scale[i]));
+      }
+      int imin = 0;
+      for (int s = 0; s < 8; s++) imin += mins[s] * (bs[2 * s] + bs[2 * s + 1]);
+      acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * da[j][b]), _mm256_cvtepi32_ps(isum), acc[j]);
+      extra[j] -= dmin * da[j][b] * (float)imin;
+    }
   }
-  return k_hsum(acc) + extra;
+  for (int j = 0; j < nt; j++) out[j] = k_hsum(acc[j]) + extra[j];
+}
+
+#define K_A256_CASES(NT)                                                                   \
+  switch (type) {                                                                          \
+    case FLARE_W_Q4_K: k_dot_a256_rows(FLARE_W_Q4_K, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q5_K: k_dot_a256_rows(FLARE_W_Q5_K, w, act, act_bytes, NT, n, out); break; \
+    case FLARE_W_Q6_K: k_dot_a256_rows(FLARE_W_Q6_K, w, act, act_bytes, NT, n, out); break; \
+    default: break;                                                                        \
+  }
+
+K_FN void k_dot_a256_1(int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int n, float *out) {
+  K_A256_CASES(1)
+}
+
+K_FN void k_dot_a256_4(int type, const uint8_t *w, const uint8_t *act, size_t act_bytes, int n, float *out) {
+  K_A256_CASES(4)
 }
 
 K_FN float k_dot_float(int type, const uint8_t *w, const float *x, int n) {
@@ -262,8 +315,29 @@ K_FN float k_dot_float(int type, const uint8_t *w, const float *x, int n) {
 FLARE_TARGET float FLARE_NAME(int type, const void *w, const void *act, int n) {
   switch (flare_weight_block(type)) {
     case 1: return k_dot_float(type, (const uint8_t *)w, (const float *)act, n);
-    case 32: return k_dot_a32(type, (const uint8_t *)w, (const uint8_t *)act, n);
-    case 256: return k_dot_a256(type, (const uint8_t *)w, (const uint8_t *)act, n);
+    case 32: {
+      float out;
+      k_dot_a32_1(type, (const uint8_t *)w, (const uint8_t *)act, 0, n, &out);
+      return out;
+    }
+    case 256: {
+      float out;
+      k_dot_a256_1(type, (const uint8_t *)w, (const uint8_t *)act, 0, n, &out);
+      return out;
+    }
     default: return 0;
   }
+}
+
+// Four activation rows `act_bytes` apart: out[j] is bit-identical to FLARE_NAME on row j.
+FLARE_TARGET void FLARE_NAME4(int type, const void *w, const void *act, size_t act_bytes, int n, float *out) {
+  if (flare_weight_block(type) == 32) {
+    k_dot_a32_4(type, (const uint8_t *)w, (const uint8_t *)act, act_bytes, n, out);
+    return;
+  }
+  if (flare_weight_block(type) == 256) {
+    k_dot_a256_4(type, (const uint8_t *)w, (const uint8_t *)act, act_bytes, n, out);
+    return;
+  }
+  for (int j = 0; j < 4; j++) out[j] = FLARE_NAME(type, w, (const uint8_t *)act + (size_t)j * act_bytes, n);
 }

@@ -22,6 +22,9 @@ public enum EvalCommand {
   static let threads = OptionSpec(
     "--threads", value: "n", help: "OpenBLAS threads (default: all cores).")
   static let json = OptionSpec("--json", help: "Print JSON.")
+  static let compute = OptionSpec(
+    "--compute", value: "quantized|f32", default: "quantized",
+    help: "A GGUF's quantized matrices: run as stored, or dequantized to F32 at load.")
   static let quiet = OptionSpec("--quiet", short: "-q", help: "No progress output.")
   static let exitStatus = """
     EXIT STATUS:
@@ -165,12 +168,24 @@ public enum EvalCommand {
         throw UsageError("'--flare-baked' needs a FLARE add adapter as '--adapter'")
       }
     }
-    let (model, tokenizer) = try LoadedModel.llama(path, adapters: flare == nil ? list : [])
+    // FLARE adapters run through the evaluation pass, which computes in F32.
+    let (model, tokenizer) = try LoadedModel.llama(
+      path, adapters: flare == nil ? list : [],
+      compute: flare == nil ? try computeMode(arguments) : .f32)
     guard let flare else { return (model, tokenizer, nil) }
     model.trainingThreads = BLAS.threads
     let decoder = try FLAREDecoder(
       model: model, tokenizer: tokenizer, adapter: flare, baked: arguments.flag("--flare-baked"))
     return (model, tokenizer, decoder)
+  }
+
+  /// `--compute`: how a GGUF's quantized matrices are run (default: as stored).
+  static func computeMode(_ arguments: ParsedArguments) throws -> ComputeMode {
+    guard let text = arguments.value("--compute") else { return .quantized }
+    guard let mode = ComputeMode(rawValue: text) else {
+      throw UsageError("'--compute' must be quantized or f32, not '\(text)'")
+    }
+    return mode
   }
 
   static func applyThreads(_ arguments: ParsedArguments, spec: CommandSpec) throws {
@@ -206,7 +221,7 @@ public enum EvalCommand {
       OptionSpec(
         "--source-mode", value: "aligned|reference", default: "aligned",
         help: "FLARE: how generated positions use the source (see below)."),
-      flareBaked, threads, json,
+      flareBaked, compute, threads, json,
     ],
     discussion: """
       \(flareDiscussion)
@@ -320,7 +335,7 @@ public enum EvalCommand {
       model, adapter, OptionSpec("--prompt", value: "text", help: "The prompt."),
       OptionSpec("--top", value: "k", default: "10", help: "How many logits to show."),
       OptionSpec("--no-special", help: "Do not add the model's special tokens (BOS)."),
-      sourceText, flareBaked, threads, json,
+      sourceText, flareBaked, compute, threads, json,
     ],
     discussion: """
       \(flareDiscussion)
@@ -777,7 +792,7 @@ public enum EvalCommand {
       OptionSpec(
         "--context", value: "n", default: "512",
         help: "Tokens per window; windows do not overlap."),
-      threads, json, quiet,
+      compute, threads, json, quiet,
     ],
     discussion: """
       The file is tokenized whole (with the model's BOS if it adds one) and cut into windows of
@@ -793,7 +808,8 @@ public enum EvalCommand {
     let context = try arguments.int("--context", spec: perplexitySpec) ?? 512
     guard context >= 2 else { throw UsageError("'--context' must be at least 2") }
     let (model, tokenizer) = try LoadedModel.llama(
-      try required(arguments, EvalCommand.model), adapters: try adapters(arguments))
+      try required(arguments, EvalCommand.model), adapters: try adapters(arguments),
+      compute: try computeMode(arguments))
     guard context <= model.config.contextLength else {
       throw UsageError(
         "'--context' is \(context); the model's context holds \(model.config.contextLength) tokens")
@@ -857,7 +873,7 @@ public enum EvalCommand {
         "--file", value: "path",
         help: "Prompts, one per line; a .jsonl file: {\"text\"} or {\"text\", \"source\"} per line."
       ),
-      flareBaked, threads, json,
+      flareBaked, compute, threads, json,
     ],
     discussion: """
       Every position of every prompt is compared: the largest and the mean absolute logit
@@ -878,7 +894,8 @@ public enum EvalCommand {
       throw UsageError("'--model' must be given twice (reference, then candidate)")
     }
     let path = try required(arguments, OptionSpec("--file", value: "path", help: ""))
-    let (reference, tokenizer) = try LoadedModel.llama(models[0], adapters: [])
+    let (reference, tokenizer) = try LoadedModel.llama(
+      models[0], adapters: [], compute: try computeMode(arguments))
     let (candidate, _, decoder) = try llamaModel(arguments, path: models[1])
     let prompts = try comparePrompts(path)
     guard !prompts.isEmpty else {
@@ -995,7 +1012,7 @@ public enum EvalCommand {
       OptionSpec("--prompt-tokens", value: "n", default: "128", help: "Prompt length."),
       OptionSpec("--gen-tokens", value: "n", default: "64", help: "Tokens decoded one by one."),
       OptionSpec("--repeat", value: "n", default: "1", help: "Runs; the best is reported."),
-      threads, json,
+      compute, threads, json,
     ],
     discussion: """
       The prompt is made of fixed token ids (no tokenizer involved). Prefill: one forward pass
@@ -1014,7 +1031,8 @@ public enum EvalCommand {
       throw UsageError("'--prompt-tokens' and '--repeat' must be positive")
     }
     let loadStart = monotonicSeconds()
-    let model = try LlamaModel(path: try required(arguments, EvalCommand.model))
+    let model = try LlamaModel(
+      path: try required(arguments, EvalCommand.model), compute: try computeMode(arguments))
     let loadSeconds = monotonicSeconds() - loadStart
     guard promptTokens + genTokens <= model.config.contextLength else {
       throw UsageError(
@@ -1045,7 +1063,9 @@ public enum EvalCommand {
           .object([
             ("model", .string(model.source.path)), ("prompt_tokens", .integer(promptTokens)),
             ("gen_tokens", .integer(genTokens)), ("threads", .integer(BLAS.threads)),
-            ("kernels", .string(BLAS.coreName)), ("load_s", .exact(loadSeconds)),
+            ("kernels", .string(BLAS.coreName)), ("compute", .string(model.compute.rawValue)),
+            ("quantized_kernels", .string(QuantizedMatrix.ISA.active.description)),
+            ("load_s", .exact(loadSeconds)),
             ("prefill_s", .exact(bestPrefill)), ("prefill_tok_s", .exact(prefillRate)),
             ("decode_s", .exact(bestDecode)), ("decode_tok_s", .exact(decodeRate)),
           ])) + "\n")
@@ -1055,7 +1075,7 @@ public enum EvalCommand {
         load: \(loadSeconds) s
         prefill: \(promptTokens) tokens in \(bestPrefill) s = \(prefillRate) tok/s
         decode: \(genTokens) tokens in \(bestDecode) s = \(decodeRate) tok/s
-        threads: \(BLAS.threads), OpenBLAS kernels: \(BLAS.coreName)
+        threads: \(BLAS.threads), OpenBLAS kernels: \(BLAS.coreName), compute: \(model.compute.rawValue) (quantized kernels: \(QuantizedMatrix.ISA.active))
 
         """)
     }

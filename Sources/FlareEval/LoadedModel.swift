@@ -11,9 +11,10 @@ enum LoadedModel {
   }
 
   /// A Llama model with its tokenizer and run-time adapters.
-  static func llama(_ path: String, adapters: [(adapter: PEFTAdapter, weight: Double)]) throws -> (
-    LlamaModel, Tokenizer
-  ) {
+  static func llama(
+    _ path: String, adapters: [(adapter: PEFTAdapter, weight: Double)],
+    compute: ComputeMode = .quantized
+  ) throws -> (LlamaModel, Tokenizer) {
     let source = try WeightSource(path: path)
     let kind = try source.architecture()
     guard kind == "llama" else {
@@ -22,7 +23,7 @@ enum LoadedModel {
         "this subcommand runs Llama models; the model is '\(kind)' (use 'embed' for encoders)",
         path: path)
     }
-    let model = try LlamaModel(source: source)
+    let model = try LlamaModel(source: source, compute: compute)
     if !adapters.isEmpty { try model.attach(adapters: adapters) }
     return (model, try source.tokenizer())
   }

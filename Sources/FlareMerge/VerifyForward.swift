@@ -48,9 +48,14 @@ extension Merger {
     guard architecture == "llama" else {
       return (nil, "the forward-pass check runs Llama models and BERT/XLM-R encoders")
     }
+    // Every merged tensor F32: both sides in F32, held to the F32 bound. Otherwise quantized
+    // matrices stay as their files store them on both sides (the memory of the files) and the
+    // differences are reported.
+    let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
+    let compute: ComputeMode = exact ? .f32 : .quantized
     let base: LlamaModel
     do {
-      base = try LlamaModel(source: source)
+      base = try LlamaModel(source: source, compute: compute)
     } catch let error as FlareError {
       return (nil, "Flare cannot run this base model (\(error.message))")
     }
@@ -64,10 +69,9 @@ extension Merger {
     } catch let error as FlareError {
       return (nil, "the adapters cannot be applied unmerged (\(error.message))")
     }
-    let merged = try LlamaModel(path: output)
+    let merged = try LlamaModel(path: output, compute: compute)
     let prompts = llamaPrompts(source: source, vocab: base.config.vocabSize)
     let comparison = try merged.compare(with: base, prompts: prompts)
-    let exact = report.tensors.allSatisfy { $0.outputType == "F32" }
     let check = ForwardCheck(comparison: comparison, prompts: prompts.count, exact: exact)
     if exact && !(comparison.maxAbsDifference <= ForwardCheck.exactTolerance) {
       throw FlareError(

@@ -236,6 +236,18 @@ extension Kernels {
     bias: UnsafePointer<Float>?, labels: UnsafePointer<Int>, rows n: Int, channels c: Int,
     vocab v: Int, chunk: Int, gradientScale: Float, workspace: UnsafeMutablePointer<Float>? = nil
   ) -> (loss: Double, count: Int) {
+    lmHeadCrossEntropy(
+      dinp: dinp, inp: inp, frozen: .f32(weight), bias: bias, labels: labels, rows: n,
+      channels: c, vocab: v, chunk: chunk, gradientScale: gradientScale, workspace: workspace)
+  }
+
+  /// ``lmHeadCrossEntropy(dinp:inp:weight:bias:labels:rows:channels:vocab:chunk:gradientScale:workspace:)``
+  /// for a head that may be kept quantized.
+  static func lmHeadCrossEntropy(
+    dinp: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, frozen weight: FrozenMatrix,
+    bias: UnsafePointer<Float>?, labels: UnsafePointer<Int>, rows n: Int, channels c: Int,
+    vocab v: Int, chunk: Int, gradientScale: Float, workspace: UnsafeMutablePointer<Float>? = nil
+  ) -> (loss: Double, count: Int) {
     let labelled = (0..<n).filter { labels[$0] != ignoreIndex }
     guard !labelled.isEmpty, c > 0, v > 0 else { return (0, 0) }
     for r in labelled {
@@ -254,16 +266,14 @@ extension Kernels {
     while start < labelled.count {
       let m = min(step, labelled.count - start)
       for i in 0..<m { (rows + i * c).update(from: inp + labelled[start + i] * c, count: c) }
-      matmul(
-        out: logits, inp: rows, weight: weight, bias: bias, rows: m, inFeatures: c, outFeatures: v)
+      weight.forward(out: logits, inp: rows, bias: bias, rows: m, inFeatures: c, outFeatures: v)
       for i in 0..<m {
         total += crossEntropyRowInPlace(
           logits + i * v, classes: v, label: labels[labelled[start + i]], scale: gradientScale)
       }
       if let dinp {
-        matmulBackwardInput(
-          dinp: gradients, dout: logits, weight: weight, rows: m, inFeatures: c, outFeatures: v,
-          accumulate: false)
+        weight.backwardInput(
+          dinp: gradients, dout: logits, rows: m, inFeatures: c, outFeatures: v, accumulate: false)
         for i in 0..<m { add(dinp + labelled[start + i] * c, gradients + i * c, count: c) }
       }
       start += m

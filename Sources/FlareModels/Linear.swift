@@ -35,14 +35,34 @@ public struct Linear: Sendable {
     self.bias = bias
   }
 
-  /// `out[N×out] = inp[N×in]·Wᵀ + b + Σ scale·(inp·Aᵀ)·Bᵀ`.
-  public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows n: Int) {
+  /// `out[N×out] = inp[N×in]·Wᵀ + b + Σ scale·(inp·Aᵀ)·Bᵀ`. A weight kept quantized is
+  /// multiplied by the quantized kernels with its output rows spread over `workers` threads
+  /// (each output is one dot product, so the result does not depend on `workers`), or, with
+  /// `exact` (training and evaluation passes), in F32 on dequantized tiles
+  /// (``FrozenMatrix``); an F32 weight uses BLAS with BLAS's own threads.
+  public func forward(
+    out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows n: Int, workers: Int = 1,
+    exact: Bool = false
+  ) {
     let c = inFeatures
     let oc = outFeatures
-    guard let w = weight.values.baseAddress else { return }
-    Kernels.matmul(
-      out: out, inp: inp, weight: w, bias: bias?.values.baseAddress, rows: n, inFeatures: c,
-      outFeatures: oc)
+    if exact, weight.quantized != nil {
+      weight.frozen.forward(
+        out: out, inp: inp, bias: bias?.values.baseAddress, rows: n, inFeatures: c,
+        outFeatures: oc)
+    } else if let matrix = weight.quantized {
+      Self.multiply(matrix, out: out, inp: inp, rows: n, workers: workers)
+      if let bias = bias?.values {
+        for row in 0..<n {
+          for j in 0..<oc { out[row * oc + j] += bias[j] }
+        }
+      }
+    } else {
+      guard let w = weight.values.baseAddress else { return }
+      Kernels.matmul(
+        out: out, inp: inp, weight: w, bias: bias?.values.baseAddress, rows: n, inFeatures: c,
+        outFeatures: oc)
+    }
     for lora in adapters {
       guard let a = lora.a.values.baseAddress, let b = lora.b.values.baseAddress else { continue }
       let r = lora.a.rows
@@ -59,6 +79,28 @@ public struct Linear: Sendable {
           for j in 0..<oc { out[row * oc + j] += lora.scale * bias[j] }
         }
       }
+    }
+  }
+}
+
+extension Linear {
+  /// `out[N×rows] = inp[N×cols]·Wᵀ` for a quantized `W`: the `N` input rows are quantized once,
+  /// then the output rows are computed in chunks (about four per thread, whole multiples of
+  /// 16) over `workers` threads. Every output is one dot product, so the split never changes a
+  /// value.
+  static func multiply(
+    _ matrix: QuantizedMatrix, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+    rows n: Int, workers: Int
+  ) {
+    guard n > 0 else { return }
+    let activations = matrix.quantize(inp, tokens: n)
+    let workers = max(1, workers)
+    let chunk = max(16, (matrix.rows + 4 * workers - 1) / (4 * workers) + 15) / 16 * 16
+    let tasks = (matrix.rows + chunk - 1) / chunk
+    nonisolated(unsafe) let out = out
+    Parallel.forEach(tasks, workers: min(workers, tasks)) { task in
+      let rows = (task * chunk)..<min(matrix.rows, (task + 1) * chunk)
+      matrix.multiply(activations, rows: rows, into: out, outStride: matrix.rows)
     }
   }
 }

@@ -42,18 +42,24 @@ public final class LlamaModel: @unchecked Sendable {
   /// The activation buffers of training and evaluation passes, kept for the next pass.
   let storagePool = StoragePool()
 
+  /// How the model computes with a quantized GGUF's matrices.
+  public let compute: ComputeMode
+
   /// Loads a Llama model from an HF folder (`config.json` + safetensors) or a GGUF file
-  /// (architecture `llama`; quantized tensors are dequantized to F32 once).
+  /// (architecture `llama`). With `compute` `.f32` quantized tensors are dequantized to F32
+  /// once; with `.quantized` a GGUF's quantized (and F16/BF16) matrices stay mapped as the file
+  /// stores them and run on the quantized kernels.
   /// - Throws: ``FlareError`` naming the file and key for an invalid config (see
   ///   ``LlamaConfig``), the file and tensor for a missing tensor or a shape that disagrees
   ///   with the config, or an unsupported architecture.
-  public convenience init(path: String) throws {
-    try self.init(source: try WeightSource(path: path))
+  public convenience init(path: String, compute: ComputeMode = .f32) throws {
+    try self.init(source: try WeightSource(path: path), compute: compute)
   }
 
   /// Loads a Llama model from an opened ``WeightSource``.
-  public init(source: WeightSource) throws {
+  public init(source: WeightSource, compute: ComputeMode = .f32) throws {
     self.source = source
+    self.compute = compute
     let config: LlamaConfig
     let name: (String) -> String
     if let gguf = source.gguf {
@@ -76,7 +82,7 @@ public final class LlamaModel: @unchecked Sendable {
     let kvDim = config.headCountKV * config.headDim
     let ff = config.feedForwardLength
     func weight(_ hf: String, _ shape: [Int]) throws -> Weight {
-      try source.weight(name(hf), shape: shape)
+      try source.weight(name(hf), shape: shape, compute: compute)
     }
     func linear(_ path: String, _ shape: [Int]) throws -> Linear {
       Linear(path: path, weight: try weight("\(path).weight", shape))
@@ -105,6 +111,24 @@ public final class LlamaModel: @unchecked Sendable {
       // Tied: the head is the embedding matrix.
       head = Linear(path: "lm_head", weight: embedding)
     }
+  }
+
+  /// Bytes of the weights as held in memory: quantized matrices at their file size, everything
+  /// else as F32 (a tied head counted once).
+  public var weightBytes: Int {
+    func bytes(_ w: Weight) -> Int {
+      if let q = w.quantized { return q.rows * q.rowBytes }
+      return 4 * w.count
+    }
+    var total = bytes(embedding) + bytes(finalNorm)
+    for block in blocks {
+      total += bytes(block.attentionNorm) + bytes(block.mlpNorm)
+      for linear in [block.q, block.k, block.v, block.o, block.gate, block.up, block.down] {
+        total += bytes(linear.weight) + (linear.bias.map(bytes) ?? 0)
+      }
+    }
+    if head.weight.name != embedding.name { total += bytes(head.weight) }
+    return total
   }
 
   /// Every linear layer, in a fixed order (blocks' q, k, v, o, gate, up, down, then the head).
@@ -270,7 +294,7 @@ public final class LlamaModel: @unchecked Sendable {
     var logits = [Float](repeating: 0, count: m * output.outFeatures)
     logits.withUnsafeMutableBufferPointer { ls in
       guard let out = ls.baseAddress else { return }
-      output.forward(out: out, inp: final[0], rows: m)
+      output.forward(out: out, inp: final[0], rows: m, workers: LlamaThreads.blas.workers)
     }
     return logits
   }
@@ -325,11 +349,8 @@ extension LlamaModel {
     let start = cache?.length ?? 0
     let (cosines, sines) = Kernels.ropeTables(
       positions: positions, headDim: d, theta: config.ropeFreqBase)
-    guard let table = embedding.values.baseAddress else { return }
     let x0 = a.residual(0)
-    for (row, id) in tokens.enumerated() {
-      (x0 + row * c).update(from: table + id * c, count: c)
-    }
+    for (row, id) in tokens.enumerated() { embedding.copyRow(id, into: x0 + row * c) }
     let rows = pass.threads
     /// Linear layer `j` of `block` (slot `7·layer + j`), plus the pass's trainable LoRA on it.
     func linear(
@@ -342,7 +363,9 @@ extension LlamaModel {
       rows.forRows(n) { r in
         let out = out + r.lowerBound * module.outFeatures
         let inp = inp + r.lowerBound * module.inFeatures
-        module.forward(out: out, inp: inp, rows: r.count)
+        module.forward(
+          out: out, inp: inp, rows: r.count, workers: rows.quantizedWorkers,
+          exact: rows.computesExactly)
         lora?.forward(
           out: out, inp: inp, rows: r.count, dropoutSeed: seed, firstRow: r.lowerBound)
       }

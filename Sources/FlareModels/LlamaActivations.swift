@@ -19,6 +19,24 @@ enum LlamaThreads: Sendable {
     }
   }
 
+  /// The threads a quantized product inside ``forRows(_:_:)`` may use: all of them under
+  /// `.blas` (which runs rows whole), one under `.split` (whose row chunks already run in
+  /// parallel).
+  var quantizedWorkers: Int {
+    switch self {
+    case .blas: max(1, BLAS.threads)
+    case .split: 1
+    }
+  }
+
+  /// Whether quantized matrices are multiplied in F32 on dequantized tiles (training and
+  /// evaluation passes: the dequantized model's arithmetic) rather than by the quantized
+  /// kernels (inference: llama.cpp's arithmetic).
+  var computesExactly: Bool {
+    if case .split = self { return true }
+    return false
+  }
+
   /// Runs `body` over rows `0..<n`: whole under `.blas`, in chunks of
   /// ``Parallel/rowChunk(_:)`` rows spread
   /// over the workers under `.split`.

@@ -387,10 +387,9 @@ extension LlamaModel: TrainableModel {
       var logits = [Float](repeating: 0, count: m * vocab)
       logits.withUnsafeMutableBufferPointer { out in
         threads.forRows(m) { r in
-          Kernels.matmul(
+          head.weight.frozen.forward(
             out: out.baseAddress! + r.lowerBound * vocab, inp: rowsIn + r.lowerBound * c,
-            weight: head.weight.pointer, bias: head.bias?.pointer, rows: r.count,
-            inFeatures: c, outFeatures: vocab)
+            bias: head.bias?.pointer, rows: r.count, inFeatures: c, outFeatures: vocab)
         }
       }
       return (TrainingPassResult(lossSum: 0, count: 0), logits)
@@ -422,7 +421,7 @@ extension LlamaModel: TrainableModel {
               let m = min(n, first + Self.headChunk) - first
               let (loss, count) = Kernels.lmHeadCrossEntropy(
                 dinp: training ? dnormed + first * c : nil, inp: normed + first * c,
-                weight: head.weight.pointer, bias: head.bias?.pointer,
+                frozen: head.weight.frozen, bias: head.bias?.pointer,
                 labels: labels.baseAddress! + first, rows: m, channels: c, vocab: vocab,
                 chunk: Self.headChunk, gradientScale: gradientScale ?? 1,
                 workspace: workspace.buffer.baseAddress! + worker * space)

@@ -95,7 +95,7 @@ extension TrainableLoRA {
 /// in chunk order afterwards, so every value depends on the row count only, never on the
 /// thread count.
 struct LinearBackward {
-  let weight: UnsafePointer<Float>
+  let weight: FrozenMatrix
   let inFeatures: Int
   let outFeatures: Int
   let lora: TrainableLoRA?
@@ -105,7 +105,7 @@ struct LinearBackward {
   let dropoutSeed: UInt64?
 
   init(_ layer: Linear, lora: TrainableLoRA?, fused: FusedLoRA? = nil, dropoutSeed: UInt64?) {
-    weight = layer.weight.pointer
+    weight = layer.weight.frozen
     inFeatures = layer.inFeatures
     outFeatures = layer.outFeatures
     self.lora = lora
@@ -140,9 +140,9 @@ struct LinearBackward {
       let rows = min(n, first + size) - first
       let dout = dout + first * oc
       if let dinp {
-        Kernels.matmulBackwardInput(
-          dinp: dinp + first * c, dout: dout, weight: weight, rows: rows, inFeatures: c,
-          outFeatures: oc, accumulate: accumulate)
+        weight.backwardInput(
+          dinp: dinp + first * c, dout: dout, rows: rows, inFeatures: c, outFeatures: oc,
+          accumulate: accumulate)
       }
       let da = shares + chunk * share
       lora?.backward(

@@ -1,6 +1,7 @@
 import FlareCore
 import FlareGGUF
 import FlareSafetensors
+import FlareTensor
 import Synchronization
 
 /// F32 values owned by the process (decoded, dequantized or computed at load).
@@ -50,17 +51,33 @@ final class StoragePool: Sendable {
   }
 }
 
-/// One model tensor as F32 values in row-major order (outermost dimension first; a linear
-/// layer's weight is `[out, in]` whatever the file's convention).
+/// How a model computes with the matrices of a quantized GGUF file.
+public enum ComputeMode: String, Sendable, CaseIterable {
+  /// Keep quantized (and F16/BF16) matrices as the file stores them, mapped, and multiply them
+  /// with the quantized kernels (``QuantizedMatrix``): the memory of the file, llama.cpp's
+  /// arithmetic. F32 tensors, norms and safetensors models are F32 either way.
+  case quantized
+  /// Dequantize every tensor to F32 once at load and compute in F32 (exact, four to eight
+  /// times the memory of a quantized file).
+  case f32
+}
+
+/// One model tensor in row-major order (outermost dimension first; a linear layer's weight is
+/// `[out, in]` whatever the file's convention): F32 values, or, for a matrix kept quantized
+/// (``ComputeMode/quantized``), the file's own rows in ``quantized`` and no F32 values.
 ///
 /// F32 tensors stored little-endian and 4-byte aligned point straight into the memory-mapped
-/// file; every other type is decoded (or dequantized) once at load into memory the weight owns.
+/// file; every other type is decoded (or dequantized) once at load into memory the weight owns,
+/// unless it is kept quantized.
 public struct Weight: @unchecked Sendable {
   // @unchecked Sendable: the values are never written after load; `owner` keeps them alive.
   public let name: String
   public let shape: [Int]
+  /// The F32 values (empty when the weight is kept quantized).
   public let values: UnsafeBufferPointer<Float>
-  /// Whether the values are the mapped file's own bytes.
+  /// The file's rows, for a matrix kept quantized.
+  public let quantized: QuantizedMatrix?
+  /// Whether the values (or quantized rows) are the mapped file's own bytes.
   public let isMapped: Bool
   let owner: AnyObject
 
@@ -71,7 +88,10 @@ public struct Weight: @unchecked Sendable {
   public var count: Int { values.count }
   /// The first value (weights are never empty: shapes come from checked configs).
   public var pointer: UnsafePointer<Float> {
-    values.baseAddress ?? UnsafePointer(Weight.empty)
+    // Every consumer of a matrix that may be kept quantized (Linear, the embedding lookup, the
+    // training passes' products) checks `quantized` first.
+    precondition(quantized == nil, "\(name) is kept quantized and has no F32 values")
+    return values.baseAddress ?? UnsafePointer(Weight.empty)
   }
   nonisolated(unsafe) private static let empty = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
@@ -81,8 +101,29 @@ public struct Weight: @unchecked Sendable {
     self.name = name
     self.shape = shape
     self.values = values
+    self.quantized = nil
     self.isMapped = mapped
     self.owner = owner
+  }
+
+  /// A matrix kept in the file's quantized rows.
+  init(name: String, shape: [Int], quantized: QuantizedMatrix, owner: AnyObject) {
+    self.name = name
+    self.shape = shape
+    self.values = UnsafeBufferPointer(start: nil, count: 0)
+    self.quantized = quantized
+    self.isMapped = true
+    self.owner = owner
+  }
+
+  /// Row `row` of the matrix view as F32 into `out` (`cols` values), from the F32 values or by
+  /// dequantizing the quantized row.
+  public func copyRow(_ row: Int, into out: UnsafeMutablePointer<Float>) {
+    if let quantized {
+      quantized.dequantize(row: row, into: out)
+    } else {
+      out.update(from: pointer + row * cols, count: cols)
+    }
   }
 
   /// A weight that owns `values` (used for tensors computed at load and in tests).
@@ -184,10 +225,14 @@ public final class WeightSource: @unchecked Sendable {
     }
   }
 
-  /// The tensor `name` as F32, checked to have `shape` (row-major) when given.
+  /// The tensor `name`, checked to have `shape` (row-major) when given: as F32, or, with
+  /// `compute` `.quantized`, a GGUF matrix whose type the quantized kernels run (and whose rows
+  /// are whole blocks) kept as the file's rows.
   /// - Throws: ``FlareError`` naming the file and tensor if it is missing, has another shape,
   ///   or has a type Flare cannot decode.
-  public func weight(_ name: String, shape expected: [Int]? = nil) throws -> Weight {
+  public func weight(
+    _ name: String, shape expected: [Int]? = nil, compute: ComputeMode = .f32
+  ) throws -> Weight {
     switch backing {
     case .safetensors(let model):
       guard let view = model.view(name) else {
@@ -221,6 +266,14 @@ public final class WeightSource: @unchecked Sendable {
       try check(shape, expected, name: name, file: file.path)
       let count = tensor.elementCount
       let raw = file.bytes(of: tensor)
+      if compute == .quantized, shape.count == 2, tensor.type != .f32,
+        let format = QuantizedMatrix.Format(rawValue: Int32(tensor.type.id)),
+        shape[1] % format.blockSize == 0
+      {
+        let matrix = try QuantizedMatrix(
+          format: format, rows: shape[0], cols: shape[1], bytes: raw, owner: file, name: name)
+        return Weight(name: name, shape: shape, quantized: matrix, owner: file)
+      }
       if tensor.type == .f32 && UInt32(littleEndian: 1) == 1, let base = raw.baseAddress,
         Int(bitPattern: base) % 4 == 0
       {

@@ -75,6 +75,11 @@ public enum TrainCommand {
     public static let threads = TypedOption<Int>.integer(
       "--threads", value: "n", minimum: 1, maximum: 1024,
       help: "Threads of the training passes and OpenBLAS (default: all cores).")
+    public static let compute = TypedOption<ComputeMode>.choice(
+      "--compute", default: .quantized,
+      help:
+        "A GGUF base's quantized matrices: kept as stored, dequantized a tile at a time (QLoRA), or f32 at load."
+    )
     public static let evalEvery = TypedOption<Int>.integer(
       "--eval-every", value: "n", default: 0, minimum: 0,
       help: "Validate every n steps (0: after each epoch).")
@@ -108,7 +113,7 @@ public enum TrainCommand {
       model.spec, data.spec, valid.spec, output.spec, targetModules.spec, rank.spec, alpha.spec,
       rslora.spec, dropout.spec, task.spec, epochs.spec, maxSteps.spec, batchSize.spec,
       gradAccum.spec, lr.spec, schedule.spec, warmupSteps.spec, weightDecay.spec,
-      maxGradNorm.spec, maxLength.spec, seed.spec, threads.spec, evalEvery.spec,
+      maxGradNorm.spec, maxLength.spec, seed.spec, threads.spec, compute.spec, evalEvery.spec,
       saveEvery.spec, resume.spec, initAdapter.spec, noShuffle.spec, modelDropout.spec,
       json.spec, quiet.spec, force.spec, dryRun.spec,
     ]
@@ -264,6 +269,7 @@ public enum TrainCommand {
     public var options: TrainingOptions
     public var maxLength: Int
     public var threads: Int?
+    public var compute: ComputeMode = .quantized
     public var resume: String?
     public var initAdapter: String?
     public var modelDropout: Double?
@@ -317,6 +323,7 @@ public enum TrainCommand {
       self.options = options
       maxLength = try O.maxLength.required(in: arguments)
       threads = try O.threads.value(in: arguments)
+      compute = try O.compute.required(in: arguments)
       resume = try O.resume.value(in: arguments)
       initAdapter = try O.initAdapter.value(in: arguments)
       modelDropout = try O.modelDropout.value(in: arguments)
@@ -340,10 +347,12 @@ public enum TrainCommand {
   /// Runs `flare-train lora` with the parsed command line.
   /// - Parameter loader: Opens the model (tests pass a stand-in).
   public static func runLoRA(
-    _ arguments: ParsedArguments, flare: Bool = false, loader: ModelLoader = TrainingModel.open
+    _ arguments: ParsedArguments, flare: Bool = false, loader: ModelLoader? = nil
   ) throws -> ExitStatus {
     let request = try LoRARequest(arguments, flare: flare)
-    let run = try LoRARun.prepare(request, loader: loader)
+    let compute = request.compute
+    let run = try LoRARun.prepare(
+      request, loader: loader ?? { try TrainingModel.open($0, task: $1, compute: compute) })
     if request.dryRun {
       printPlan(run, request: request)
       return .success

@@ -53,7 +53,12 @@ public struct TrainingModel {
   ///
   /// - Throws: ``FlareError`` `.unsupported` for other families, or "training <family> is
   ///   not available yet" when the family's model does not implement ``TrainableModel``.
-  public static func open(_ path: String, task: TrainingTask) throws -> TrainingModel {
+  ///
+  /// `compute` says how a GGUF's quantized matrices are held: as the file stores them (the
+  /// passes dequantize 64-row tiles as they go; QLoRA) or dequantized to F32 at load.
+  public static func open(_ path: String, task: TrainingTask, compute: ComputeMode = .f32)
+    throws -> TrainingModel
+  {
     let source = try WeightSource(path: path)
     let architecture = try source.architecture()
     guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
@@ -66,20 +71,13 @@ public struct TrainingModel {
     let paddingSide = Self.paddingSide(folder: source.gguf == nil ? source.configFolder : nil)
     switch architecture {
     case "llama":
-      let llama = try LlamaModel(source: source)
+      let llama = try LlamaModel(source: source, compute: compute)
       let model = try trainable(llama, family: "Llama models")
       let c = llama.config
-      let attention = c.headCount * c.headDim
-      let perLayer =
-        c.embeddingLength * attention * 2 + c.embeddingLength * c.headCountKV * c.headDim * 2
-        + 3 * c.embeddingLength * c.feedForwardLength + 2 * c.embeddingLength
-      let parameters =
-        c.blockCount * perLayer + c.vocabSize * c.embeddingLength
-        * (c.tieWordEmbeddings ? 1 : 2)
       return TrainingModel(
         model: model, tokenizer: tokenizer, architecture: architecture, layout: .decoder,
         vocabularySize: c.vocabSize, paddingSide: paddingSide, configDropout: 0,
-        defaultTargets: ["q_proj", "v_proj"], weightBytes: 4 * parameters,
+        defaultTargets: ["q_proj", "v_proj"], weightBytes: llama.weightBytes,
         activationBytes: { batch, length, modules in
           llama.trainingActivationBytes(
             batch: batch, length: length, loraModules: modules, threads: llama.trainingThreads)

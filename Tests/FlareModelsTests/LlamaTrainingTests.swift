@@ -297,6 +297,19 @@ struct LlamaTrainingTests {
     try Self.check(name, loss: loss, count: count, gradients: gradients, golden: golden)
   }
 
+  /// QLoRA: the same GGUF with its matrices kept quantized (no F32 copy of any `W`; the
+  /// passes dequantize 64-row tiles into scratch and multiply them in F32) gives the same
+  /// loss and gradients as the dequantized model, so PEFT's, within the same tolerances.
+  @Test("the GGUF kept quantized (QLoRA) gives PEFT's gradients", arguments: ["all"])
+  func ggufQuantized(name: String) throws {
+    guard FileManager.default.fileExists(atPath: smolLM2GGUF) else { return }
+    let model = try LlamaModel(path: smolLM2GGUF, compute: .quantized)
+    #expect(model.linears.allSatisfy { $0.weight.quantized != nil })
+    let golden = try LlamaTrainingGolden()
+    let (loss, count, gradients) = try Self.step(name, model: model, golden: golden)
+    try Self.check(name, loss: loss, count: count, gradients: gradients, golden: golden)
+  }
+
   @Test("bad training input is refused with a clear error")
   func badInput() throws {
     guard let folder = try smolLM2HFFolder() else { return }

@@ -40,6 +40,19 @@ struct LlamaRunTests {
   @Test("20 AdamW steps give PyTorch + PEFT's losses and final adapter")
   func trajectory() throws {
     guard let model = try smolLM2HFFolder() else { return }
+    try Self.checkTrajectory(model: model, extra: [])
+  }
+
+  /// QLoRA: the Q4_1 GGUF the F32 folder was dequantized from, its matrices kept quantized
+  /// (`--compute quantized`, the default): the passes multiply dequantized tiles in F32, so the
+  /// same oracle and tolerances hold.
+  @Test("the same 20 steps on the Q4_1 GGUF kept quantized (QLoRA) give the same trajectory")
+  func quantizedTrajectory() throws {
+    guard try smolLM2HFFolder() != nil else { return }
+    try Self.checkTrajectory(model: smolLM2GGUF, extra: ["--compute", "quantized"])
+  }
+
+  static func checkTrajectory(model: String, extra: [String]) throws {
     let golden = try loadFixtureJSON("training/llama-run/trajectory.json")
     let scratch = makeTemporaryFolder()
     defer { removeTree(scratch) }
@@ -49,7 +62,7 @@ struct LlamaRunTests {
         .replacing("{model}", with: model).replacing("{data}", with: "\(Self.folder)/train.jsonl")
         .replacing("{init}", with: "\(Self.folder)/init").replacing("{output}", with: output)
     }
-    let result = try runTool("flare-train", arguments + ["--threads", "2"])
+    let result = try runTool("flare-train", arguments + ["--threads", "2"] + extra)
     try #require(result.status == 0, "flare-train exited \(result.status): \(result.stderr)")
 
     let log = try String(contentsOfFile: "\(output)/training_log.jsonl", encoding: .utf8)
@@ -85,7 +98,7 @@ struct LlamaRunTests {
       #expect(error <= 1e-3, "\(view.name): relative Frobenius error \(error)")
     }
     print(
-      "SmolLM2 20-step trajectory vs PyTorch + PEFT: loss worst \(worstLoss), grad norm worst \(worstNorm), final tensors worst \(worstTensor)"
+      "SmolLM2 20-step trajectory (\(model.hasSuffix(".gguf") ? "Q4_1 GGUF kept quantized" : "F32 folder")) vs PyTorch + PEFT: loss worst \(worstLoss), grad norm worst \(worstNorm), final tensors worst \(worstTensor)"
     )
   }
 }

@@ -65,6 +65,11 @@ void flare_act_quantize(int type, const float *x, int n, void *act);
 // row, on instruction set `isa` (which must be available).
 float flare_dot(int isa, int type, const void *w, const void *act, int n);
 
+// The dot products of the weight row `w` with four activation rows `act_bytes` apart, into
+// out[0..<4]: bit-identical to four flare_dot calls, with each weight block unpacked once.
+void flare_dot4(
+    int isa, int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
+
 // out[t * out_stride + r] = dot(row r of w, activation t) for r in [0, rows), t in
 // [0, tokens): `w` holds `rows` rows of `n` elements of `type`, `row_bytes` apart; the
 // activations are `act_bytes` = flare_act_bytes(type, n) apart. Rows are taken in tiles so
