@@ -2,6 +2,7 @@ import FlareAdapters
 import FlareCore
 import FlareGGUF
 import FlareTensor
+import Synchronization
 
 /// A LoRA pair applied at run time, unmerged: `y += scale · B·(A·x)`.
 public struct RuntimeLoRA: Sendable {
@@ -98,9 +99,17 @@ extension Linear {
     let chunk = max(16, (matrix.rows + 4 * workers - 1) / (4 * workers) + 15) / 16 * 16
     let tasks = (matrix.rows + chunk - 1) / chunk
     nonisolated(unsafe) let out = out
-    Parallel.forEach(tasks, workers: min(workers, tasks)) { task in
-      let rows = (task * chunk)..<min(matrix.rows, (task + 1) * chunk)
-      matrix.multiply(activations, rows: rows, into: out, outStride: matrix.rows)
+    // Threads claim chunks as they come (a thread that starts late finds fewer left); which
+    // thread computes a chunk never changes its values.
+    let next = Atomic<Int>(0)
+    let threads = min(workers, tasks)
+    Parallel.forEach(threads, workers: threads) { _ in
+      while true {
+        let task = next.add(1, ordering: .relaxed).oldValue
+        guard task < tasks else { return }
+        let rows = (task * chunk)..<min(matrix.rows, (task + 1) * chunk)
+        matrix.multiply(activations, rows: rows, into: out, outStride: matrix.rows)
+      }
     }
   }
 }
