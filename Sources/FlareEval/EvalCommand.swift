@@ -519,7 +519,7 @@ public enum EvalCommand {
         help:
           "Tokens per example at most (longer ones are truncated, as in training); a FLARE adapter's own by default."
       ),
-      threads, json,
+      compute, threads, json,
     ],
     discussion: """
       The data is read and tokenized as flare-train reads classification data. The head is the
@@ -546,13 +546,14 @@ public enum EvalCommand {
     let maxLength = try arguments.int("--max-length", spec: classifySpec)
     guard batchSize >= 1 else { throw UsageError("'--batch-size' must be at least 1") }
     guard (maxLength ?? 8) >= 8 else { throw UsageError("'--max-length' must be at least 8") }
-    let report = try ClassifierEvaluation.run(
-      ClassifierEvaluation.Request(
-        model: try required(arguments, EvalCommand.model), adapter: adapters.first,
-        data: try required(arguments, OptionSpec("--data", value: "path", help: "")),
-        batchSize: batchSize, maxLength: maxLength,
-        threads: try arguments.int("--threads", spec: classifySpec),
-        inputFusion: arguments.flag("--input-fusion")))
+    var request = ClassifierEvaluation.Request(
+      model: try required(arguments, EvalCommand.model), adapter: adapters.first,
+      data: try required(arguments, OptionSpec("--data", value: "path", help: "")),
+      batchSize: batchSize, maxLength: maxLength,
+      threads: try arguments.int("--threads", spec: classifySpec),
+      inputFusion: arguments.flag("--input-fusion"))
+    request.compute = try computeMode(arguments)
+    let report = try ClassifierEvaluation.run(request)
     if arguments.flag("--json") {
       Console.out(JSONWriter.compact(classifyJSON(report)) + "\n")
     } else {

@@ -63,6 +63,9 @@ public enum ClassifierEvaluation {
     /// The input-level fusion baseline (`flare-train lora --input-fusion`): each line's
     /// `source`, a newline, then its text, with twice ``maxLength`` tokens.
     public var inputFusion = false
+    /// How a GGUF's quantized matrices are held (the passes multiply dequantized tiles in F32
+    /// either way).
+    public var compute: ComputeMode = .quantized
 
     public init(
       model: String, adapter: String?, data: String, batchSize: Int = 8, maxLength: Int? = nil,
@@ -131,7 +134,8 @@ public enum ClassifierEvaluation {
         "classify runs Llama models and BERT/XLM-R encoders; the model is '\(architecture)'",
         path: request.model)
     }
-    let loaded = try TrainingModel.open(request.model, task: .classification)
+    let loaded = try TrainingModel.open(
+      request.model, task: .classification, compute: request.compute)
     guard let model = loaded.model as? any SequenceClassifier else {
       throw FlareError(
         "eval", .unsupported,
