@@ -120,7 +120,8 @@ def files(types):
         if not path.exists():
             partial = path.with_suffix(".partial")
             subprocess.run([sys.executable, "-c", QUANTIZE, str(f32), str(partial),
-                            str(FTYPES[name])], check=True)
+                            str(FTYPES[name])], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
             partial.rename(path)
         out[name] = path
     return out

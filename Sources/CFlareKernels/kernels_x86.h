@@ -66,6 +66,46 @@ K_FN __m256i k_sub_lane0(__m256i v, int value) {
   return _mm256_sub_epi32(v, _mm256_setr_epi32(value, 0, 0, 0, 0, 0, 0, 0));
 }
 
+// One 32-value block `blk` (block `b` of the row) against `nt` activation rows: its integer
+// sums scaled into acc[j], its minimum term (Q4_1, Q5_1) into extra[j].
+__attribute__((always_inline)) K_FN void k_a32_block(
+    int type, const uint8_t *blk, int b, int nt, const int8_t *const *qa, const float *const *da,
+    const float *const *sa, const int32_t *const *suma, __m256 *acc, float *extra) {
+  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  float dw = k_half(blk);
+  float mw = with_min ? k_half(blk + 2) : 0;
+  __m256i q;
+  int offset = 0;  // the integer correction per unit of the activation block's sum
+  switch (type) {
+    case FLARE_W_Q4_0:
+      q = k_nibbles16(blk + 2);
+      offset = 8;
+      break;
+    case FLARE_W_Q4_1: q = k_nibbles16(blk + 4); break;
+    case FLARE_W_Q5_0:
+    case FLARE_W_Q5_1: {
+      int qh_at = with_min ? 4 : 2;
+      uint32_t qh;
+      memcpy(&qh, blk + qh_at, 4);
+      q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
+      if (!with_min) offset = 16;
+      break;
+    }
+    default: q = k_load(blk + 2); break;  // Q8_0: signed levels
+  }
+  // Q8_0: |q| is unsigned (0x80 reads as 128), the sign moves to the activation.
+  __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
+  for (int j = 0; j < nt; j++) {
+    __m256i a = k_load(qa[j] + 32 * b);
+    if (type == FLARE_W_Q8_0) a = _mm256_sign_epi8(a, q);
+    __m256i p = k_dot_u8s8(u, a);
+    if (offset) p = k_sub_lane0(p, offset * suma[j][b]);
+    __m256 scale = _mm256_set1_ps(dw * da[j][b]);
+    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
+    if (with_min) extra[j] += mw * sa[j][b];
+  }
+}
+
 // The dot products of one weight row with `NT` activation rows (NT a constant 1 to 4 after
 // inlining): each weight block is unpacked once and used for every activation row. Each row's
 // sum is formed exactly as with NT = 1 (same accumulators, same order), so grouping tokens
@@ -91,48 +131,20 @@ __attribute__((always_inline)) K_FN void k_dot_a32_rows(
     acc1[j] = _mm256_setzero_ps();
     extra[j] = 0;
   }
-  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  float extra0[K_MAXT];
+  for (int j = 0; j < nt; j++) extra0[j] = 0;
   int bytes = flare_weight_block_bytes(type);
-  for (int b = 0; b < blocks; b++) {
-    const uint8_t *blk = w + bytes * b;
-    float dw = k_half(blk);
-    float mw = with_min ? k_half(blk + 2) : 0;
-    __m256i q;
-    int offset = 0;  // the integer correction per unit of the activation block's sum
-    switch (type) {
-      case FLARE_W_Q4_0:
-        q = k_nibbles16(blk + 2);
-        offset = 8;
-        break;
-      case FLARE_W_Q4_1: q = k_nibbles16(blk + 4); break;
-      case FLARE_W_Q5_0:
-      case FLARE_W_Q5_1: {
-        int qh_at = with_min ? 4 : 2;
-        uint32_t qh;
-        memcpy(&qh, blk + qh_at, 4);
-        q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
-        if (!with_min) offset = 16;
-        break;
-      }
-      default: q = k_load(blk + 2); break;  // Q8_0: signed levels
-    }
-    // Q8_0: |q| is unsigned (0x80 reads as 128), the sign moves to the activation.
-    __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
-    for (int j = 0; j < nt; j++) {
-      __m256i a = k_load(qa[j] + 32 * b);
-      if (type == FLARE_W_Q8_0) a = _mm256_sign_epi8(a, q);
-      __m256i p = k_dot_u8s8(u, a);
-      if (offset) p = k_sub_lane0(p, offset * suma[j][b]);
-      __m256 scale = _mm256_set1_ps(dw * da[j][b]);
-      if (b & 1) {
-        acc1[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc1[j]);
-      } else {
-        acc0[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc0[j]);
-      }
-      if (with_min) extra[j] += mw * sa[j][b];
-    }
+  // Two blocks an iteration (even ones into acc0/extra0, odd ones into acc1/extra), so the
+  // two chains of additions overlap.
+  int b = 0;
+  for (; b + 1 < blocks; b += 2) {
+    k_a32_block(type, w + bytes * b, b, nt, qa, da, sa, suma, acc0, extra0);
+    k_a32_block(type, w + bytes * (b + 1), b + 1, nt, qa, da, sa, suma, acc1, extra);
   }
-  for (int j = 0; j < nt; j++) out[j] = k_hsum(_mm256_add_ps(acc0[j], acc1[j])) + extra[j];
+  if (b < blocks) k_a32_block(type, w + bytes * b, b, nt, qa, da, sa, suma, acc0, extra0);
+  for (int j = 0; j < nt; j++) {
+    out[j] = k_hsum(_mm256_add_ps(acc0[j], acc1[j])) + (extra0[j] + extra[j]);
+  }
 }
 
 // One specialised copy per type and token count (the type and count are constants inside).
