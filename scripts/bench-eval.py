@@ -35,41 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import die, executable, machine_info  # noqa: E402
+from benchlib import LLAMA_CPP, die, executable, machine_info  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLARE_CACHE") or Path.home() / ".cache" / "flare")
 RELEASE = REPO_ROOT / ".build" / "release"
 GGUF_Q4 = CACHE / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-LLAMA_CPP = r"""
-import json, sys, time, resource
-import numpy as np
-import llama_cpp
-from llama_cpp import Llama
-path, threads, n_prompt, n_gen, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-t0 = time.perf_counter()
-llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt,
-            n_threads=threads, n_threads_batch=threads, verbose=False, logits_all=False)
-load = time.perf_counter() - t0
-vocab = llm.n_vocab()
-prompt = [(i * 7919 + 13) % vocab for i in range(n_prompt)]
-best_p = best_d = float("inf")
-for run in range(repeat + 1):
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(prompt)
-    t1 = time.perf_counter()
-    for _ in range(n_gen):
-        # The last computed row of logits, read through the C API (no copy of all positions).
-        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
-        llm.eval([int(row.argmax())])
-    t2 = time.perf_counter()
-    if run > 0:
-        best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
-print(json.dumps({"load_s": load, "prefill_s": best_p, "decode_s": best_d,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
 
 TORCH = r"""
 import json, sys, time, resource

@@ -82,19 +82,7 @@ DRIVER = r"""
 /* ggml-cpu.c's half-to-float table (filled below) and the ggml.c functions the quantizers
    refer to on paths this driver never takes. */
 float ggml_table_f32_f16[1 << 16];
-void ggml_abort(const char * file, int line, const char * fmt, ...) {
-    va_list args;
-    fprintf(stderr, "ggml_abort at %s:%d: ", file, line);
-    va_start(args, fmt);
-    vfprintf(stderr, fmt, args);
-    va_end(args);
-    fputc('\n', stderr);
-    abort();
-}
-const char * ggml_type_name(enum ggml_type type) { (void) type; abort(); }
-size_t ggml_type_size(enum ggml_type type) { (void) type; abort(); }
-size_t ggml_row_size(enum ggml_type type, int64_t ne) { (void) type; (void) ne; abort(); }
-
+@STUBS@
 static void put(const void * data, size_t size) {
     if (fwrite(data, 1, size, stdout) != size) { perror("write"); exit(1); }
 }
@@ -152,6 +140,11 @@ int main(void) {
     }
 }
 """
+
+
+# The ggml.c stand-ins of the K-quant driver, shared.
+DRIVER = DRIVER.replace(
+    "@STUBS@", kq.DRIVER[kq.DRIVER.index("void ggml_abort"):kq.DRIVER.index("_Static_assert")])
 
 
 def fetch_sources():
