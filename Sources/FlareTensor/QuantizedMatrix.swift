@@ -63,7 +63,7 @@ public struct QuantizedMatrix: @unchecked Sendable {
     case scalar = 0
     /// AVX2 + FMA + F16C.
     case avx2 = 1
-    /// AVX-512 (F, BW, VL) with VNNI.
+    /// AVX-512 (F, BW, VL) with VNNI: `vpdpbusd` on 256-bit vectors.
     case avx512 = 2
 
     /// The best one this CPU runs.

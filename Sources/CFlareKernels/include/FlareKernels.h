@@ -33,7 +33,7 @@ enum {
 enum {
   FLARE_ISA_SCALAR = 0,  // portable C
   FLARE_ISA_AVX2 = 1,  // AVX2 + FMA + F16C, 256-bit
-  FLARE_ISA_AVX512 = 2,  // AVX-512 F/BW/VL + VNNI, 512-bit
+  FLARE_ISA_AVX512 = 2,  // AVX-512 F/BW/VL + VNNI instructions, on 256-bit vectors (dpbusd)
 };
 
 // Whether `type` has a dot kernel.
