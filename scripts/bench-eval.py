@@ -31,11 +31,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchlib import LLAMA_CPP, die, executable, machine_info  # noqa: E402
+from benchlib import LLAMA_CPP, die, executable, flare_bench, machine_info  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLARE_CACHE") or Path.home() / ".cache" / "flare")
@@ -106,20 +105,10 @@ def main():
     rows = []
     # Flare's RSS: measured around the process with /usr/bin/time's equivalent (wait4).
     for label, model in [("Flare (F32 GGUF)", gguf), ("Flare (F32 HF folder)", folder)]:
-        t0 = time.perf_counter()
         cmd = [str(RELEASE / "flare-eval"), "bench", "--model", str(model), "--prompt-tokens",
                str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens), "--threads",
                str(args.threads), "--repeat", str(args.repeat), "--json"]
-        with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
-            _, status, usage = os.wait4(proc.pid, 0)
-            out.seek(0)
-            text = out.read().decode()
-        if status != 0:
-            die(f"flare-eval bench failed on {model}")
-        result = json.loads(text.strip().splitlines()[-1])
-        result["rss_mib"] = usage.ru_maxrss / 1024
-        rows.append((label, result))
+        rows.append((label, flare_bench(cmd)))
     rows.append(("llama.cpp (F32 GGUF)", run_json(
         [sys.executable, "-c", LLAMA_CPP, str(gguf), str(args.threads), str(args.prompt_tokens),
          str(args.gen_tokens), str(args.repeat)])))

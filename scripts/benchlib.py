@@ -2,6 +2,7 @@
 running a command as its own process while measuring wall time and peak RSS, describing the
 machine, and formatting numbers."""
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -73,7 +74,7 @@ def machine_info(packages):
         "mem_total_mib": mem,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "python_executable": sys.executable,
+        "python_executable": os.path.basename(sys.executable),
     }
     info.update({pkg: package_version(pkg) for pkg in packages})
     info["env"] = {k: os.environ.get(k) for k in
@@ -120,3 +121,20 @@ for run in range(repeat + 1):
 print(json.dumps({"load_s": load, "prefill_s": best_p, "decode_s": best_d,
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def flare_bench(cmd):
+    """Run a `flare-eval bench --json` command; its JSON result plus rss_mib (wait4)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0)
+        text = out.read().decode()
+    if status != 0:
+        die(f"flare-eval bench failed: {' '.join(map(str, cmd))}")
+    result = json.loads(text.strip().splitlines()[-1])
+    result["rss_mib"] = usage.ru_maxrss / 1024
+    # Where the model lives on the measuring machine says nothing about the result.
+    if "model" in result:
+        result["model"] = os.path.basename(str(result["model"]))
+    return result
