@@ -254,6 +254,21 @@ static void quantize_a256(const float *x, int n, uint8_t *act) {
 }
 
 void flare_act_quantize(int type, const float *x, int n, void *act) {
+  flare_act_quantize_isa(flare_isa_active(), type, x, n, act);
+}
+
+void flare_act_quantize_isa(int isa, int type, const float *x, int n, void *act) {
+#if FLARE_X86
+  if (isa == FLARE_ISA_AVX512) {
+    flare_act_quantize_avx512(type, x, n, act);
+    return;
+  }
+  if (isa == FLARE_ISA_AVX2) {
+    flare_act_quantize_avx2(type, x, n, act);
+    return;
+  }
+#endif
+  (void)isa;
   switch (flare_weight_block(type)) {
     case 1: memcpy(act, x, 4 * (size_t)n); break;
     case 32: quantize_a32(x, n, (uint8_t *)act); break;
@@ -443,55 +458,29 @@ float flare_dot(int isa, int type, const void *w, const void *act, int n) {
   return flare_dot_scalar(type, w, act, n);
 }
 
-void flare_dot4(
-    int isa, int type, const void *w, const void *act, size_t act_bytes, int n, float *out) {
-#if FLARE_X86
-  if (isa == FLARE_ISA_AVX512) {
-    flare_dot4_avx512(type, w, act, act_bytes, n, out);
-    return;
-  }
-  if (isa == FLARE_ISA_AVX2) {
-    flare_dot4_avx2(type, w, act, act_bytes, n, out);
-    return;
-  }
-#endif
-  for (int j = 0; j < 4; j++) {
-    out[j] = flare_dot(isa, type, w, (const uint8_t *)act + (size_t)j * act_bytes, n);
-  }
-}
-
 // MARK: - Matrix product
 
 void flare_matmul(
     int isa, int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens,
     int n, float *out, size_t out_stride) {
+#if FLARE_X86
+  if (isa == FLARE_ISA_AVX512) {
+    flare_matmul_avx512(type, w, row_bytes, rows, acts, tokens, n, out, out_stride);
+    return;
+  }
+  if (isa == FLARE_ISA_AVX2) {
+    flare_matmul_avx2(type, w, row_bytes, rows, acts, tokens, n, out, out_stride);
+    return;
+  }
+#endif
+  // The portable product: one dot product per output (the definition).
   size_t act_bytes = flare_act_bytes(type, n);
   const uint8_t *weights = (const uint8_t *)w;
   const uint8_t *activations = (const uint8_t *)acts;
-  // A tile of weight rows stays in L1/L2 while every token passes over it: about 32 KiB.
-  int tile = row_bytes > 0 ? (int)(32768 / row_bytes) : rows;
-  if (tile < 1) tile = 1;
-  if (tokens == 1) tile = rows;
-  for (int r0 = 0; r0 < rows; r0 += tile) {
-    int r1 = r0 + tile < rows ? r0 + tile : rows;
-    int t = 0;
-    // Four tokens at a time: each weight block is unpacked once for the four (the results are
-    // bit-identical to single dot products).
-    for (; t + 4 <= tokens; t += 4) {
-      const uint8_t *a = activations + (size_t)t * act_bytes;
-      float *o = out + (size_t)t * out_stride;
-      for (int r = r0; r < r1; r++) {
-        float four[4];
-        flare_dot4(isa, type, weights + (size_t)r * row_bytes, a, act_bytes, n, four);
-        for (int j = 0; j < 4; j++) o[(size_t)j * out_stride + r] = four[j];
-      }
-    }
-    for (; t < tokens; t++) {
-      const uint8_t *a = activations + (size_t)t * act_bytes;
-      float *o = out + (size_t)t * out_stride;
-      for (int r = r0; r < r1; r++) {
-        o[r] = flare_dot(isa, type, weights + (size_t)r * row_bytes, a, n);
-      }
+  for (int t = 0; t < tokens; t++) {
+    for (int r = 0; r < rows; r++) {
+      out[(size_t)t * out_stride + r] = flare_dot_scalar(
+          type, weights + (size_t)r * row_bytes, activations + (size_t)t * act_bytes, n);
     }
   }
 }

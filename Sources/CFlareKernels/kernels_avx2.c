@@ -4,7 +4,8 @@
 #if FLARE_X86
 #define FLARE_TARGET __attribute__((target("avx2,fma,f16c")))
 #define FLARE_NAME flare_dot_avx2
-#define FLARE_NAME4 flare_dot4_avx2
+#define FLARE_MATMUL flare_matmul_avx2
+#define FLARE_QUANTIZE flare_act_quantize_avx2
 #define FLARE_VNNI 0
 #include "kernels_x86.h"
 #endif

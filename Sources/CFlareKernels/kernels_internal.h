@@ -20,9 +20,14 @@ float flare_dot_scalar(int type, const void *w, const void *act, int n);
 #if FLARE_X86
 float flare_dot_avx2(int type, const void *w, const void *act, int n);
 float flare_dot_avx512(int type, const void *w, const void *act, int n);
-void flare_dot4_avx2(int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
-void flare_dot4_avx512(
-    int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
+void flare_matmul_avx2(
+    int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens, int n,
+    float *out, size_t out_stride);
+void flare_matmul_avx512(
+    int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens, int n,
+    float *out, size_t out_stride);
+void flare_act_quantize_avx2(int type, const float *x, int n, void *act);
+void flare_act_quantize_avx512(int type, const float *x, int n, void *act);
 #endif
 
 #endif

@@ -194,16 +194,20 @@ public struct QuantizedActivations: @unchecked Sendable {
   let storage: Storage
 
   /// Quantizes `tokens` rows of `cols` F32 values (`cols` a whole number of the format's
-  /// blocks).
-  public init(format: QuantizedMatrix.Format, _ x: UnsafePointer<Float>, tokens: Int, cols: Int) {
-    precondition(cols > 0 && cols % format.blockSize == 0 && tokens >= 0)
+  /// blocks) on `isa` (every instruction set writes the same bytes).
+  public init(
+    format: QuantizedMatrix.Format, _ x: UnsafePointer<Float>, tokens: Int, cols: Int,
+    isa: QuantizedMatrix.ISA = .active
+  ) {
+    precondition(cols > 0 && cols % format.blockSize == 0 && tokens >= 0 && isa.isAvailable)
     self.format = format
     self.tokens = tokens
     self.cols = cols
     rowBytes = Int(flare_act_bytes(format.rawValue, Int32(cols)))
     storage = Storage(bytes: rowBytes * tokens)
     for t in 0..<tokens {
-      flare_act_quantize(format.rawValue, x + t * cols, Int32(cols), storage.base + t * rowBytes)
+      flare_act_quantize_isa(
+        isa.rawValue, format.rawValue, x + t * cols, Int32(cols), storage.base + t * rowBytes)
     }
   }
 

@@ -331,35 +331,80 @@ struct QuantizedMatrixTests {
     }
   }
 
-  // Tolerance: none. Every output is one dot product, whatever rows a call covers.
-  @Test("matrix products are bit-identical for any row split and token count")
-  func matrixProduct() throws {
-    for type in [GGMLType.q4_1, .q4_K, .q8_0] {
-      guard let (cols, rows) = try Self.rows(type, count: 24) else { return }
-      let format = try #require(QuantizedMatrix.Format(rawValue: Int32(type.id)))
-      let owned = try OwnedMatrix(format, rows: rows, cols: cols)
-      let m = owned.matrix
-      for tokens in [1, 3, 17] {
-        let x = Self.activations(cols: cols, tokens: tokens, seed: UInt64(tokens))
-        let act = x.withUnsafeBufferPointer { m.quantize($0.baseAddress!, tokens: tokens) }
+  // Tolerance: none. Every output is one dot product, whatever rows a call covers and however
+  // the vector kernels group rows and tokens (tiles of 4 or 2 rows × 4 tokens, single rows and
+  // tokens at the edges), on every instruction set.
+  @Test("matrix products are bit-identical for any row split and token count", arguments: formats)
+  func matrixProduct(type: GGMLType) throws {
+    guard let (cols, rows) = try Self.rows(type, count: 24) else { return }
+    let format = try #require(QuantizedMatrix.Format(rawValue: Int32(type.id)))
+    let owned = try OwnedMatrix(format, rows: rows, cols: cols)
+    let m = owned.matrix
+    for tokens in [1, 3, 4, 9, 17] {
+      let x = Self.activations(cols: cols, tokens: tokens, seed: UInt64(tokens))
+      let act = x.withUnsafeBufferPointer { m.quantize($0.baseAddress!, tokens: tokens) }
+      for isa in availableISAs {
         var whole = [Float](repeating: .nan, count: tokens * m.rows)
         whole.withUnsafeMutableBufferPointer {
-          m.multiply(act, rows: 0..<m.rows, into: $0.baseAddress!, outStride: m.rows)
+          m.multiply(act, rows: 0..<m.rows, into: $0.baseAddress!, outStride: m.rows, isa: isa)
         }
-        for split in [[0, 7, 24], [0, 1, 2, 13, 24], [0, 23, 24]] {
+        for split in [[0, 7, 24], [0, 1, 2, 13, 24], [0, 23, 24], [0, 5, 10, 15, 24]] {
           var parts = [Float](repeating: .nan, count: tokens * m.rows)
           parts.withUnsafeMutableBufferPointer { out in
             for k in 0..<(split.count - 1) {
               m.multiply(
-                act, rows: split[k]..<split[k + 1], into: out.baseAddress!, outStride: m.rows)
+                act, rows: split[k]..<split[k + 1], into: out.baseAddress!, outStride: m.rows,
+                isa: isa)
             }
           }
-          #expect(parts.map(\.bitPattern) == whole.map(\.bitPattern), "\(type) \(tokens) \(split)")
+          #expect(
+            parts.map(\.bitPattern) == whole.map(\.bitPattern), "\(type) \(tokens) \(split) \(isa)")
         }
         for t in 0..<tokens {
           for r in 0..<m.rows {
-            #expect(whole[t * m.rows + r].bitPattern == m.dot(row: r, act, token: t).bitPattern)
+            #expect(
+              whole[t * m.rows + r].bitPattern == m.dot(row: r, act, token: t, isa: isa).bitPattern,
+              "\(type) row \(r) token \(t) \(isa)")
           }
+        }
+      }
+    }
+  }
+
+  // Oracle: the portable quantizers (themselves equal to ggml's reference quantizers, see
+  // QuantizedKernelGoldenTests); tolerance: none, every byte. Rows: seeded values, exact ties
+  // at .5 after scaling (amax 127 makes the scale 1), equal magnitudes of both signs, NaN,
+  // infinities, zeros, and a subnormal maximum (Q8_K's scale −127/max overflows to infinity).
+  @Test("every instruction set quantizes activations to the same bytes")
+  func quantizersAgree() throws {
+    let cols = 512
+    var rows: [[Float]] = (0..<3).map { Self.activations(cols: cols, tokens: 1, seed: 40 + $0) }
+    rows.append((0..<cols).map { i in i % 32 == 0 ? 127 : Float(i % 64) * 0.5 - 16 })
+    rows.append((0..<cols).map { i in Float(i % 5) - 2.5 })
+    rows.append((0..<cols).map { i in i % 7 == 0 ? -3 : (i % 11 == 0 ? 3 : 0.25) })
+    var hostile = Self.activations(cols: cols, tokens: 1, seed: 7)
+    hostile[3] = .nan
+    hostile[40] = .infinity
+    hostile[300] = -.infinity
+    for i in 64..<96 { hostile[i] = 0 }
+    for i in 256..<512 { hostile[i] = i == 300 ? -.infinity : Float(bitPattern: UInt32(i % 3) * 7000) }
+    rows.append(hostile)
+    rows.append((0..<cols).map { i in i < 256 ? Float(bitPattern: UInt32(i % 2) * 70000) : .nan })
+    for format in QuantizedMatrix.Format.allCases where format.blockSize > 1 {
+      for (k, row) in rows.enumerated() {
+        let bytes = availableISAs.map { isa in
+          let act = row.withUnsafeBufferPointer {
+            QuantizedActivations(format: format, $0.baseAddress!, tokens: 1, cols: cols, isa: isa)
+          }
+          // The bytes the layout uses (the padding to 64 is never read).
+          let used =
+            format.blockSize == 32
+            ? cols + 12 * (cols / 32) : cols + 4 * (cols / 256) + 2 * (cols / 16)
+          return Array(UnsafeRawBufferPointer(start: act.row(0), count: used))
+        }
+        for (isa, b) in zip(availableISAs, bytes) {
+          let first = b.indices.first { b[$0] != bytes[0][$0] }
+          #expect(first == nil, "\(format) row \(k) \(isa): byte \(first ?? 0) differs from scalar")
         }
       }
     }

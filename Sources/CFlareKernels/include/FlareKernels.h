@@ -58,23 +58,23 @@ size_t flare_act_bytes(int type, int n);
 // n) bytes, 64-byte aligned). 32-element types get ggml's Q8_0/Q8_1 (scale amax/127 rounded
 // to F16, values rounded half away from zero, per-block sums); K-quants get Q8_K (scale
 // −max/127 of the value of largest magnitude, round half to even, sums of 16); F32/F16/BF16
-// weights keep the F32 row. Deterministic and the same on every instruction set.
+// weights keep the F32 row. Deterministic and the same on every instruction set (the
+// active one does the work).
 void flare_act_quantize(int type, const float *x, int n, void *act);
+// flare_act_quantize on instruction set `isa` (which must be available): the same bytes.
+void flare_act_quantize_isa(int isa, int type, const float *x, int n, void *act);
 
 // The dot product of the weight row `w` (`n` elements of `type`) with a quantized activation
 // row, on instruction set `isa` (which must be available).
 float flare_dot(int isa, int type, const void *w, const void *act, int n);
 
-// The dot products of the weight row `w` with four activation rows `act_bytes` apart, into
-// out[0..<4]: bit-identical to four flare_dot calls, with each weight block unpacked once.
-void flare_dot4(
-    int isa, int type, const void *w, const void *act, size_t act_bytes, int n, float *out);
-
 // out[t * out_stride + r] = dot(row r of w, activation t) for r in [0, rows), t in
 // [0, tokens): `w` holds `rows` rows of `n` elements of `type`, `row_bytes` apart; the
-// activations are `act_bytes` = flare_act_bytes(type, n) apart. Rows are taken in tiles so
-// that a tile of weights is reused from cache across the tokens; every output is one dot
-// product, so results do not depend on how callers split the rows between threads.
+// activations are `act_bytes` = flare_act_bytes(type, n) apart. The vector kernels take rows
+// in cache tiles reused by every token and compute several rows × four tokens per call, each
+// weight block unpacked once for the tokens and each activation block loaded once for the
+// rows; every output is bit-identical to flare_dot on the same instruction set, so results
+// do not depend on how callers split the rows between threads or group the tokens.
 void flare_matmul(
     int isa, int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens,
     int n, float *out, size_t out_stride);
