@@ -387,7 +387,9 @@ struct QuantizedMatrixTests {
     hostile[40] = .infinity
     hostile[300] = -.infinity
     for i in 64..<96 { hostile[i] = 0 }
-    for i in 256..<512 { hostile[i] = i == 300 ? -.infinity : Float(bitPattern: UInt32(i % 3) * 7000) }
+    for i in 256..<512 {
+      hostile[i] = i == 300 ? -.infinity : Float(bitPattern: UInt32(i % 3) * 7000)
+    }
     rows.append(hostile)
     rows.append((0..<cols).map { i in i < 256 ? Float(bitPattern: UInt32(i % 2) * 70000) : .nan })
     for format in QuantizedMatrix.Format.allCases where format.blockSize > 1 {
