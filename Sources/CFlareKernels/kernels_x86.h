@@ -32,9 +32,13 @@ K_FN __m256i k_dot_u8s8(__m256i u, __m256i s) {
 #endif
 }
 
-// Eight int32 lanes of Σ u·s over adjacent bytes, times the 16-bit `scale` (K-quants).
-K_FN __m256i k_dot_scaled(__m256i u, __m256i s, __m256i scale) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale);
+// acc + eight int32 lanes of Σ u·s over adjacent bytes, times the 16-bit `scale` (K-quants).
+K_FN __m256i k_dot_scaled_add(__m256i acc, __m256i u, __m256i s, __m256i scale) {
+#if FLARE_VNNI
+  return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), scale);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale));
+#endif
 }
 
 K_FN float k_half(const uint8_t *p) {
@@ -61,12 +65,6 @@ K_FN __m256i k_fifth_bits(uint32_t bits) {
   const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
   v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
   return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-// Subtracts `value` from lane 0 (an exact integer correction of the block's sum).
-K_FN __m256i k_sub_lane0(__m256i v, int value) {
-  // (Not _mm256_castsi128_si256: its upper half is undefined, and clang leaves garbage there.)
-  return _mm256_sub_epi32(v, _mm256_setr_epi32(value, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // Weight rows by activation rows per call of the tile kernels: each weight block is unpacked
@@ -125,15 +123,19 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
     extra[r] = _mm_setzero_ps();
     for (int j = 0; j < nt; j++) acc[r][j] = _mm256_setzero_ps();
   }
+  // Q4_0 and Q5_0 store their levels +8 and +16: the offset times the activation block's sum.
+  int offset = type == FLARE_W_Q4_0 ? 8 : (type == FLARE_W_Q5_0 ? 16 : 0);
   for (int b = 0; b < blocks; b++) {
     __m256i av[K_MAXT];
-    float ad[K_MAXT];
+    __m256 ad[K_MAXT];
+    __m256i start[K_MAXT];  // each (row, token) sum starts at −offset · Σx in lane 0
     for (int j = 0; j < nt; j++) {
       av[j] = k_load(a.q[j] + 32 * b);
       // VNNI multiplies unsigned by signed bytes: Q8_0 activations move to [0, 255] (x + 128)
       // and the weights' sum times 128 is taken off again below.
       if (type == FLARE_W_Q8_0 && FLARE_VNNI) av[j] = _mm256_xor_si256(av[j], _mm256_set1_epi8((char)0x80));
-      ad[j] = a.d[j][b];
+      ad[j] = _mm256_set1_ps(a.d[j][b]);
+      start[j] = _mm256_setr_epi32(offset ? -offset * a.sum[j][b] : 0, 0, 0, 0, 0, 0, 0, 0);
     }
     __m128 as = _mm_setzero_ps();
     if (with_min) {
@@ -143,50 +145,53 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
     }
     for (int r = 0; r < nr; r++) {
       const uint8_t *blk = w + (size_t)r * row_bytes + (size_t)bytes * b;
-      float dw = k_half(blk);
+      // One token (decode): the same block of the next tile's row, ahead of time. The weights
+      // come from L3 or memory once per token, and the tile's rows advance together, which
+      // the hardware prefetchers follow less well (prefetching doubles decode speed here;
+      // several tokens reuse a tile from cache, and the prefetch's register costs them more).
+      if (nt == 1) _mm_prefetch((const char *)(blk + (size_t)nr * row_bytes), _MM_HINT_T0);
+      __m256 dw = _mm256_set1_ps(k_half(blk));
       __m256i q;
-      int offset = 0;  // the integer correction per unit of the activation block's sum
       switch (type) {
-        case FLARE_W_Q4_0:
-          q = k_nibbles16(blk + 2);
-          offset = 8;
-          break;
+        case FLARE_W_Q4_0: q = k_nibbles16(blk + 2); break;
         case FLARE_W_Q4_1: q = k_nibbles16(blk + 4); break;
         case FLARE_W_Q5_0:
         case FLARE_W_Q5_1: {
           int qh_at = with_min ? 4 : 2;
           uint32_t qh;
           memcpy(&qh, blk + qh_at, 4);
+#if FLARE_VNNI
+          // AVX-512 BW: bit j of qh masks byte j, which gains 16.
+          q = k_nibbles16(blk + qh_at + 4);
+          q = _mm256_mask_add_epi8(q, (__mmask32)qh, q, _mm256_set1_epi8(0x10));
+#else
           q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
-          if (!with_min) offset = 16;
+#endif
           break;
         }
         default: q = k_load(blk + 2); break;  // Q8_0: signed levels
       }
-      __m256i start = _mm256_setzero_si256();
-      __m256i u = q;
-      if (type == FLARE_W_Q8_0) {
 #if FLARE_VNNI
-        // −128 · Σ w per lane, so that Σ (x + 128)·w lands on Σ x·w.
-        start = _mm256_sub_epi32(
-            start, _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), q));
+      // Q8_0: −128 · Σ w per lane, so that Σ (x + 128)·w lands on Σ x·w.
+      __m256i q8_start = type == FLARE_W_Q8_0
+          ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), q))
+          : _mm256_setzero_si256();
 #else
-        u = _mm256_sign_epi8(q, q);  // |w| (0x80 reads as 128); the sign moves to x
+      // Q8_0: |w| (0x80 reads as 128); the sign moves to x.
+      __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
 #endif
-      }
       for (int j = 0; j < nt; j++) {
         __m256i p;
-        if (type == FLARE_W_Q8_0) {
 #if FLARE_VNNI
-          p = _mm256_dpbusd_epi32(start, av[j], q);
+        if (type == FLARE_W_Q8_0) p = _mm256_dpbusd_epi32(q8_start, av[j], q);
+        else p = _mm256_dpbusd_epi32(start[j], q, av[j]);
 #else
-          p = k_dot_u8s8(u, _mm256_sign_epi8(av[j], q));
+        if (type == FLARE_W_Q8_0) p = k_dot_u8s8(u, _mm256_sign_epi8(av[j], q));
+        else p = _mm256_add_epi32(k_dot_u8s8(u, av[j]), start[j]);
 #endif
-        } else {
-          p = k_dot_u8s8(u, av[j]);
-          if (offset) p = k_sub_lane0(p, offset * a.sum[j][b]);
-        }
-        acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * ad[j]), _mm256_cvtepi32_ps(p), acc[r][j]);
+        // (Σ·dw)·dx: two vector products, no scalar product to broadcast per pair.
+        acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dw), ad[j], acc[r][j]);
       }
       if (with_min) extra[r] = _mm_add_ps(extra[r], _mm_mul_ps(_mm_set1_ps(k_half(blk + 2)), as));
     }
@@ -250,6 +255,10 @@ __attribute__((always_inline)) K_FN void k_a256_tile(
     __m256i isum[K_ROWS256][K_MAXT];
     for (int r = 0; r < nr; r++) {
       blk[r] = w + (size_t)r * row_bytes + (size_t)bytes * b;
+      // One token: the same block of the next tile's row (see k_a32_tile), a line at a time.
+      for (int line = 0; nt == 1 && line < bytes; line += 64) {
+        _mm_prefetch((const char *)(blk[r] + (size_t)nr * row_bytes + line), _MM_HINT_T0);
+      }
       if (type != FLARE_W_Q6_K) flare_k4_scales(blk[r] + 4, scales[r], mins[r]);
       for (int j = 0; j < nt; j++) isum[r][j] = _mm256_setzero_si256();
     }
@@ -261,7 +270,7 @@ __attribute__((always_inline)) K_FN void k_a256_tile(
         __m256i scale = type == FLARE_W_Q6_K ? k_q6k_scale((const int8_t *)(blk[r] + 192), i)
                                              : _mm256_set1_epi16(scales[r][i]);
         for (int j = 0; j < nt; j++) {
-          isum[r][j] = _mm256_add_epi32(isum[r][j], k_dot_scaled(q, av[j], scale));
+          isum[r][j] = k_dot_scaled_add(isum[r][j], q, av[j], scale);
         }
       }
     }
