@@ -52,18 +52,52 @@ public struct Linear: Sendable {
         out: out, inp: inp, bias: bias?.values.baseAddress, rows: n, inFeatures: c,
         outFeatures: oc)
     } else if let matrix = weight.quantized {
-      Self.multiply(matrix, out: out, inp: inp, rows: n, workers: workers)
-      if let bias = bias?.values {
-        for row in 0..<n {
-          for j in 0..<oc { out[row * oc + j] += bias[j] }
-        }
-      }
+      Self.multiply([matrix], outs: [out], inp: inp, rows: n, workers: workers)
+      addBias(out: out, rows: n)
     } else {
       guard let w = weight.values.baseAddress else { return }
       Kernels.matmul(
         out: out, inp: inp, weight: w, bias: bias?.values.baseAddress, rows: n, inFeatures: c,
         outFeatures: oc)
     }
+    addAdapters(out: out, inp: inp, rows: n)
+  }
+
+  /// ``forward(out:inp:rows:workers:exact:)`` of several layers that read the same input (a
+  /// block's q, k and v; gate and up), when all are kept quantized: the input is quantized
+  /// once per weight format and every layer's rows are shared out in one parallel loop (one
+  /// hand-over between threads instead of one per layer). Returns false (having done nothing)
+  /// when a layer is not kept quantized.
+  static func forward(
+    _ layers: [Linear], outs: [UnsafeMutablePointer<Float>], inp: UnsafePointer<Float>,
+    rows n: Int, workers: Int
+  ) -> Bool {
+    let matrices = layers.compactMap(\.weight.quantized)
+    guard matrices.count == layers.count, let first = matrices.first,
+      matrices.allSatisfy({ $0.cols == first.cols })
+    else { return false }
+    multiply(matrices, outs: outs, inp: inp, rows: n, workers: workers)
+    for (layer, out) in zip(layers, outs) {
+      layer.addBias(out: out, rows: n)
+      layer.addAdapters(out: out, inp: inp, rows: n)
+    }
+    return true
+  }
+
+  private func addBias(out: UnsafeMutablePointer<Float>, rows n: Int) {
+    guard let bias = bias?.values else { return }
+    let oc = outFeatures
+    for row in 0..<n {
+      for j in 0..<oc { out[row * oc + j] += bias[j] }
+    }
+  }
+
+  /// `out += Σ scale·(inp·Aᵀ)·Bᵀ (+ scale·lora_bias)` over the attached adapters.
+  private func addAdapters(
+    out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows n: Int
+  ) {
+    let c = inFeatures
+    let oc = outFeatures
     for lora in adapters {
       guard let a = lora.a.values.baseAddress, let b = lora.b.values.baseAddress else { continue }
       let r = lora.a.rows
@@ -85,30 +119,43 @@ public struct Linear: Sendable {
 }
 
 extension Linear {
-  /// `out[N×rows] = inp[N×cols]·Wᵀ` for a quantized `W`: the `N` input rows are quantized once,
-  /// then the output rows are computed in chunks (about four per thread, whole multiples of
-  /// 16) over `workers` threads. Every output is one dot product, so the split never changes a
-  /// value.
+  /// `outs[i][N×rows] = inp[N×cols]·Wᵢᵀ` for quantized matrices of one width: the `N` input
+  /// rows are quantized once per weight format, then the output rows of all the matrices are
+  /// computed in chunks (about four per thread, whole multiples of 16) over `workers` threads.
+  /// Every output is one dot product, so the split never changes a value.
   static func multiply(
-    _ matrix: QuantizedMatrix, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
-    rows n: Int, workers: Int
+    _ matrices: [QuantizedMatrix], outs: [UnsafeMutablePointer<Float>],
+    inp: UnsafePointer<Float>, rows n: Int, workers: Int
   ) {
-    guard n > 0 else { return }
-    let activations = matrix.quantize(inp, tokens: n)
+    guard n > 0, !matrices.isEmpty else { return }
+    var quantized: [QuantizedMatrix.Format: QuantizedActivations] = [:]
+    for matrix in matrices where quantized[matrix.format] == nil {
+      quantized[matrix.format] = matrix.quantize(inp, tokens: n)
+    }
+    let activations = matrices.map { quantized[$0.format]! }
     let workers = max(1, workers)
-    let chunk = max(16, (matrix.rows + 4 * workers - 1) / (4 * workers) + 15) / 16 * 16
-    let tasks = (matrix.rows + chunk - 1) / chunk
-    nonisolated(unsafe) let out = out
+    let total = matrices.reduce(0) { $0 + $1.rows }
+    let chunk = max(16, (total + 4 * workers - 1) / (4 * workers) + 15) / 16 * 16
+    // (matrix, rows) of every chunk, in order.
+    var tasks: [(Int, Range<Int>)] = []
+    for (index, matrix) in matrices.enumerated() {
+      for start in stride(from: 0, to: matrix.rows, by: chunk) {
+        tasks.append((index, start..<min(matrix.rows, start + chunk)))
+      }
+    }
+    nonisolated(unsafe) let outs = outs
     // Threads claim chunks as they come (a thread that starts late finds fewer left); which
     // thread computes a chunk never changes its values.
     let next = Atomic<Int>(0)
-    let threads = min(workers, tasks)
+    let threads = min(workers, tasks.count)
     Parallel.forEach(threads, workers: threads) { _ in
       while true {
         let task = next.add(1, ordering: .relaxed).oldValue
-        guard task < tasks else { return }
-        let rows = (task * chunk)..<min(matrix.rows, (task + 1) * chunk)
-        matrix.multiply(activations, rows: rows, into: out, outStride: matrix.rows)
+        guard task < tasks.count else { return }
+        let (index, rows) = tasks[task]
+        let matrix = matrices[index]
+        matrix.multiply(
+          activations[index], rows: rows, into: outs[index], outStride: matrix.rows)
       }
     }
   }
