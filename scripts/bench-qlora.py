@@ -6,11 +6,14 @@ arguments, once with `--compute quantized` (the default: the frozen matrices sta
 file stores them and the passes dequantize 64-row tiles into scratch) and once with
 `--compute f32` (every matrix dequantized once at load, the F32 training run). Data: the Bible
 causal-LM set committed in Fixtures/data/bible (lm-train.jsonl, lm-valid.jsonl), LoRA r=8 on
-q_proj,v_proj, AdamW at 2e-4, no shuffling, validation at the end. Reported per batch size:
-median step time (after --warmup untimed steps), peak RSS of the process (wait4), and the final
-validation loss. Targets of issue 14: peak RSS <= 0.4x the F32 run's; validation loss within 2 %.
+q_proj,v_proj, AdamW at 2e-4, no shuffling, validation at the end; each pair runs without and
+with `--gradient-checkpointing` (--checkpointing both, the default; off or on for one). Reported
+per batch size and setting: median step time (after --warmup untimed steps), peak RSS of the
+process (wait4), and the final validation loss. Targets of issue 14: peak RSS <= 0.4x the F32
+run's (the same setting on both sides); validation loss within 2 %.
 
-Usage: python3 scripts/bench-qlora.py [--batches 1,8] [--steps 8] [--warmup 2] [--json OUT]
+Usage: python3 scripts/bench-qlora.py [--batches 1,8] [--steps 8] [--warmup 2]
+                                      [--checkpointing both|off|on] [--json OUT]
 """
 
 import argparse
@@ -32,16 +35,16 @@ DATA = REPO_ROOT / "Fixtures" / "data" / "bible"
 LENGTH = 128
 
 
-def run(compute, batch, args, work):
-    out = work / f"{compute}-{batch}"
-    log = work / f"{compute}-{batch}.jsonl"
+def run(compute, batch, checkpointing, args, work):
+    out = work / f"{compute}-{batch}-{checkpointing}"
+    log = work / f"{compute}-{batch}-{checkpointing}.jsonl"
     steps = args.steps + args.warmup
     cmd = [str(RELEASE / "flare-train"), "lora", "--model", str(GGUF_Q4), "--data",
            str(DATA / "lm-train.jsonl"), "--valid", str(DATA / "lm-valid.jsonl"), "--output",
            str(out), "--target-modules", "q_proj,v_proj", "--rank", "8", "--alpha", "16",
            "--batch-size", str(batch), "--max-steps", str(steps), "--max-length", str(LENGTH),
            "--no-shuffle", "--eval-every", str(steps), "--threads", "2", "--compute", compute,
-           "--json", "--force", "--quiet"]
+           "--json", "--force", "--quiet"] + (["--gradient-checkpointing"] if checkpointing else [])
     with open(log, "w") as f:
         wall, rss = benchlib.run_once(cmd, stdout=f)
     rows = [json.loads(line) for line in open(log) if line.strip()]
@@ -58,32 +61,37 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--checkpointing", choices=["both", "off", "on"], default="both")
     ap.add_argument("--json")
     args = ap.parse_args()
+    settings = {"both": [False, True], "off": [False], "on": [True]}[args.checkpointing]
     if not benchlib.executable(RELEASE / "flare-train"):
         benchlib.die("build first: swift build -c release")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for batch in [int(b) for b in args.batches.split(",")]:
-            results[batch] = {c: run(c, batch, args, work) for c in ["quantized", "f32"]}
+            for ckpt in settings:
+                results[(batch, ckpt)] = {c: run(c, batch, ckpt, args, work)
+                                          for c in ["quantized", "f32"]}
     info = benchlib.machine_info([])
     print(f"## QLoRA: flare-train on the Q4_1 GGUF kept quantized vs F32 ({time.strftime('%Y-%m-%d')})\n")
     for key, value in info.items():
         print(f"- {key}: {value}")
     print(f"- SmolLM2-135M-Instruct Q4_1, LoRA r=8 on q_proj,v_proj, {LENGTH}-token rows, "
           f"{args.steps} timed steps after {args.warmup}, 2 threads\n")
-    print("| batch | compute | step s | peak RSS MiB | final validation loss |")
-    print("|---:|---|---:|---:|---:|")
-    for batch, pair in results.items():
+    print("| batch | gradient checkpointing | compute | step s | peak RSS MiB | final validation loss |")
+    print("|---:|---|---|---:|---:|---:|")
+    for (batch, ckpt), pair in results.items():
         for compute, r in pair.items():
-            print(f"| {batch} | {compute} | {r['step_s']:.3f} | {r['rss_mib']:.0f} | "
+            print(f"| {batch} | {'on' if ckpt else 'off'} | {compute} | {r['step_s']:.3f} | "
+                  f"{r['rss_mib']:.0f} | "
                   f"{r['valid_loss'] if r['valid_loss'] is not None else '—'} |")
     print()
-    for batch, pair in results.items():
+    for (batch, ckpt), pair in results.items():
         q, f = pair["quantized"], pair["f32"]
         ratio = q["rss_mib"] / f["rss_mib"]
-        line = (f"- batch {batch}: RSS {ratio:.2f}x the F32 run's "
+        line = (f"- batch {batch}, checkpointing {'on' if ckpt else 'off'}: RSS {ratio:.2f}x the F32 run's "
                 f"({'met' if ratio <= 0.4 else 'NOT met'} against <= 0.4x), step time "
                 f"{q['step_s'] / f['step_s']:.2f}x")
         if q["valid_loss"] is not None and f["valid_loss"] is not None:
@@ -91,7 +99,9 @@ def main():
             line += f", validation loss {gap * 100:.4f} % apart ({'met' if gap <= 0.02 else 'NOT met'})"
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "machine": info}, indent=1))
+        rows = [{"batch": batch, "gradient_checkpointing": ckpt, **pair}
+                for (batch, ckpt), pair in results.items()]
+        Path(args.json).write_text(json.dumps({"results": rows, "machine": info}, indent=1))
 
 
 if __name__ == "__main__":

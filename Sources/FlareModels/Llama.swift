@@ -39,6 +39,13 @@ public final class LlamaModel: @unchecked Sendable {
   /// attention by (sequence, head), so its results are bit-identical for any thread count.
   /// Inference (``forward(tokens:mask:cache:logits:)``) uses BLAS's own threads instead.
   public var trainingThreads = 1
+  /// Gradient checkpointing in training passes: the forward pass keeps only each block's input
+  /// (one slot per region otherwise, overwritten block by block), and the backward pass runs
+  /// each block's forward again from its input before going back through it. Activation
+  /// memory falls from every block's to one block's plus the residual stream, for one more
+  /// forward pass of the blocks; the gradients are bit-identical (the recomputation repeats
+  /// the same operations on the same values).
+  public var gradientCheckpointing = false
   /// The activation buffers of training and evaluation passes, kept for the next pass.
   let storagePool = StoragePool()
 
@@ -331,9 +338,12 @@ extension LlamaModel {
   ///   - tokens: `N = B·T` token ids, checked by the caller.
   ///   - positions: Each row's RoPE position.
   ///   - padding: Per sequence, the key slots it must not attend to.
+  ///   - layers: Only these blocks, from `a.residual(layers.lowerBound)` as it stands (the
+  ///     tokens are not embedded again unless the range starts at block 0): the recomputation
+  ///     of gradient checkpointing. `nil`: every block.
   func run(
     _ a: LlamaActivations, tokens: [Int], positions: [Int], padding: [[Int]], cache: KVCache?,
-    pass: LlamaPass
+    pass: LlamaPass, layers: Range<Int>? = nil
   ) {
     let batch = a.batch
     let t = a.length
@@ -349,8 +359,11 @@ extension LlamaModel {
     let start = cache?.length ?? 0
     let (cosines, sines) = Kernels.ropeTables(
       positions: positions, headDim: d, theta: config.ropeFreqBase)
-    let x0 = a.residual(0)
-    for (row, id) in tokens.enumerated() { embedding.copyRow(id, into: x0 + row * c) }
+    let layers = layers ?? blocks.indices
+    if layers.lowerBound == 0 {
+      let x0 = a.residual(0)
+      for (row, id) in tokens.enumerated() { embedding.copyRow(id, into: x0 + row * c) }
+    }
     let rows = pass.threads
     /// Linear layer `j` of `block` (slot `7·layer + j`), plus the pass's trainable LoRA on it.
     func linear(
@@ -373,6 +386,22 @@ extension LlamaModel {
         out: out, target: inp, batch: batch, length: t, dropoutSeed: seed,
         workers: rows.workers)
     }
+    /// Linear layers `js` of `layer` on one input: in one parallel product when they are kept
+    /// quantized, carry no trainable or fused LoRA and run whole (inference), else one by one.
+    func linears(
+      _ layer: Int, _ js: [Int], outs: [UnsafeMutablePointer<Float>], inp: UnsafePointer<Float>
+    ) {
+      let slots = js.map { layer * 7 + $0 }
+      if !rows.computesExactly,
+        slots.allSatisfy({ pass.loras[$0] == nil && pass.fused[$0] == nil }),
+        Linear.forward(
+          js.map { blocks[layer].linear($0) }, outs: outs, inp: inp, rows: n,
+          workers: rows.quantizedWorkers)
+      {
+        return
+      }
+      for (j, out) in zip(js, outs) { linear(layer, j, out: out, inp: inp) }
+    }
     func rmsnorm(
       out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
       inp: UnsafePointer<Float>, weight: Weight
@@ -393,7 +422,8 @@ extension LlamaModel {
       }
     }
 
-    for (layer, block) in blocks.enumerated() {
+    for layer in layers {
+      let block = blocks[layer]
       let x = a.residual(layer)
       let normed = a.pointer(.attentionNormed, layer: layer)
       let q = a.pointer(.q, layer: layer)
@@ -405,9 +435,7 @@ extension LlamaModel {
       rmsnorm(
         out: normed, rstd: a.pointer(.attentionRstd, layer: layer), inp: x,
         weight: block.attentionNorm)
-      linear(layer, 0, out: q, inp: normed)
-      linear(layer, 1, out: k, inp: normed)
-      linear(layer, 2, out: v, inp: normed)
+      linears(layer, [0, 1, 2], outs: [q, k, v], inp: normed)
       cosines.withUnsafeBufferPointer { cs in
         sines.withUnsafeBufferPointer { ss in
           guard let cos = cs.baseAddress, let sin = ss.baseAddress else { return }
@@ -450,8 +478,7 @@ extension LlamaModel {
       let gate = a.pointer(.gate, layer: layer)
       let up = a.pointer(.up, layer: layer)
       let act = a.pointer(.act, layer: layer)
-      linear(layer, 4, out: gate, inp: mlpNormed)
-      linear(layer, 5, out: up, inp: mlpNormed)
+      linears(layer, [4, 5], outs: [gate, up], inp: mlpNormed)
       rows.forRows(n) { r in
         let o = r.lowerBound * ff
         Kernels.swiglu(out: act + o, gate: gate + o, up: up + o, count: r.count * ff)

@@ -107,8 +107,11 @@ final class LlamaActivations: @unchecked Sendable {
   ]
 
   /// The regions a training pass keeps for `loras` (linear-layer slots `7·layer + j`): the
-  /// ``backwardRegions`` plus the inputs of the linear layers that carry a LoRA.
-  static func kept(loraSlots: some Sequence<Int>) -> Set<Region> {
+  /// ``backwardRegions`` plus the inputs of the linear layers that carry a LoRA; with
+  /// `checkpointing`, the residual stream only (each block's input; the backward pass
+  /// recomputes the rest block by block into the single slots).
+  static func kept(loraSlots: some Sequence<Int>, checkpointing: Bool = false) -> Set<Region> {
+    if checkpointing { return [.residual] }
     var kept = backwardRegions
     for slot in loraSlots {
       switch slot % 7 {
@@ -125,7 +128,7 @@ final class LlamaActivations: @unchecked Sendable {
   ///   - batch, length: `B` sequences of `T` tokens (`N = B·T` rows).
   ///   - keys: Keys each query may see (`T` without a cache, cache length + `T` with one).
   ///   - keeping: Training: the regions kept for every layer (the others get one slot that
-  ///     each layer overwrites, see ``kept(loraSlots:)``); `nil`: the compact mode.
+  ///     each layer overwrites, see ``kept(loraSlots:checkpointing:)``); `nil`: the compact mode.
   ///   - workers: Attention workers (compact mode's probability slots).
   ///   - pool: Where to take the storage from (a training or evaluation pass gives it back).
   init(

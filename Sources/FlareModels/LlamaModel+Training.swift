@@ -138,7 +138,8 @@ extension LlamaModel: TrainableModel {
     batch: Int, length: Int, loraModules: [String], threads: Int
   ) -> Int {
     let slots = linearSlots
-    let kept = LlamaActivations.kept(loraSlots: loraModules.compactMap { slots[$0] })
+    let kept = LlamaActivations.kept(
+      loraSlots: loraModules.compactMap { slots[$0] }, checkpointing: gradientCheckpointing)
     let workers = max(1, threads)
     let activations = LlamaActivations.layout(
       config: config, batch: batch, length: length, keys: length, keeping: kept,
@@ -343,14 +344,23 @@ extension LlamaModel: TrainableModel {
       }
       pass.loras = fusion.bakedTarget ? [:] : loras
     }
+    let checkpointing = training && gradientCheckpointing
     let a = LlamaActivations(
       config: config, batch: b, length: t, keys: t,
-      keeping: training ? LlamaActivations.kept(loraSlots: pass.adaptedSlots) : nil,
+      keeping: training
+        ? LlamaActivations.kept(loraSlots: pass.adaptedSlots, checkpointing: checkpointing) : nil,
       workers: min(threads.workers, b * config.headCount), pool: storagePool)
     defer { storagePool.give(a.storage) }
-    run(
-      a, tokens: Array(batch.tokens.joined()), positions: positions, padding: padding,
-      cache: nil, pass: pass)
+    let tokens = Array(batch.tokens.joined())
+    run(a, tokens: tokens, positions: positions, padding: padding, cache: nil, pass: pass)
+    /// Gradient checkpointing: block `layer`'s activations again, from its kept input.
+    let recompute: ((Int) -> Void)? =
+      checkpointing
+      ? { [self] layer in
+        run(
+          a, tokens: tokens, positions: positions, padding: padding, cache: nil, pass: pass,
+          layers: layer..<(layer + 1))
+      } : nil
 
     // Final norm (kept for its backward), then the LM head + cross-entropy in fixed row groups
     // (or the score head on the last real tokens).
@@ -369,7 +379,9 @@ extension LlamaModel: TrainableModel {
     /// From the gradient of the final norm's output (`dnormed`) down to the LoRA gradients,
     /// those of GGUF-order shadows permuted back into the state's tensors.
     func backpropagate() {
-      backward(a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd)
+      backward(
+        a, pass: pass, positions: positions, dnormed: dnormed, normedInput: x, rstd: rstd,
+        recompute: recompute)
       for shadow in shadows {
         let back = LlamaLayout.permuted(
           shadow.gguf.gradient, rows: shadow.hf.shape[0], heads: shadow.heads, toGGUF: false)
@@ -704,10 +716,12 @@ extension LlamaModel: TrainableModel {
   /// none. Row-wise steps run in the pass's fixed row chunks; attention by (sequence, key/value
   /// head); each row chunk's share of the LoRA weight gradients (sums over rows) is computed
   /// beside its input gradient and the shares are added in chunk order (``LinearBackward``).
+  /// With `recompute` (gradient checkpointing), each block below the last has its activations
+  /// recomputed from its input before the pass goes back through it.
   private func backward(
     _ a: LlamaActivations, pass: LlamaPass, positions: [Int],
     dnormed dfinal: UnsafeMutablePointer<Float>, normedInput: UnsafePointer<Float>,
-    rstd: UnsafePointer<Float>
+    rstd: UnsafePointer<Float>, recompute: ((Int) -> Void)? = nil
   ) {
     let b = a.batch
     let t = a.length
@@ -766,6 +780,8 @@ extension LlamaModel: TrainableModel {
     rmsnormBackward(
       dinp: dres, zero: true, dout: dfinal, inp: normedInput, weight: finalNorm, rstd: rstd)
     for layer in stride(from: blocks.count - 1, through: lowest, by: -1) {
+      // The last block's activations are still in their slots after the forward pass.
+      if layer < blocks.count - 1 { recompute?(layer) }
       let block = blocks[layer]
       let adapted = pass.adaptedSlots
       let hasLoRA = { (js: Range<Int>) in js.contains { adapted.contains(layer * 7 + $0) } }

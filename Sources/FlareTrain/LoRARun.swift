@@ -89,6 +89,14 @@ public final class LoRARun {
     // The passes split their work over threads themselves, in a fixed partition
     // (bit-identical results for any count), and run BLAS single-threaded.
     loaded.model.trainingThreads = request.threads ?? BLAS.threads
+    if request.gradientCheckpointing {
+      guard let llama = loaded.model as? LlamaModel else {
+        throw UsageError(
+          "'--gradient-checkpointing' applies to Llama models (this model: '\(loaded.architecture)')"
+        )
+      }
+      llama.gradientCheckpointing = true
+    }
     if task == .causalLM && loaded.layout != .decoder {
       throw FlareError(
         "train", .unsupported,

@@ -80,6 +80,11 @@ public enum TrainCommand {
       help:
         "A GGUF base's quantized matrices: kept as stored, dequantized a tile at a time (QLoRA), or f32 at load."
     )
+    public static let gradientCheckpointing = FlagOption(
+      "--gradient-checkpointing",
+      help:
+        "Llama: keep only each block's input and recompute the block in the backward pass (less activation memory, one more forward of the blocks, the same gradients)."
+    )
     public static let evalEvery = TypedOption<Int>.integer(
       "--eval-every", value: "n", default: 0, minimum: 0,
       help: "Validate every n steps (0: after each epoch).")
@@ -113,7 +118,8 @@ public enum TrainCommand {
       model.spec, data.spec, valid.spec, output.spec, targetModules.spec, rank.spec, alpha.spec,
       rslora.spec, dropout.spec, task.spec, epochs.spec, maxSteps.spec, batchSize.spec,
       gradAccum.spec, lr.spec, schedule.spec, warmupSteps.spec, weightDecay.spec,
-      maxGradNorm.spec, maxLength.spec, seed.spec, threads.spec, compute.spec, evalEvery.spec,
+      maxGradNorm.spec, maxLength.spec, seed.spec, threads.spec, compute.spec,
+      gradientCheckpointing.spec, evalEvery.spec,
       saveEvery.spec, resume.spec, initAdapter.spec, noShuffle.spec, modelDropout.spec,
       json.spec, quiet.spec, force.spec, dryRun.spec,
     ]
@@ -270,6 +276,8 @@ public enum TrainCommand {
     public var maxLength: Int
     public var threads: Int?
     public var compute: ComputeMode = .quantized
+    /// `--gradient-checkpointing` (Llama models).
+    public var gradientCheckpointing = false
     public var resume: String?
     public var initAdapter: String?
     public var modelDropout: Double?
@@ -324,6 +332,7 @@ public enum TrainCommand {
       maxLength = try O.maxLength.required(in: arguments)
       threads = try O.threads.value(in: arguments)
       compute = try O.compute.required(in: arguments)
+      gradientCheckpointing = O.gradientCheckpointing.isSet(in: arguments)
       resume = try O.resume.value(in: arguments)
       initAdapter = try O.initAdapter.value(in: arguments)
       modelDropout = try O.modelDropout.value(in: arguments)
@@ -393,6 +402,7 @@ public enum TrainCommand {
             ("memory_activations_bytes", .integer(memory.activations)),
             ("memory_trainable_bytes", .integer(memory.trainable)),
             ("threads", .integer(run.loaded.model.trainingThreads)),
+            ("gradient_checkpointing", .bool(request.gradientCheckpointing)),
             ("flare", run.flareConfig?.json ?? .null),
           ])) + "\n")
       return
@@ -411,7 +421,7 @@ public enum TrainCommand {
     lines += [
       "  steps: \(plan.stepsPerEpoch) per epoch, \(plan.totalSteps) in all (\(plan.epochs) epoch\(plan.epochs == 1 ? "" : "s"); batch \(options.batchSize) x accumulation \(options.gradientAccumulation))",
       "  optimizer: AdamW lr \(TrainingReport.format(options.learningRate)), \(options.schedule.rawValue) schedule, \(options.warmupSteps) warm-up steps, weight decay \(TrainingReport.format(options.optimizer.weightDecay)), clip \(TrainingReport.format(options.maxGradNorm))",
-      "  memory estimate: \(bytes(memory.total)) (weights \(bytes(memory.weights)), activations \(bytes(memory.activations)), adapter + optimizer \(bytes(memory.trainable)))",
+      "  memory estimate: \(bytes(memory.total)) (weights \(bytes(memory.weights)), activations \(bytes(memory.activations))\(request.gradientCheckpointing ? " with gradient checkpointing" : ""), adapter + optimizer \(bytes(memory.trainable)))",
       "  threads: \(run.loaded.model.trainingThreads)",
     ]
     if let flare = run.flareConfig {

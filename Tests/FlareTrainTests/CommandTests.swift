@@ -120,6 +120,12 @@ struct CommandTests {
       })
     #expect(planned == .success)
     #expect(model?.trainingThreads == 2)
+    // Gradient checkpointing is the Llama passes' (an encoder refuses it, as a usage error).
+    if classification {
+      #expect(throws: UsageError.self) {
+        try setup.run(["--dry-run", "--gradient-checkpointing"], classification: true)
+      }
+    }
     #expect(try setup.run([], classification: classification) == .success)
     var expected = [
       "adapter_config.json", "adapter_model.safetensors", "training_log.jsonl",

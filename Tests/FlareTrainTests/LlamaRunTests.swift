@@ -43,13 +43,18 @@ struct LlamaRunTests {
     try Self.checkTrajectory(model: model, extra: [])
   }
 
-  /// QLoRA: the Q4_1 GGUF the F32 folder was dequantized from, its matrices kept quantized
-  /// (`--compute quantized`, the default): the passes multiply dequantized tiles in F32, so the
-  /// same oracle and tolerances hold.
-  @Test("the same 20 steps on the Q4_1 GGUF kept quantized (QLoRA) give the same trajectory")
+  /// QLoRA as it is usually run: the Q4_1 GGUF the F32 folder was dequantized from, its
+  /// matrices kept quantized (`--compute quantized`, the default: the passes multiply
+  /// dequantized tiles in F32) and `--gradient-checkpointing` (each block recomputed in the
+  /// backward pass, bit-identical gradients: LlamaTrainingTests), so the same oracle and
+  /// tolerances hold.
+  @Test(
+    "the same 20 steps on the Q4_1 GGUF kept quantized (QLoRA), with gradient checkpointing, give the same trajectory"
+  )
   func quantizedTrajectory() throws {
     guard try smolLM2HFFolder() != nil else { return }
-    try Self.checkTrajectory(model: smolLM2GGUF, extra: ["--compute", "quantized"])
+    try Self.checkTrajectory(
+      model: smolLM2GGUF, extra: ["--compute", "quantized", "--gradient-checkpointing"])
   }
 
   static func checkTrajectory(model: String, extra: [String]) throws {
