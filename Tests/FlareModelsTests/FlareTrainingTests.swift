@@ -157,20 +157,24 @@ struct FlareTrainingTests {
   }
 
   /// The pass splits sequences and row chunks in a fixed way: 1 and 3 threads give the same
-  /// bits as 2.
-  @Test("a FLARE pass is bit-identical for any thread count")
+  /// bits as 2. Gradient checkpointing (each block recomputed in the backward pass, the fused
+  /// layers reading the kept source states again: FLARE.md §9 pitfall 1 is the reference
+  /// losing them there) gives the same bits too.
+  @Test("a FLARE pass is bit-identical for any thread count and with gradient checkpointing")
   func threadIndependence() throws {
     guard let folder = try smolLM2HFFolder() else { return }
     let model = try LlamaModel(path: folder)
     var runs: [[String: [Float]]] = []
-    for threads in [1, 2, 3] {
+    for (threads, checkpointing) in [(1, false), (2, false), (3, false), (2, true)] {
       model.trainingThreads = threads
+      model.gradientCheckpointing = checkpointing
       let state = try state("matmul-causal", model: model)
       _ = try model.trainingPass(batch: try batch(), state: state, gradientScale: 0.5)
       runs.append(Self.gradients(state))
     }
     #expect(runs[0] == runs[1])
     #expect(runs[1] == runs[2])
+    #expect(runs[1] == runs[3])
   }
 
   /// FLARE.md §9 pitfall 1 (the reference's LLM path lost the source states under gradient
