@@ -385,6 +385,20 @@ K_FN float k_dot_float(int type, const uint8_t *w, const float *x, int n) {
 
 // MARK: - Exported
 
+typedef void (*k_tile_fn)(
+    int type, const uint8_t *w, size_t rb, const uint8_t *act, size_t ab, int n, float *out,
+    size_t os);
+
+// Rows [r0, r1) of `weights` against the activation rows at `a`: `group` rows a call of
+// `many`, the rest one a call of `single`.
+K_FN void k_rows(
+    k_tile_fn many, k_tile_fn single, int group, int type, const uint8_t *weights, size_t rb,
+    int r0, int r1, const uint8_t *a, size_t ab, int n, float *o, size_t os) {
+  int r = r0;
+  for (; r + group <= r1; r += group) many(type, weights + (size_t)r * rb, rb, a, ab, n, o + r, os);
+  for (; r < r1; r++) single(type, weights + (size_t)r * rb, rb, a, ab, n, o + r, os);
+}
+
 FLARE_TARGET float FLARE_NAME(int type, const void *w, const void *act, int n) {
   float out = 0;
   switch (flare_weight_block(type)) {
@@ -416,40 +430,22 @@ FLARE_TARGET void FLARE_MATMUL(
     return;
   }
   int group = block == 32 ? K_ROWS32 : K_ROWS256;
+  k_tile_fn full = block == 32 ? k_tile32_full : k_tile256_full;  // group rows × K_MAXT tokens
+  k_tile_fn row_tokens = block == 32 ? k_tile32_tokens : k_tile256_tokens;  // 1 × K_MAXT
+  k_tile_fn rows_token = block == 32 ? k_tile32_rows : k_tile256_rows;  // group × 1
+  k_tile_fn one = block == 32 ? k_tile32_one : k_tile256_one;  // 1 × 1
   int tile = tokens == 1 ? rows : (int)(32768 / row_bytes) / group * group;
   if (tile < group) tile = group;
   for (int r0 = 0; r0 < rows; r0 += tile) {
     int r1 = r0 + tile < rows ? r0 + tile : rows;
     int t = 0;
     for (; t + K_MAXT <= tokens; t += K_MAXT) {
-      const uint8_t *a = activations + (size_t)t * ab;
-      float *o = out + (size_t)t * os;
-      int r = r0;
-      for (; r + group <= r1; r += group) {
-        const uint8_t *wr = weights + (size_t)r * row_bytes;
-        if (block == 32) k_tile32_full(type, wr, row_bytes, a, ab, n, o + r, os);
-        else k_tile256_full(type, wr, row_bytes, a, ab, n, o + r, os);
-      }
-      for (; r < r1; r++) {
-        const uint8_t *wr = weights + (size_t)r * row_bytes;
-        if (block == 32) k_tile32_tokens(type, wr, row_bytes, a, ab, n, o + r, os);
-        else k_tile256_tokens(type, wr, row_bytes, a, ab, n, o + r, os);
-      }
+      k_rows(full, row_tokens, group, type, weights, row_bytes, r0, r1, activations + (size_t)t * ab,
+          ab, n, out + (size_t)t * os, os);
     }
     for (; t < tokens; t++) {
-      const uint8_t *a = activations + (size_t)t * ab;
-      float *o = out + (size_t)t * os;
-      int r = r0;
-      for (; r + group <= r1; r += group) {
-        const uint8_t *wr = weights + (size_t)r * row_bytes;
-        if (block == 32) k_tile32_rows(type, wr, row_bytes, a, ab, n, o + r, os);
-        else k_tile256_rows(type, wr, row_bytes, a, ab, n, o + r, os);
-      }
-      for (; r < r1; r++) {
-        const uint8_t *wr = weights + (size_t)r * row_bytes;
-        if (block == 32) k_tile32_one(type, wr, row_bytes, a, ab, n, o + r, os);
-        else k_tile256_one(type, wr, row_bytes, a, ab, n, o + r, os);
-      }
+      k_rows(rows_token, one, group, type, weights, row_bytes, r0, r1, activations + (size_t)t * ab,
+          ab, n, out + (size_t)t * os, os);
     }
   }
 }
