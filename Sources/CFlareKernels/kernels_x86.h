@@ -150,7 +150,11 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
       // the hardware prefetchers follow less well (prefetching doubles decode speed here;
       // several tokens reuse a tile from cache, and the prefetch's register costs them more).
       if (nt == 1) _mm_prefetch((const char *)(blk + (size_t)nr * row_bytes), _MM_HINT_T0);
-      __m256 dw = _mm256_set1_ps(k_half(blk));
+      // The block's F16 scale (and Q4_1/Q5_1's F16 minimum beside it) in one conversion.
+      uint32_t dm_bits;
+      memcpy(&dm_bits, blk, 4);
+      __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits));
+      __m256 dw = _mm256_broadcastss_ps(dm);
       __m256i q;
       switch (type) {
         case FLARE_W_Q4_0: q = k_nibbles16(blk + 2); break;
@@ -193,7 +197,7 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
         // (Σ·dw)·dx: two vector products, no scalar product to broadcast per pair.
         acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dw), ad[j], acc[r][j]);
       }
-      if (with_min) extra[r] = _mm_add_ps(extra[r], _mm_mul_ps(_mm_set1_ps(k_half(blk + 2)), as));
+      if (with_min) extra[r] = _mm_add_ps(extra[r], _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), as));
     }
   }
   for (int r = 0; r < nr; r++) {
