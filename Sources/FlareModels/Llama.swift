@@ -43,8 +43,9 @@ public final class LlamaModel: @unchecked Sendable {
   /// (one slot per region otherwise, overwritten block by block), and the backward pass runs
   /// each block's forward again from its input before going back through it. Activation
   /// memory falls from every block's to one block's plus the residual stream, for one more
-  /// forward pass of the blocks; the gradients are bit-identical (the recomputation repeats
-  /// the same operations on the same values).
+  /// forward pass of the blocks; the recomputation repeats the same operations on the same
+  /// values. The LM head also takes fewer rows a call (``checkpointingHeadChunk``), which
+  /// rounds its products apart in the last bits once a batch has more rows than that.
   public var gradientCheckpointing = false
   /// The activation buffers of training and evaluation passes, kept for the next pass.
   let storagePool = StoragePool()

