@@ -295,7 +295,8 @@ struct LlamaTrainingTests {
   /// without checkpointing (float32 logits rounded apart), and is bit-identical between 1 and
   /// 2 threads (on the F32 folder, case qv).
   @Test(
-    "gradient checkpointing: the same gradients, bit for bit up to 64 rows", arguments: ["qv", "all"])
+    "gradient checkpointing: the same gradients, bit for bit up to 64 rows",
+    arguments: ["qv", "all"])
   func checkpointing(name: String) throws {
     var models: [LlamaModel] = []
     if let folder = try smolLM2HFFolder() { models.append(try LlamaModel(path: folder)) }
