@@ -253,11 +253,7 @@ static void quantize_a256(const float *x, int n, uint8_t *act) {
   }
 }
 
-void flare_act_quantize(int type, const float *x, int n, void *act) {
-  flare_act_quantize_isa(flare_isa_active(), type, x, n, act);
-}
-
-void flare_act_quantize_isa(int isa, int type, const float *x, int n, void *act) {
+void flare_act_quantize(int isa, int type, const float *x, int n, void *act) {
 #if FLARE_X86
   if (isa == FLARE_ISA_AVX512) {
     flare_act_quantize_avx512(type, x, n, act);

@@ -23,6 +23,13 @@ K_FN float k_hsum(__m256 v) {
   return _mm_cvtss_f32(x);
 }
 
+K_FN int k_hsum_i32(__m256i v) {
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+  return _mm_cvtsi128_si32(x);
+}
+
 // Eight int32 lanes, each the sum of four adjacent products u[i]·s[i] (u unsigned, s signed).
 K_FN __m256i k_dot_u8s8(__m256i u, __m256i s) {
 #if FLARE_VNNI
@@ -297,11 +304,7 @@ __attribute__((always_inline)) K_FN void k_a256_tile(
       float d = k_half(blk[r]);
       float dmin = k_half(blk[r] + 2);
       for (int j = 0; j < nt; j++) {
-        __m256i mv = _mm256_madd_epi16(m16, k_load(a.bsums[j] + 16 * b));
-        __m128i m4 = _mm_add_epi32(_mm256_castsi256_si128(mv), _mm256_extracti128_si256(mv, 1));
-        m4 = _mm_add_epi32(m4, _mm_shuffle_epi32(m4, 0x4E));
-        m4 = _mm_add_epi32(m4, _mm_shuffle_epi32(m4, 0xB1));
-        int imin = _mm_cvtsi128_si32(m4);
+        int imin = k_hsum_i32(_mm256_madd_epi16(m16, k_load(a.bsums[j] + 16 * b)));
         acc[r][j] = _mm256_fmadd_ps(
             _mm256_set1_ps(d * a.d[j][b]), _mm256_cvtepi32_ps(isum[r][j]), acc[r][j]);
         extra[r][j] -= dmin * a.d[j][b] * (float)imin;
@@ -468,13 +471,6 @@ K_FN float k_hmax(__m256 v) {
 K_FN __m256i k_pack32(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
   __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
   return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
-K_FN int k_hsum_i32(__m256i v) {
-  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
-  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
-  return _mm_cvtsi128_si32(x);
 }
 
 // Q8_0 / Q8_1: scale amax/127, values roundf(x / scale) (half away from zero: the truncation

@@ -128,11 +128,11 @@ extension Linear {
     inp: UnsafePointer<Float>, rows n: Int, workers: Int
   ) {
     guard n > 0, !matrices.isEmpty else { return }
-    var quantized: [QuantizedMatrix.Format: QuantizedActivations] = [:]
-    for matrix in matrices where quantized[matrix.format] == nil {
-      quantized[matrix.format] = matrix.quantize(inp, tokens: n)
+    var activations: [QuantizedActivations] = []
+    for matrix in matrices {
+      activations.append(
+        activations.first { $0.format == matrix.format } ?? matrix.quantize(inp, tokens: n))
     }
-    let activations = matrices.map { quantized[$0.format]! }
     let workers = max(1, workers)
     let total = matrices.reduce(0) { $0 + $1.rows }
     let chunk = max(16, (total + 4 * workers - 1) / (4 * workers) + 15) / 16 * 16

@@ -206,7 +206,7 @@ public struct QuantizedActivations: @unchecked Sendable {
     rowBytes = Int(flare_act_bytes(format.rawValue, Int32(cols)))
     storage = Storage(bytes: rowBytes * tokens)
     for t in 0..<tokens {
-      flare_act_quantize_isa(
+      flare_act_quantize(
         isa.rawValue, format.rawValue, x + t * cols, Int32(cols), storage.base + t * rowBytes)
     }
   }

@@ -58,11 +58,9 @@ size_t flare_act_bytes(int type, int n);
 // n) bytes, 64-byte aligned). 32-element types get ggml's Q8_0/Q8_1 (scale amax/127 rounded
 // to F16, values rounded half away from zero, per-block sums); K-quants get Q8_K (scale
 // −max/127 of the value of largest magnitude, round half to even, sums of 16); F32/F16/BF16
-// weights keep the F32 row. Deterministic and the same on every instruction set (the
-// active one does the work).
-void flare_act_quantize(int type, const float *x, int n, void *act);
-// flare_act_quantize on instruction set `isa` (which must be available): the same bytes.
-void flare_act_quantize_isa(int isa, int type, const float *x, int n, void *act);
+// weights keep the F32 row. Runs on instruction set `isa` (which must be available); every
+// instruction set writes the same bytes.
+void flare_act_quantize(int isa, int type, const float *x, int n, void *act);
 
 // The dot product of the weight row `w` (`n` elements of `type`) with a quantized activation
 // row, on instruction set `isa` (which must be available).
