@@ -5,8 +5,10 @@
 //   FLARE_MATMUL  the exported matrix product's name,
 //   FLARE_QUANTIZE the exported activation quantizer's name,
 //   FLARE_VNNI    1 to sum unsigned × signed bytes with dpbusd, 0 for maddubs + madd.
-// Every kernel computes each block's integer sum exactly (as the portable code does) and
-// differs from it only in the order of the float additions across blocks.
+// Every kernel computes each block's integer sum exactly (as the portable code does); the
+// AVX2 kernels and the K-quant kernels differ from it only in the order of the float additions
+// across blocks, and on VNNI the 32-value block types run the portable float operations
+// themselves (outputs equal to flare_dot_scalar's bit for bit).
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -113,6 +115,30 @@ __attribute__((always_inline)) K_FN k_acts k_acts_of(
   return a;
 }
 
+// The 32 levels of a 32-value block: Q8_0's signed bytes, the other types' unsigned levels
+// (Q4_0/Q5_0 still carrying their +8/+16 offset).
+__attribute__((always_inline)) K_FN __m256i k_levels32(int type, const uint8_t *blk) {
+  switch (type) {
+    case FLARE_W_Q4_0: return k_nibbles16(blk + 2);
+    case FLARE_W_Q4_1: return k_nibbles16(blk + 4);
+    case FLARE_W_Q5_0:
+    case FLARE_W_Q5_1: {
+      int qh_at = type == FLARE_W_Q5_1 ? 4 : 2;
+      uint32_t qh;
+      memcpy(&qh, blk + qh_at, 4);
+#if FLARE_VNNI
+      // AVX-512 BW: bit j of qh masks byte j, which gains 16.
+      __m256i q = k_nibbles16(blk + qh_at + 4);
+      return _mm256_mask_add_epi8(q, (__mmask32)qh, q, _mm256_set1_epi8(0x10));
+#else
+      return _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
+#endif
+    }
+    default: return k_load(blk + 2);  // Q8_0
+  }
+}
+
+#if !FLARE_VNNI
 // `nr` weight rows (`row_bytes` apart) times `nt` activation rows of a 32-value block type,
 // into out[j * out_stride + r]. Every (row, token) pair runs the same operations in the same
 // order whatever `nr` and `nt` are (one accumulator, blocks in order, exact integer sums per
@@ -138,9 +164,6 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
     __m256i start[K_MAXT];  // each (row, token) sum starts at −offset · Σx in lane 0
     for (int j = 0; j < nt; j++) {
       av[j] = k_load(a.q[j] + 32 * b);
-      // VNNI multiplies unsigned by signed bytes: Q8_0 activations move to [0, 255] (x + 128)
-      // and the weights' sum times 128 is taken off again below.
-      if (type == FLARE_W_Q8_0 && FLARE_VNNI) av[j] = _mm256_xor_si256(av[j], _mm256_set1_epi8((char)0x80));
       ad[j] = _mm256_set1_ps(a.d[j][b]);
       start[j] = _mm256_setr_epi32(offset ? -offset * a.sum[j][b] : 0, 0, 0, 0, 0, 0, 0, 0);
     }
@@ -162,45 +185,13 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
       memcpy(&dm_bits, blk, 4);
       __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits));
       __m256 dw = _mm256_broadcastss_ps(dm);
-      __m256i q;
-      switch (type) {
-        case FLARE_W_Q4_0: q = k_nibbles16(blk + 2); break;
-        case FLARE_W_Q4_1: q = k_nibbles16(blk + 4); break;
-        case FLARE_W_Q5_0:
-        case FLARE_W_Q5_1: {
-          int qh_at = with_min ? 4 : 2;
-          uint32_t qh;
-          memcpy(&qh, blk + qh_at, 4);
-#if FLARE_VNNI
-          // AVX-512 BW: bit j of qh masks byte j, which gains 16.
-          q = k_nibbles16(blk + qh_at + 4);
-          q = _mm256_mask_add_epi8(q, (__mmask32)qh, q, _mm256_set1_epi8(0x10));
-#else
-          q = _mm256_or_si256(k_nibbles16(blk + qh_at + 4), k_fifth_bits(qh));
-#endif
-          break;
-        }
-        default: q = k_load(blk + 2); break;  // Q8_0: signed levels
-      }
-#if FLARE_VNNI
-      // Q8_0: −128 · Σ w per lane, so that Σ (x + 128)·w lands on Σ x·w.
-      __m256i q8_start = type == FLARE_W_Q8_0
-          ? _mm256_sub_epi32(_mm256_setzero_si256(),
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), q))
-          : _mm256_setzero_si256();
-#else
+      __m256i q = k_levels32(type, blk);
       // Q8_0: |w| (0x80 reads as 128); the sign moves to x.
       __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
-#endif
       for (int j = 0; j < nt; j++) {
         __m256i p;
-#if FLARE_VNNI
-        if (type == FLARE_W_Q8_0) p = _mm256_dpbusd_epi32(q8_start, av[j], q);
-        else p = _mm256_dpbusd_epi32(start[j], q, av[j]);
-#else
         if (type == FLARE_W_Q8_0) p = k_dot_u8s8(u, _mm256_sign_epi8(av[j], q));
         else p = _mm256_add_epi32(k_dot_u8s8(u, av[j]), start[j]);
-#endif
         // (Σ·dw)·dx: two vector products, no scalar product to broadcast per pair.
         acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dw), ad[j], acc[r][j]);
       }
@@ -213,6 +204,243 @@ __attribute__((always_inline)) K_FN void k_a32_tile(
     for (int j = 0; j < nt; j++) out[(size_t)j * out_stride + r] = k_hsum(acc[r][j]) + e[j];
   }
 }
+#define K_A32_TILE(TYPE, NR, NT) k_a32_tile(TYPE, w, rb, NR, act, ab, NT, n, out, os)
+#else
+// On VNNI every (row, token) pair of a 32-value block type is computed as the portable
+// definition computes it: each block's exact integer sum, times dw · dx, plus (Q4_1, Q5_1)
+// the minimum times the activation block's scaled sum, added to one float sum in block order.
+// The same float operations in the same order, so these outputs equal flare_dot_scalar's bit
+// for bit, and the tile kernels (one token) and the packed product (several) agree. dpbusd
+// multiplies unsigned by signed bytes: Q4/Q5 levels are unsigned as stored (the offsets of
+// Q4_0/Q5_0 start the sum at −offset · Σ x); Q8_0 takes x + 128 against its signed weights in
+// the tiles (the sum starting at −128 · Σ w) and w + 128 against x in the packed product
+// (starting at −128 · Σ x). (AVX2 keeps the tile above: the same exact block sums, float
+// additions in another order; reducing each block's sum to one integer there cost a quarter
+// of its speed at four tokens.)
+
+// Row r's total of its eight int32 lanes in lane r (rows past the tile's are zero vectors).
+K_FN __m128i k_rows_total(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+  __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+  return _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+}
+
+K_FN int k_offset32(int type) {
+  switch (type) {
+    case FLARE_W_Q4_0: return 8;
+    case FLARE_W_Q5_0: return 16;
+    case FLARE_W_Q8_0: return 128;  // the packed product's w + 128
+    default: return 0;
+  }
+}
+
+// `nr` ≤ 4 rows times `nt` ≤ K_MAXT tokens, row r of a token in lane r of a 128-bit sum.
+__attribute__((always_inline)) K_FN void k_v32_tile(
+    int type, const uint8_t *w, size_t row_bytes, int nr, const uint8_t *act, size_t act_bytes,
+    int nt, int n, float *out, size_t out_stride) {
+  int blocks = n / 32;
+  int bytes = flare_weight_block_bytes(type);
+  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  int offset = type == FLARE_W_Q8_0 ? 0 : k_offset32(type);
+  k_acts a = k_acts_of(act, act_bytes, nt, n, 32);
+  __m128 acc[K_MAXT];
+  for (int j = 0; j < nt; j++) acc[j] = _mm_setzero_ps();
+  for (int b = 0; b < blocks; b++) {
+    __m256i av[K_MAXT];
+    __m256i start[K_MAXT];
+    for (int j = 0; j < nt; j++) {
+      av[j] = k_load(a.q[j] + 32 * b);
+      if (type == FLARE_W_Q8_0) av[j] = _mm256_xor_si256(av[j], _mm256_set1_epi8((char)0x80));
+      start[j] = _mm256_setr_epi32(offset ? -offset * a.sum[j][b] : 0, 0, 0, 0, 0, 0, 0, 0);
+    }
+    __m256i p[4][K_MAXT];
+    for (int r = 0; r < 4; r++) {
+      for (int j = 0; j < nt; j++) p[r][j] = _mm256_setzero_si256();
+    }
+    uint32_t dm[4] = {0, 0, 0, 0};  // each row's F16 scale (and minimum above it)
+    for (int r = 0; r < nr; r++) {
+      const uint8_t *blk = w + (size_t)r * row_bytes + (size_t)bytes * b;
+      // One token (decode): the same block of the next tile's row, ahead of time. The weights
+      // come from L3 or memory once per token, and the tile's rows advance together, which
+      // the hardware prefetchers follow less well (prefetching doubles decode speed here).
+      if (nt == 1) _mm_prefetch((const char *)(blk + (size_t)nr * row_bytes), _MM_HINT_T0);
+      memcpy(&dm[r], blk, 4);
+      __m256i q = k_levels32(type, blk);
+      if (type == FLARE_W_Q8_0) {
+        __m256i q8_start = _mm256_sub_epi32(_mm256_setzero_si256(),
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), q));
+        for (int j = 0; j < nt; j++) p[r][j] = _mm256_dpbusd_epi32(q8_start, av[j], q);
+      } else {
+        for (int j = 0; j < nt; j++) p[r][j] = _mm256_dpbusd_epi32(start[j], q, av[j]);
+      }
+    }
+    // Lanes 0-3 the rows' scales, 4-7 their minimums.
+    __m128i halves = _mm_loadu_si128((const __m128i *)dm);
+    halves = _mm_shuffle_epi8(halves, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    __m256 dmw = _mm256_cvtph_ps(halves);
+    __m128 dw = _mm256_castps256_ps128(dmw);
+    for (int j = 0; j < nt; j++) {
+      __m128 s = _mm_mul_ps(dw, _mm_set1_ps(a.d[j][b]));
+      __m128i isum = k_rows_total(p[0][j], p[1][j], p[2][j], p[3][j]);
+      __m128 term = _mm_mul_ps(s, _mm_cvtepi32_ps(isum));
+      if (with_min) {
+        term = _mm_add_ps(term, _mm_mul_ps(_mm256_extractf128_ps(dmw, 1), _mm_set1_ps(a.s[j][b])));
+      }
+      acc[j] = _mm_add_ps(acc[j], term);
+    }
+  }
+  for (int j = 0; j < nt; j++) {
+    float lanes[4];
+    _mm_storeu_ps(lanes, acc[j]);
+    for (int r = 0; r < nr; r++) out[(size_t)j * out_stride + r] = lanes[r];
+  }
+}
+#define K_A32_TILE(TYPE, NR, NT) k_v32_tile(TYPE, w, rb, NR, act, ab, NT, n, out, os)
+
+// Several tokens: 16 rows at a time, lane r of a 512-bit vector for row r. A chunk of the
+// rows' blocks is packed once into a buffer and passed by every token; per block it holds
+// eight vectors of four levels of each row (unsigned: Q8_0's moved by +128), the rows' scales
+// and (Q4_1, Q5_1) minimums as F32. One dpbusd then adds four products for 16 (row, token)
+// pairs, the token's four bytes broadcast from memory, and the float work per block is one
+// conversion and a few products and sums per 16 pairs.
+#define K_PACK_ROWS 16
+#define K_PACK_BLOCKS 32
+#define K_PACK_STRIDE 10  // vectors per packed block
+#define K_PACK_TOKENS 8
+// One token (decode) takes the tile kernels: the packing pays for itself from two tokens on.
+#define K_PACK_MIN_TOKENS 2
+
+// Byte k of lane r: bit 4 set where bit k of lane r's `bits` is (Q5's fifth bits, four a lane).
+K_FN __m512i k_spread4(__m512i bits) {
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i v = _mm512_and_si512(bits, one);
+  v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 1), one), 8));
+  v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 2), one), 16));
+  v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 3), one), 24));
+  return _mm512_slli_epi32(v, 4);
+}
+
+__attribute__((always_inline)) K_FN void k_v32_pack(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
+  int bytes = flare_weight_block_bytes(type);
+  __mmask16 m = (__mmask16)((1u << nr) - 1);
+  __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32((int)row_bytes));
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int b = 0; b < kb; b++) {
+    const uint8_t *blk = w + (size_t)bytes * (b0 + b);
+    __m512i *out = buf + K_PACK_STRIDE * b;
+    if (type == FLARE_W_Q8_0) {
+      for (int s = 0; s < 8; s++) {
+        __m512i v = _mm512_mask_i32gather_epi32(zero, m, idx, blk + 2 + 4 * s, 1);
+        out[s] = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+      }
+    } else {
+      int five = type == FLARE_W_Q5_0 || type == FLARE_W_Q5_1;
+      int qh_at = type == FLARE_W_Q5_1 ? 4 : 2;
+      int qs_at = type == FLARE_W_Q4_0 ? 2 : (type == FLARE_W_Q4_1 ? 4 : qh_at + 4);
+      __m512i qh = five ? _mm512_mask_i32gather_epi32(zero, m, idx, blk + qh_at, 1) : zero;
+      for (int s = 0; s < 4; s++) {
+        // Elements 4s..4s+3 are the low nibbles of bytes 4s..4s+3, elements 16+4s.. the high.
+        __m512i v = _mm512_mask_i32gather_epi32(zero, m, idx, blk + qs_at + 4 * s, 1);
+        __m512i lo = _mm512_and_si512(v, low4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(v, 4), low4);
+        if (five) {
+          lo = _mm512_or_si512(lo, k_spread4(_mm512_srli_epi32(qh, 4 * s)));
+          hi = _mm512_or_si512(hi, k_spread4(_mm512_srli_epi32(qh, 16 + 4 * s)));
+        }
+        out[s] = lo;
+        out[4 + s] = hi;
+      }
+    }
+    __m512i dm = _mm512_mask_i32gather_epi32(zero, m, idx, blk, 1);
+    out[8] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+    out[9] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+  }
+}
+
+// `nt` tokens against a packed chunk of blocks [b0, b0 + kb); the sums start at out's values
+// (a float stored and loaded again is the same float) unless this is the first chunk.
+__attribute__((always_inline)) K_FN void k_v32_packed(
+    int type, const __m512i *buf, int b0, int kb, const uint8_t *act, size_t act_bytes, int nt,
+    int n, float *out, size_t out_stride, __mmask16 m) {
+  int blocks = n / 32;
+  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  int offset = k_offset32(type);
+  const int8_t *q[K_PACK_TOKENS];
+  const float *d[K_PACK_TOKENS];
+  const float *sa[K_PACK_TOKENS];
+  const int32_t *sum[K_PACK_TOKENS];
+  __m512 acc[K_PACK_TOKENS];
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *row = act + (size_t)j * act_bytes;
+    q[j] = (const int8_t *)row;
+    d[j] = (const float *)(row + n);
+    sa[j] = d[j] + blocks;
+    sum[j] = (const int32_t *)(sa[j] + blocks);
+    acc[j] = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, out + (size_t)j * out_stride);
+  }
+  for (int b = 0; b < kb; b++) {
+    int block = b0 + b;
+    const __m512i *packed = buf + K_PACK_STRIDE * b;
+    __m512i isum[K_PACK_TOKENS];
+    for (int j = 0; j < nt; j++) {
+      isum[j] = offset ? _mm512_set1_epi32(-offset * sum[j][block]) : _mm512_setzero_si512();
+    }
+    for (int s = 0; s < 8; s++) {
+      __m512i wv = _mm512_load_si512(packed + s);
+      for (int j = 0; j < nt; j++) {
+        int32_t x4;
+        memcpy(&x4, q[j] + 32 * block + 4 * s, 4);
+        isum[j] = _mm512_dpbusd_epi32(isum[j], wv, _mm512_set1_epi32(x4));
+      }
+    }
+    __m512 dw = _mm512_castsi512_ps(_mm512_load_si512(packed + 8));
+    __m512 mw = _mm512_castsi512_ps(_mm512_load_si512(packed + 9));
+    for (int j = 0; j < nt; j++) {
+      __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(d[j][block]));
+      __m512 term = _mm512_mul_ps(s, _mm512_cvtepi32_ps(isum[j]));
+      if (with_min) term = _mm512_add_ps(term, _mm512_mul_ps(mw, _mm512_set1_ps(sa[j][block])));
+      acc[j] = _mm512_add_ps(acc[j], term);
+    }
+  }
+  for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
+}
+
+// One copy per type and token count of the packed pass.
+#define K_PACKED_CASES(NT)                                                                     \
+  switch (type) {                                                                              \
+    case FLARE_W_Q4_0: k_v32_packed(FLARE_W_Q4_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q4_1: k_v32_packed(FLARE_W_Q4_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q5_0: k_v32_packed(FLARE_W_Q5_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q5_1: k_v32_packed(FLARE_W_Q5_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q8_0: k_v32_packed(FLARE_W_Q8_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    default: break;                                                                            \
+  }
+#define K_PACKED_FN(NAME, NT)                                                                  \
+  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m512i *buf, int b0, \
+      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __mmask16 m) {      \
+    K_PACKED_CASES(NT)                                                                         \
+  }
+K_PACKED_FN(k_v32_packed8, 8)
+K_PACKED_FN(k_v32_packed4, 4)
+K_PACKED_FN(k_v32_packed2, 2)
+K_PACKED_FN(k_v32_packed1, 1)
+
+static __attribute__((noinline)) FLARE_TARGET void k_v32_pack_any(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
+  switch (type) {
+    case FLARE_W_Q4_0: k_v32_pack(FLARE_W_Q4_0, w, row_bytes, nr, b0, kb, buf); break;
+    case FLARE_W_Q4_1: k_v32_pack(FLARE_W_Q4_1, w, row_bytes, nr, b0, kb, buf); break;
+    case FLARE_W_Q5_0: k_v32_pack(FLARE_W_Q5_0, w, row_bytes, nr, b0, kb, buf); break;
+    case FLARE_W_Q5_1: k_v32_pack(FLARE_W_Q5_1, w, row_bytes, nr, b0, kb, buf); break;
+    case FLARE_W_Q8_0: k_v32_pack(FLARE_W_Q8_0, w, row_bytes, nr, b0, kb, buf); break;
+    default: break;
+  }
+}
+
+#endif
 
 // The 16-bit scales of the 32 values of sub-block i of a Q6_K block (two scales of 16).
 K_FN __m256i k_q6k_scale(const int8_t *sc, int i) {
@@ -242,23 +470,20 @@ __attribute__((always_inline)) K_FN __m256i k_levels256(int type, const uint8_t 
   return q;
 }
 
-// `nr` weight rows times `nt` activation rows of a K-quant type (see k_a32_tile): per block,
-// sub-block by sub-block, each weight sub-block unpacked once for the tokens and each
-// activation sub-block loaded once for the rows; per (row, token) the same operations in the
-// same order whatever the tile's shape.
+// `nr` weight rows times `nt` activation rows of a K-quant type: per block, sub-block by
+// sub-block, each weight sub-block unpacked once for the tokens and each activation sub-block
+// loaded once for the rows. Each (row, token) pair's block sums are reduced to the exact
+// integers of the portable definition and go through its float operations in its order, so
+// every output equals flare_dot_scalar's bit for bit (on both instruction sets).
 __attribute__((always_inline)) K_FN void k_a256_tile(
     int type, const uint8_t *w, size_t row_bytes, int nr, const uint8_t *act, size_t act_bytes,
     int nt, int n, float *out, size_t out_stride) {
   int blocks = n / 256;
   int bytes = flare_weight_block_bytes(type);
   k_acts a = k_acts_of(act, act_bytes, nt, n, 256);
-  __m256 acc[K_ROWS256][K_MAXT];
-  float extra[K_ROWS256][K_MAXT];
+  float acc[K_ROWS256][K_MAXT];
   for (int r = 0; r < nr; r++) {
-    for (int j = 0; j < nt; j++) {
-      acc[r][j] = _mm256_setzero_ps();
-      extra[r][j] = 0;
-    }
+    for (int j = 0; j < nt; j++) acc[r][j] = 0;
   }
   for (int b = 0; b < blocks; b++) {
     const uint8_t *blk[K_ROWS256];
@@ -293,37 +518,254 @@ __attribute__((always_inline)) K_FN void k_a256_tile(
         for (int j = 0; j < nt; j++) {
           __m256i bs = k_load(a.bsums[j] + 16 * b);
           __m256i correction = _mm256_slli_epi32(_mm256_madd_epi16(sc, bs), 5);
-          __m256i s = _mm256_sub_epi32(isum[r][j], correction);
-          acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[j][b]), _mm256_cvtepi32_ps(s), acc[r][j]);
+          int total = k_hsum_i32(_mm256_sub_epi32(isum[r][j], correction));
+          acc[r][j] += d * a.d[j][b] * (float)total;
         }
         continue;
       }
       // Each min applies to two sums of 16: the eight mins, doubled, as 16-bit values.
       __m128i m8 = _mm_loadl_epi64((const __m128i *)mins[r]);
       __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-      float d = k_half(blk[r]);
-      float dmin = k_half(blk[r] + 2);
+      float dh = k_half(blk[r]);
+      float dminh = k_half(blk[r] + 2);
       for (int j = 0; j < nt; j++) {
         int imin = k_hsum_i32(_mm256_madd_epi16(m16, k_load(a.bsums[j] + 16 * b)));
-        acc[r][j] = _mm256_fmadd_ps(
-            _mm256_set1_ps(d * a.d[j][b]), _mm256_cvtepi32_ps(isum[r][j]), acc[r][j]);
-        extra[r][j] -= dmin * a.d[j][b] * (float)imin;
+        int total = k_hsum_i32(isum[r][j]);
+        float d = dh * a.d[j][b];
+        float dmin = dminh * a.d[j][b];
+        acc[r][j] += d * (float)total - dmin * (float)imin;
       }
     }
   }
   for (int r = 0; r < nr; r++) {
-    for (int j = 0; j < nt; j++) out[(size_t)j * out_stride + r] = k_hsum(acc[r][j]) + extra[r][j];
+    for (int j = 0; j < nt; j++) out[(size_t)j * out_stride + r] = acc[r][j];
   }
 }
+
+#if FLARE_VNNI
+// K-quants with several tokens, packed like the 32-value types (see k_v32_pack): per 256-value
+// block, 64 vectors of four levels of 16 rows (unsigned: Q6_K's carry their +32), then the
+// sub-block scales as int32 (8 for Q4_K/Q5_K, 16 for Q6_K's sixteens), then eight vectors of
+// 16-bit pairs for the correction taken with the activations' sums of 16 (Q4_K/Q5_K: each
+// sub-block's minimum twice; Q6_K: two scales), then the F32 scale (and minimum scale).
+#define K_PACK256_BLOCKS 4
+#define K_PACK256_STRIDE 90
+
+K_FN void k_v256_pack(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
+  int bytes = flare_weight_block_bytes(type);
+  __mmask16 m = (__mmask16)((1u << nr) - 1);
+  __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32((int)row_bytes));
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int b = 0; b < kb; b++) {
+    const uint8_t *blk0 = w + (size_t)bytes * (b0 + b);
+    __m512i *out = buf + K_PACK256_STRIDE * b;
+    int32_t sc[16][16];  // [scale][row]
+    int32_t pairs[8][16];  // [pair][row]: two 16-bit factors
+    float dw[16], dmw[16];
+    memset(sc, 0, sizeof sc);
+    memset(pairs, 0, sizeof pairs);
+    memset(dw, 0, sizeof dw);
+    memset(dmw, 0, sizeof dmw);
+    for (int r = 0; r < nr; r++) {
+      const uint8_t *blk = blk0 + (size_t)r * row_bytes;
+      if (type == FLARE_W_Q6_K) {
+        const int8_t *s6 = (const int8_t *)(blk + 192);
+        for (int g = 0; g < 16; g++) sc[g][r] = s6[g];
+        for (int k = 0; k < 8; k++) {
+          pairs[k][r] = (int32_t)(((uint32_t)(uint16_t)s6[2 * k + 1] << 16) | (uint16_t)s6[2 * k]);
+        }
+        dw[r] = k_half(blk + 208);
+      } else {
+        uint8_t scales[8], mins[8];
+        flare_k4_scales(blk + 4, scales, mins);
+        for (int i = 0; i < 8; i++) {
+          sc[i][r] = scales[i];
+          pairs[i][r] = (int32_t)(((uint32_t)mins[i] << 16) | mins[i]);
+        }
+        dw[r] = k_half(blk);
+        dmw[r] = k_half(blk + 2);
+      }
+    }
+    if (type == FLARE_W_Q6_K) {
+      for (int g = 0; g < 16; g++) {
+        int half = g >> 3;
+        for (int k = 0; k < 4; k++) {
+          int within = (16 * g + 4 * k) & 127;
+          int l = within & 31;
+          int quarter = within >> 5;
+          __m512i ql = _mm512_mask_i32gather_epi32(
+              zero, m, idx, blk0 + 64 * half + l + 32 * (quarter & 1), 1);
+          __m512i qh = _mm512_mask_i32gather_epi32(zero, m, idx, blk0 + 128 + 32 * half + l, 1);
+          __m512i low = quarter < 2 ? _mm512_and_si512(ql, low4)
+                                    : _mm512_and_si512(_mm512_srli_epi32(ql, 4), low4);
+          __m512i high = _mm512_and_si512(_mm512_srli_epi32(qh, 2 * quarter), _mm512_set1_epi8(0x03));
+          out[4 * g + k] = _mm512_or_si512(low, _mm512_slli_epi32(high, 4));
+        }
+      }
+    } else {
+      int five = type == FLARE_W_Q5_K;
+      const uint8_t *qs = blk0 + (five ? 48 : 16);
+      for (int i = 0; i < 8; i++) {
+        for (int k = 0; k < 8; k++) {
+          __m512i v = _mm512_mask_i32gather_epi32(zero, m, idx, qs + 32 * (i >> 1) + 4 * k, 1);
+          __m512i q = _mm512_and_si512(_mm512_srli_epi32(v, 4 * (i & 1)), low4);
+          if (five) {
+            __m512i h = _mm512_mask_i32gather_epi32(zero, m, idx, blk0 + 16 + 4 * k, 1);
+            h = _mm512_and_si512(_mm512_srli_epi32(h, i), _mm512_set1_epi8(0x01));
+            q = _mm512_or_si512(q, _mm512_slli_epi32(h, 4));
+          }
+          out[8 * i + k] = q;
+        }
+      }
+    }
+    for (int g = 0; g < 16; g++) out[64 + g] = _mm512_loadu_si512(sc[g]);
+    for (int k = 0; k < 8; k++) out[80 + k] = _mm512_loadu_si512(pairs[k]);
+    out[88] = _mm512_castps_si512(_mm512_loadu_ps(dw));
+    out[89] = _mm512_castps_si512(_mm512_loadu_ps(dmw));
+  }
+}
+
+// `nt` tokens against a packed chunk of K-quant blocks (see k_v32_packed).
+__attribute__((always_inline)) K_FN void k_v256_packed(
+    int type, const __m512i *buf, int b0, int kb, const uint8_t *act, size_t act_bytes, int nt,
+    int n, float *out, size_t out_stride, __mmask16 m) {
+  int blocks = n / 256;
+  const int8_t *q[K_PACK_TOKENS];
+  const float *d[K_PACK_TOKENS];
+  const int16_t *bsums[K_PACK_TOKENS];
+  __m512 acc[K_PACK_TOKENS];
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *row = act + (size_t)j * act_bytes;
+    q[j] = (const int8_t *)row;
+    d[j] = (const float *)(row + n);
+    bsums[j] = (const int16_t *)(d[j] + blocks);
+    acc[j] = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, out + (size_t)j * out_stride);
+  }
+  // Q6_K: 16 sums of 16 values, four steps each; Q4_K/Q5_K: 8 sums of 32, eight steps each.
+  int groups = type == FLARE_W_Q6_K ? 16 : 8;
+  int steps = 64 / groups;
+  for (int b = 0; b < kb; b++) {
+    int block = b0 + b;
+    const __m512i *packed = buf + K_PACK256_STRIDE * b;
+    __m512i isum[K_PACK_TOKENS];
+    __m512i corr[K_PACK_TOKENS];
+    for (int j = 0; j < nt; j++) {
+      isum[j] = _mm512_setzero_si512();
+      corr[j] = _mm512_setzero_si512();
+    }
+    for (int g = 0; g < groups; g++) {
+      __m512i part[K_PACK_TOKENS];
+      for (int j = 0; j < nt; j++) part[j] = _mm512_setzero_si512();
+      for (int k = 0; k < steps; k++) {
+        __m512i wv = _mm512_load_si512(packed + steps * g + k);
+        for (int j = 0; j < nt; j++) {
+          int32_t x4;
+          memcpy(&x4, q[j] + 256 * block + 4 * (steps * g + k), 4);
+          part[j] = _mm512_dpbusd_epi32(part[j], wv, _mm512_set1_epi32(x4));
+        }
+      }
+      __m512i scale = _mm512_load_si512(packed + 64 + g);
+      for (int j = 0; j < nt; j++) isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(part[j], scale));
+    }
+    for (int k = 0; k < 8; k++) {
+      __m512i factors = _mm512_load_si512(packed + 80 + k);
+      for (int j = 0; j < nt; j++) {
+        int32_t s2;
+        memcpy(&s2, bsums[j] + 16 * block + 2 * k, 4);
+        corr[j] = _mm512_dpwssd_epi32(corr[j], factors, _mm512_set1_epi32(s2));
+      }
+    }
+    __m512 dw = _mm512_castsi512_ps(_mm512_load_si512(packed + 88));
+    __m512 dmw = _mm512_castsi512_ps(_mm512_load_si512(packed + 89));
+    for (int j = 0; j < nt; j++) {
+      __m512 dx = _mm512_set1_ps(d[j][block]);
+      __m512 term;
+      if (type == FLARE_W_Q6_K) {
+        __m512i total = _mm512_sub_epi32(isum[j], _mm512_slli_epi32(corr[j], 5));
+        term = _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(total));
+      } else {
+        term = _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[j])),
+            _mm512_mul_ps(_mm512_mul_ps(dmw, dx), _mm512_cvtepi32_ps(corr[j])));
+      }
+      acc[j] = _mm512_add_ps(acc[j], term);
+    }
+  }
+  for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
+}
+
+#define K_PACKED256_CASES(NT)                                                                  \
+  switch (type) {                                                                              \
+    case FLARE_W_Q4_K: k_v256_packed(FLARE_W_Q4_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q5_K: k_v256_packed(FLARE_W_Q5_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q6_K: k_v256_packed(FLARE_W_Q6_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    default: break;                                                                            \
+  }
+#define K_PACKED256_FN(NAME, NT)                                                               \
+  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m512i *buf, int b0, \
+      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __mmask16 m) {      \
+    K_PACKED256_CASES(NT)                                                                      \
+  }
+K_PACKED256_FN(k_v256_packed8, 8)
+K_PACKED256_FN(k_v256_packed4, 4)
+K_PACKED256_FN(k_v256_packed2, 2)
+K_PACKED256_FN(k_v256_packed1, 1)
+
+static __attribute__((noinline)) FLARE_TARGET void k_v256_pack_any(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
+  k_v256_pack(type, w, row_bytes, nr, b0, kb, buf);
+}
+
+typedef void (*k_pack_fn)(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf);
+typedef void (*k_packed_fn)(int type, const __m512i *buf, int b0, int kb, const uint8_t *act,
+    size_t ab, int n, float *out, size_t os, __mmask16 m);
+
+// The product of FLARE_MATMUL for several tokens: rows in groups of 16, each group's blocks
+// packed a chunk at a time and passed by the tokens 8, 4, 2 or 1 at a time.
+K_FN void k_packed_matmul(
+    int type, const uint8_t *weights, size_t rb, int rows, const uint8_t *acts, size_t ab,
+    int tokens, int n, float *out, size_t os) {
+  __m512i buf[K_PACK256_STRIDE * K_PACK256_BLOCKS > K_PACK_STRIDE * K_PACK_BLOCKS
+                  ? K_PACK256_STRIDE * K_PACK256_BLOCKS
+                  : K_PACK_STRIDE * K_PACK_BLOCKS];
+  int block = flare_weight_block(type);
+  int blocks = n / block;
+  int chunk = block == 32 ? K_PACK_BLOCKS : K_PACK256_BLOCKS;
+  k_pack_fn pack = block == 32 ? k_v32_pack_any : k_v256_pack_any;
+  k_packed_fn pass8 = block == 32 ? k_v32_packed8 : k_v256_packed8;
+  k_packed_fn pass4 = block == 32 ? k_v32_packed4 : k_v256_packed4;
+  k_packed_fn pass2 = block == 32 ? k_v32_packed2 : k_v256_packed2;
+  k_packed_fn pass1 = block == 32 ? k_v32_packed1 : k_v256_packed1;
+  for (int r0 = 0; r0 < rows; r0 += K_PACK_ROWS) {
+    int nr = rows - r0 < K_PACK_ROWS ? rows - r0 : K_PACK_ROWS;
+    __mmask16 m = (__mmask16)((1u << nr) - 1);
+    for (int b0 = 0; b0 < blocks; b0 += chunk) {
+      int kb = blocks - b0 < chunk ? blocks - b0 : chunk;
+      pack(type, weights + (size_t)r0 * rb, rb, nr, b0, kb, buf);
+      for (int t = 0; t < tokens;) {
+        int left = tokens - t;
+        int step = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
+        k_packed_fn pass = step == 8 ? pass8 : (step == 4 ? pass4 : (step == 2 ? pass2 : pass1));
+        pass(type, buf, b0, kb, acts + (size_t)t * ab, ab, n, out + (size_t)t * os + r0, os, m);
+        t += step;
+      }
+    }
+  }
+}
+#endif
 
 // One copy per type and tile shape (all constants inside after inlining).
 #define K_TILE_CASES(NR, NT)                                                                   \
   switch (type) {                                                                              \
-    case FLARE_W_Q4_0: k_a32_tile(FLARE_W_Q4_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
-    case FLARE_W_Q4_1: k_a32_tile(FLARE_W_Q4_1, w, rb, NR, act, ab, NT, n, out, os); break;    \
-    case FLARE_W_Q5_0: k_a32_tile(FLARE_W_Q5_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
-    case FLARE_W_Q5_1: k_a32_tile(FLARE_W_Q5_1, w, rb, NR, act, ab, NT, n, out, os); break;    \
-    case FLARE_W_Q8_0: k_a32_tile(FLARE_W_Q8_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
+    case FLARE_W_Q4_0: K_A32_TILE(FLARE_W_Q4_0, NR, NT); break;                                \
+    case FLARE_W_Q4_1: K_A32_TILE(FLARE_W_Q4_1, NR, NT); break;                                \
+    case FLARE_W_Q5_0: K_A32_TILE(FLARE_W_Q5_0, NR, NT); break;                                \
+    case FLARE_W_Q5_1: K_A32_TILE(FLARE_W_Q5_1, NR, NT); break;                                \
+    case FLARE_W_Q8_0: K_A32_TILE(FLARE_W_Q8_0, NR, NT); break;                                \
     default: break;                                                                            \
   }
 #define K_TILE256_CASES(NR, NT)                                                                \
@@ -436,6 +878,13 @@ FLARE_TARGET void FLARE_MATMUL(
     }
     return;
   }
+#if FLARE_VNNI
+  // 15 · row_bytes indexes the packing gathers (32-bit).
+  if (tokens >= K_PACK_MIN_TOKENS && row_bytes <= (size_t)INT32_MAX / 16) {
+    k_packed_matmul(type, weights, row_bytes, rows, activations, ab, tokens, n, out, os);
+    return;
+  }
+#endif
   int group = block == 32 ? K_ROWS32 : K_ROWS256;
   k_tile_fn full = block == 32 ? k_tile32_full : k_tile256_full;  // group rows × K_MAXT tokens
   k_tile_fn row_tokens = block == 32 ? k_tile32_tokens : k_tile256_tokens;  // 1 × K_MAXT

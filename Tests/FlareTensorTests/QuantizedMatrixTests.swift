@@ -201,6 +201,12 @@ struct QuantizedMatrixTests {
       try #require(stored == type)
       return (cols, rows)
     }
+    return try requantized(type, count: count)
+  }
+
+  /// SmolLM2's `blk.0.ffn_down` rows (1536 values) dequantized and re-quantized to `type` by
+  /// FlareGGUF.
+  static func requantized(_ type: GGMLType, count: Int) throws -> (Int, [[UInt8]])? {
     guard let (stored, cols, rows) = try realRows("blk.0.ffn_down.weight", count: count) else {
       return nil
     }
@@ -309,8 +315,9 @@ struct QuantizedMatrixTests {
     print("\(type): largest |kernel − F32| / Σ|w·x| = \(worst)")
   }
 
-  // Tolerance: 2e-6 of Σ|wᵢ·xᵢ|: the vector kernels add the same exact block sums as the
-  // scalar definition, in another order.
+  // Tolerance: 2e-6 of Σ|wᵢ·xᵢ|: the AVX2 kernels of the 32-value types add the same exact
+  // block sums as the scalar definition, in another order (every other kernel equals it bit
+  // for bit, see portableExact).
   @Test("AVX2 and AVX-512 kernels agree with the scalar definition", arguments: formats)
   func crossISA(type: GGMLType) throws {
     guard let (cols, rows) = try Self.rows(type, count: 8) else { return }
@@ -333,7 +340,8 @@ struct QuantizedMatrixTests {
 
   // Tolerance: none. Every output is one dot product, whatever rows a call covers and however
   // the vector kernels group rows and tokens (tiles of 4 or 2 rows × 4 tokens, single rows and
-  // tokens at the edges), on every instruction set.
+  // tokens at the edges; on AVX-512, packed 16-row groups for two tokens or more), on every
+  // instruction set.
   @Test("matrix products are bit-identical for any row split and token count", arguments: formats)
   func matrixProduct(type: GGMLType) throws {
     guard let (cols, rows) = try Self.rows(type, count: 24) else { return }
@@ -365,6 +373,55 @@ struct QuantizedMatrixTests {
             #expect(
               whole[t * m.rows + r].bitPattern == m.dot(row: r, act, token: t, isa: isa).bitPattern,
               "\(type) row \(r) token \(t) \(isa)")
+          }
+        }
+      }
+    }
+  }
+
+  // Oracle: the portable definition (flare_dot_scalar: each block's exact integer sums, then
+  // its float products and sums in block order). Tolerance: none. On AVX-512 VNNI every block
+  // type runs the same float operations in the same order, in the tile kernels (one token) and
+  // in the packed product (16 rows a vector, chunks of 32 or 4 blocks, 8/4/2/1 tokens a pass);
+  // the K-quant tiles do on AVX2 too. 1536 values make two chunks, 40 rows a partial 16-row
+  // group, the splits partial groups of their own. (Checked: a fused multiply-add for the
+  // integer term, or Q4_1's minimum term added after the integer term instead of with it,
+  // fails it.)
+  @Test("vector kernels equal the portable definition bit for bit", arguments: formats)
+  func portableExact(type: GGMLType) throws {
+    let isas = availableISAs.filter {
+      $0 == .avx512 || ($0 == .avx2 && [.q4_K, .q5_K, .q6_K].contains(type))
+    }
+    guard !isas.isEmpty else { return }
+    let format = try #require(QuantizedMatrix.Format(rawValue: Int32(type.id)))
+    var sources = [try Self.requantized(type, count: 40)]
+    if type == .q4_1 || type == .q8_0 { sources.append(try Self.rows(type, count: 40)) }
+    for found in sources {
+      guard let (cols, rows) = found else { return }
+      let owned = try OwnedMatrix(format, rows: rows, cols: cols)
+      let m = owned.matrix
+      for tokens in [1, 2, 3, 4, 7, 8, 13, 33] {
+        let x = Self.activations(cols: cols, tokens: tokens, seed: UInt64(100 + tokens))
+        let act = x.withUnsafeBufferPointer { m.quantize($0.baseAddress!, tokens: tokens) }
+        for isa in isas {
+          for split in [[0, 40], [0, 5, 21, 40], [0, 16, 17, 40]] {
+            var out = [Float](repeating: .nan, count: tokens * m.rows)
+            out.withUnsafeMutableBufferPointer { o in
+              for k in 0..<(split.count - 1) {
+                m.multiply(
+                  act, rows: split[k]..<split[k + 1], into: o.baseAddress!, outStride: m.rows,
+                  isa: isa)
+              }
+            }
+            var mismatches = 0
+            for t in 0..<tokens {
+              for r in 0..<m.rows {
+                let scalar = m.dot(row: r, act, token: t, isa: .scalar)
+                if out[t * m.rows + r].bitPattern != scalar.bitPattern { mismatches += 1 }
+              }
+            }
+            #expect(
+              mismatches == 0, "\(type) \(isa) \(cols) values, \(tokens) tokens, split \(split)")
           }
         }
       }

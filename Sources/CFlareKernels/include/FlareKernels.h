@@ -71,8 +71,10 @@ float flare_dot(int isa, int type, const void *w, const void *act, int n);
 // activations are `act_bytes` = flare_act_bytes(type, n) apart. The vector kernels take rows
 // in cache tiles reused by every token and compute several rows × four tokens per call, each
 // weight block unpacked once for the tokens and each activation block loaded once for the
-// rows; every output is bit-identical to flare_dot on the same instruction set, so results
-// do not depend on how callers split the rows between threads or group the tokens.
+// rows; on AVX-512 VNNI, 32-value block types with two or more tokens pack 16 rows' levels
+// at a time (a chunk of blocks in a stack buffer) and pass every token over them. Every output
+// is bit-identical to flare_dot on the same instruction set, so results do not depend on how
+// callers split the rows between threads or group the tokens.
 void flare_matmul(
     int isa, int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens,
     int n, float *out, size_t out_stride);
