@@ -5,10 +5,9 @@
 //   FLARE_MATMUL  the exported matrix product's name,
 //   FLARE_QUANTIZE the exported activation quantizer's name,
 //   FLARE_VNNI    1 to sum unsigned × signed bytes with dpbusd, 0 for maddubs + madd.
-// Every kernel computes each block's integer sum exactly (as the portable code does); the
-// AVX2 kernels and the K-quant kernels differ from it only in the order of the float additions
-// across blocks, and on VNNI the 32-value block types run the portable float operations
-// themselves (outputs equal to flare_dot_scalar's bit for bit).
+// Every kernel computes each block's integer sums exactly and then the portable definition's
+// float operations in its order, so every output equals flare_dot_scalar's bit for bit: the
+// instruction set, the tile shape, the packing and the thread split never change a value.
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -80,11 +79,10 @@ K_FN __m256i k_fifth_bits(uint32_t bits) {
 // once for the K_MAXT tokens and each activation block loaded once for the rows. AVX-512 VL
 // has 32 vector registers, AVX2 16, hence fewer rows there.
 #define K_MAXT 4
-#if FLARE_VNNI
 #define K_ROWS32 4
+#if FLARE_VNNI
 #define K_ROWS256 2
 #else
-#define K_ROWS32 2
 #define K_ROWS256 1
 #endif
 
@@ -138,85 +136,17 @@ __attribute__((always_inline)) K_FN __m256i k_levels32(int type, const uint8_t *
   }
 }
 
-#if !FLARE_VNNI
-// `nr` weight rows (`row_bytes` apart) times `nt` activation rows of a 32-value block type,
-// into out[j * out_stride + r]. Every (row, token) pair runs the same operations in the same
-// order whatever `nr` and `nt` are (one accumulator, blocks in order, exact integer sums per
-// block), so a tile's outputs are bit-identical to single dot products.
-__attribute__((always_inline)) K_FN void k_a32_tile(
-    int type, const uint8_t *w, size_t row_bytes, int nr, const uint8_t *act, size_t act_bytes,
-    int nt, int n, float *out, size_t out_stride) {
-  int blocks = n / 32;
-  int bytes = flare_weight_block_bytes(type);
-  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
-  k_acts a = k_acts_of(act, act_bytes, nt, n, 32);
-  __m256 acc[K_ROWS32][K_MAXT];
-  __m128 extra[K_ROWS32];  // lane j: token j's minimum term (Q4_1, Q5_1)
-  for (int r = 0; r < nr; r++) {
-    extra[r] = _mm_setzero_ps();
-    for (int j = 0; j < nt; j++) acc[r][j] = _mm256_setzero_ps();
-  }
-  // Q4_0 and Q5_0 store their levels +8 and +16: the offset times the activation block's sum.
-  int offset = type == FLARE_W_Q4_0 ? 8 : (type == FLARE_W_Q5_0 ? 16 : 0);
-  for (int b = 0; b < blocks; b++) {
-    __m256i av[K_MAXT];
-    __m256 ad[K_MAXT];
-    __m256i start[K_MAXT];  // each (row, token) sum starts at −offset · Σx in lane 0
-    for (int j = 0; j < nt; j++) {
-      av[j] = k_load(a.q[j] + 32 * b);
-      ad[j] = _mm256_set1_ps(a.d[j][b]);
-      start[j] = _mm256_setr_epi32(offset ? -offset * a.sum[j][b] : 0, 0, 0, 0, 0, 0, 0, 0);
-    }
-    __m128 as = _mm_setzero_ps();
-    if (with_min) {
-      float s4[4] = {0, 0, 0, 0};
-      for (int j = 0; j < nt; j++) s4[j] = a.s[j][b];
-      as = _mm_loadu_ps(s4);
-    }
-    for (int r = 0; r < nr; r++) {
-      const uint8_t *blk = w + (size_t)r * row_bytes + (size_t)bytes * b;
-      // One token (decode): the same block of the next tile's row, ahead of time. The weights
-      // come from L3 or memory once per token, and the tile's rows advance together, which
-      // the hardware prefetchers follow less well (prefetching doubles decode speed here;
-      // several tokens reuse a tile from cache, and the prefetch's register costs them more).
-      if (nt == 1) _mm_prefetch((const char *)(blk + (size_t)nr * row_bytes), _MM_HINT_T0);
-      // The block's F16 scale (and Q4_1/Q5_1's F16 minimum beside it) in one conversion.
-      uint32_t dm_bits;
-      memcpy(&dm_bits, blk, 4);
-      __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm_bits));
-      __m256 dw = _mm256_broadcastss_ps(dm);
-      __m256i q = k_levels32(type, blk);
-      // Q8_0: |w| (0x80 reads as 128); the sign moves to x.
-      __m256i u = type == FLARE_W_Q8_0 ? _mm256_sign_epi8(q, q) : q;
-      for (int j = 0; j < nt; j++) {
-        __m256i p;
-        if (type == FLARE_W_Q8_0) p = k_dot_u8s8(u, _mm256_sign_epi8(av[j], q));
-        else p = _mm256_add_epi32(k_dot_u8s8(u, av[j]), start[j]);
-        // (Σ·dw)·dx: two vector products, no scalar product to broadcast per pair.
-        acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), dw), ad[j], acc[r][j]);
-      }
-      if (with_min) extra[r] = _mm_add_ps(extra[r], _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), as));
-    }
-  }
-  for (int r = 0; r < nr; r++) {
-    float e[4];
-    _mm_storeu_ps(e, extra[r]);
-    for (int j = 0; j < nt; j++) out[(size_t)j * out_stride + r] = k_hsum(acc[r][j]) + e[j];
-  }
-}
-#define K_A32_TILE(TYPE, NR, NT) k_a32_tile(TYPE, w, rb, NR, act, ab, NT, n, out, os)
-#else
-// On VNNI every (row, token) pair of a 32-value block type is computed as the portable
-// definition computes it: each block's exact integer sum, times dw · dx, plus (Q4_1, Q5_1)
-// the minimum times the activation block's scaled sum, added to one float sum in block order.
-// The same float operations in the same order, so these outputs equal flare_dot_scalar's bit
-// for bit, and the tile kernels (one token) and the packed product (several) agree. dpbusd
-// multiplies unsigned by signed bytes: Q4/Q5 levels are unsigned as stored (the offsets of
-// Q4_0/Q5_0 start the sum at −offset · Σ x); Q8_0 takes x + 128 against its signed weights in
-// the tiles (the sum starting at −128 · Σ w) and w + 128 against x in the packed product
-// (starting at −128 · Σ x). (AVX2 keeps the tile above: the same exact block sums, float
-// additions in another order; reducing each block's sum to one integer there cost a quarter
-// of its speed at four tokens.)
+// Every (row, token) pair of a 32-value block type is computed as the portable definition
+// computes it: each block's exact integer sum, times dw · dx, plus (Q4_1, Q5_1) the minimum
+// times the activation block's scaled sum, added to one float sum in block order. The same
+// float operations in the same order, so these outputs equal flare_dot_scalar's bit for bit on
+// every instruction set, and the tile kernels (one token) and the packed products (several)
+// agree. The integer sums: VNNI's dpbusd multiplies unsigned by signed bytes, so Q4/Q5 levels
+// go in unsigned as stored (the offsets of Q4_0/Q5_0 start the sum at −offset · Σ x), and Q8_0
+// takes x + 128 against its signed weights in the tiles (the sum starting at −128 · Σ w) and
+// w + 128 against x in the packed product (starting at −128 · Σ x). AVX2 multiplies pairs with
+// maddubs, whose 16-bit sums hold four steps of 5-bit levels, and moves Q8_0's signs to x
+// (|w| · ±x).
 
 // Row r's total of its eight int32 lanes in lane r (rows past the tile's are zero vectors).
 K_FN __m128i k_rows_total(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
@@ -249,7 +179,7 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
     __m256i start[K_MAXT];
     for (int j = 0; j < nt; j++) {
       av[j] = k_load(a.q[j] + 32 * b);
-      if (type == FLARE_W_Q8_0) av[j] = _mm256_xor_si256(av[j], _mm256_set1_epi8((char)0x80));
+      if (type == FLARE_W_Q8_0 && FLARE_VNNI) av[j] = _mm256_xor_si256(av[j], _mm256_set1_epi8((char)0x80));
       start[j] = _mm256_setr_epi32(offset ? -offset * a.sum[j][b] : 0, 0, 0, 0, 0, 0, 0, 0);
     }
     __m256i p[4][K_MAXT];
@@ -265,6 +195,7 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
       if (nt == 1) _mm_prefetch((const char *)(blk + (size_t)nr * row_bytes), _MM_HINT_T0);
       memcpy(&dm[r], blk, 4);
       __m256i q = k_levels32(type, blk);
+#if FLARE_VNNI
       if (type == FLARE_W_Q8_0) {
         __m256i q8_start = _mm256_sub_epi32(_mm256_setzero_si256(),
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), q));
@@ -272,6 +203,14 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
       } else {
         for (int j = 0; j < nt; j++) p[r][j] = _mm256_dpbusd_epi32(start[j], q, av[j]);
       }
+#else
+      if (type == FLARE_W_Q8_0) {
+        __m256i u = _mm256_sign_epi8(q, q);  // |w| (0x80 reads as 128)
+        for (int j = 0; j < nt; j++) p[r][j] = k_dot_u8s8(u, _mm256_sign_epi8(av[j], q));
+      } else {
+        for (int j = 0; j < nt; j++) p[r][j] = _mm256_add_epi32(k_dot_u8s8(q, av[j]), start[j]);
+      }
+#endif
     }
     // Lanes 0-3 the rows' scales, 4-7 their minimums.
     __m128i halves = _mm_loadu_si128((const __m128i *)dm);
@@ -296,6 +235,10 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
 }
 #define K_A32_TILE(TYPE, NR, NT) k_v32_tile(TYPE, w, rb, NR, act, ab, NT, n, out, os)
 
+// One token (decode) takes the tile kernels: the packing pays for itself from two tokens on.
+#define K_PACK_MIN_TOKENS 2
+
+#if FLARE_VNNI
 // Several tokens: 16 rows at a time, lane r of a 512-bit vector for row r. A chunk of the
 // rows' blocks is packed once into a buffer and passed by every token; per block it holds
 // eight vectors of four levels of each row (unsigned: Q8_0's moved by +128), the rows' scales
@@ -306,8 +249,6 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
 #define K_PACK_BLOCKS 32
 #define K_PACK_STRIDE 10  // vectors per packed block
 #define K_PACK_TOKENS 8
-// One token (decode) takes the tile kernels: the packing pays for itself from two tokens on.
-#define K_PACK_MIN_TOKENS 2
 
 // Byte k of lane r: bit 4 set where bit k of lane r's `bits` is (Q5's fifth bits, four a lane).
 K_FN __m512i k_spread4(__m512i bits) {
@@ -440,6 +381,188 @@ static __attribute__((noinline)) FLARE_TARGET void k_v32_pack_any(
   }
 }
 
+#else
+// AVX2, several tokens of a 32-value block type: 8 rows at a time, lane r of a 256-bit vector
+// for row r, a chunk of blocks packed once and passed by the tokens (see the VNNI product
+// above). Per block: eight vectors of four levels of each row (Q8_0: eight of |w| then eight
+// of w, whose signs move to x), the rows' scales and (Q4_1, Q5_1) minimums as F32. maddubs
+// multiplies a lane's four levels by the token's four bytes broadcast; its 16-bit pair sums
+// take four steps of 5-bit levels (4 · 2 · 31 · 127 < 2¹⁵) before madd widens them.
+#define K_PACK_ROWS 8
+#define K_PACK_BLOCKS 32
+#define K_PACK_STRIDE 18  // vectors per packed block
+#define K_PACK_TOKENS 4
+
+K_FN void k_a2_pack(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m256i *buf) {
+  int bytes = flare_weight_block_bytes(type);
+  __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lanes);
+  __m256i idx = _mm256_mullo_epi32(lanes, _mm256_set1_epi32((int)row_bytes));
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int b = 0; b < kb; b++) {
+    const uint8_t *blk = w + (size_t)bytes * (b0 + b);
+    __m256i *out = buf + K_PACK_STRIDE * b;
+    if (type == FLARE_W_Q8_0) {
+      for (int s = 0; s < 8; s++) {
+        __m256i v = _mm256_mask_i32gather_epi32(zero, (const int *)(blk + 2 + 4 * s), idx, m, 1);
+        out[s] = _mm256_sign_epi8(v, v);
+        out[8 + s] = v;
+      }
+    } else {
+      int five = type == FLARE_W_Q5_0 || type == FLARE_W_Q5_1;
+      int qh_at = type == FLARE_W_Q5_1 ? 4 : 2;
+      int qs_at = type == FLARE_W_Q4_0 ? 2 : (type == FLARE_W_Q4_1 ? 4 : qh_at + 4);
+      __m256i qh = five ? _mm256_mask_i32gather_epi32(zero, (const int *)(blk + qh_at), idx, m, 1)
+                        : zero;
+      for (int s = 0; s < 4; s++) {
+        __m256i v = _mm256_mask_i32gather_epi32(zero, (const int *)(blk + qs_at + 4 * s), idx, m, 1);
+        __m256i lo = _mm256_and_si256(v, low4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi32(v, 4), low4);
+        if (five) {
+          // Byte k of a lane gains 16 where bit (4s + k), or (16 + 4s + k), of its qh is set.
+          for (int k = 0; k < 4; k++) {
+            __m256i bit_lo = _mm256_and_si256(_mm256_srli_epi32(qh, 4 * s + k), _mm256_set1_epi32(1));
+            __m256i bit_hi = _mm256_and_si256(_mm256_srli_epi32(qh, 16 + 4 * s + k), _mm256_set1_epi32(1));
+            lo = _mm256_or_si256(lo, _mm256_slli_epi32(bit_lo, 8 * k + 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi32(bit_hi, 8 * k + 4));
+          }
+        }
+        out[s] = lo;
+        out[4 + s] = hi;
+      }
+    }
+    float dw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, mw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int r = 0; r < nr; r++) {
+      dw[r] = k_half(blk + (size_t)r * row_bytes);
+      if (type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1) mw[r] = k_half(blk + (size_t)r * row_bytes + 2);
+    }
+    out[16] = _mm256_castps_si256(_mm256_loadu_ps(dw));
+    out[17] = _mm256_castps_si256(_mm256_loadu_ps(mw));
+  }
+}
+
+__attribute__((always_inline)) K_FN void k_a2_packed(
+    int type, const __m256i *buf, int b0, int kb, const uint8_t *act, size_t act_bytes, int nt,
+    int n, float *out, size_t out_stride, __m256i m) {
+  int blocks = n / 32;
+  int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
+  int offset = type == FLARE_W_Q4_0 ? 8 : (type == FLARE_W_Q5_0 ? 16 : 0);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t *q[K_PACK_TOKENS];
+  const float *d[K_PACK_TOKENS];
+  const float *sa[K_PACK_TOKENS];
+  const int32_t *sum[K_PACK_TOKENS];
+  __m256 acc[K_PACK_TOKENS];
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *row = act + (size_t)j * act_bytes;
+    q[j] = (const int8_t *)row;
+    d[j] = (const float *)(row + n);
+    sa[j] = d[j] + blocks;
+    sum[j] = (const int32_t *)(sa[j] + blocks);
+    acc[j] = b0 == 0 ? _mm256_setzero_ps() : _mm256_maskload_ps(out + (size_t)j * out_stride, m);
+  }
+  for (int b = 0; b < kb; b++) {
+    int block = b0 + b;
+    const __m256i *packed = buf + K_PACK_STRIDE * b;
+    const int8_t *x[K_PACK_TOKENS];
+    __m256i isum[K_PACK_TOKENS];
+    for (int j = 0; j < nt; j++) {
+      x[j] = q[j] + 32 * block;
+      isum[j] = _mm256_set1_epi32(-offset * sum[j][block]);
+    }
+    if (type == FLARE_W_Q8_0) {
+      for (int s = 0; s < 8; s++) {
+        __m256i u = _mm256_load_si256(packed + s);
+        __m256i sw = _mm256_load_si256(packed + 8 + s);
+        for (int j = 0; j < nt; j++) {
+          int32_t x4;
+          memcpy(&x4, x[j] + 4 * s, 4);
+          __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(x4), sw);
+          isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(_mm256_maddubs_epi16(u, sx), ones));
+        }
+      }
+    } else {
+      for (int half = 0; half < 2; half++) {
+        __m256i part[K_PACK_TOKENS];
+        for (int j = 0; j < nt; j++) part[j] = _mm256_setzero_si256();
+        for (int s = 4 * half; s < 4 * half + 4; s++) {
+          __m256i wv = _mm256_load_si256(packed + s);
+          for (int j = 0; j < nt; j++) {
+            int32_t x4;
+            memcpy(&x4, x[j] + 4 * s, 4);
+            part[j] = _mm256_add_epi16(part[j], _mm256_maddubs_epi16(wv, _mm256_set1_epi32(x4)));
+          }
+        }
+        for (int j = 0; j < nt; j++) isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(part[j], ones));
+      }
+    }
+    __m256 dw = _mm256_castsi256_ps(_mm256_load_si256(packed + 16));
+    __m256 mw = _mm256_castsi256_ps(_mm256_load_si256(packed + 17));
+    for (int j = 0; j < nt; j++) {
+      __m256 s = _mm256_mul_ps(dw, _mm256_set1_ps(d[j][block]));
+      __m256 term = _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum[j]));
+      if (with_min) term = _mm256_add_ps(term, _mm256_mul_ps(mw, _mm256_set1_ps(sa[j][block])));
+      acc[j] = _mm256_add_ps(acc[j], term);
+    }
+  }
+  for (int j = 0; j < nt; j++) _mm256_maskstore_ps(out + (size_t)j * out_stride, m, acc[j]);
+}
+
+#define K_A2_PACKED_CASES(NT)                                                                  \
+  switch (type) {                                                                              \
+    case FLARE_W_Q4_0: k_a2_packed(FLARE_W_Q4_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q4_1: k_a2_packed(FLARE_W_Q4_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q5_0: k_a2_packed(FLARE_W_Q5_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q5_1: k_a2_packed(FLARE_W_Q5_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    case FLARE_W_Q8_0: k_a2_packed(FLARE_W_Q8_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
+    default: break;                                                                            \
+  }
+#define K_A2_PACKED_FN(NAME, NT)                                                               \
+  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m256i *buf, int b0, \
+      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __m256i m) {        \
+    K_A2_PACKED_CASES(NT)                                                                      \
+  }
+K_A2_PACKED_FN(k_a2_packed4, 4)
+K_A2_PACKED_FN(k_a2_packed2, 2)
+K_A2_PACKED_FN(k_a2_packed1, 1)
+
+static __attribute__((noinline)) FLARE_TARGET void k_a2_pack_any(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m256i *buf) {
+  k_a2_pack(type, w, row_bytes, nr, b0, kb, buf);
+}
+
+// The AVX2 product of FLARE_MATMUL for a 32-value block type and several tokens.
+K_FN void k_a2_packed_matmul(
+    int type, const uint8_t *weights, size_t rb, int rows, const uint8_t *acts, size_t ab,
+    int tokens, int n, float *out, size_t os) {
+  __m256i buf[K_PACK_STRIDE * K_PACK_BLOCKS];
+  int blocks = n / 32;
+  for (int r0 = 0; r0 < rows; r0 += K_PACK_ROWS) {
+    int nr = rows - r0 < K_PACK_ROWS ? rows - r0 : K_PACK_ROWS;
+    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int b0 = 0; b0 < blocks; b0 += K_PACK_BLOCKS) {
+      int kb = blocks - b0 < K_PACK_BLOCKS ? blocks - b0 : K_PACK_BLOCKS;
+      k_a2_pack_any(type, weights + (size_t)r0 * rb, rb, nr, b0, kb, buf);
+      for (int t = 0; t < tokens;) {
+        int left = tokens - t;
+        const uint8_t *a = acts + (size_t)t * ab;
+        float *o = out + (size_t)t * os + r0;
+        if (left >= 4) {
+          k_a2_packed4(type, buf, b0, kb, a, ab, n, o, os, m);
+          t += 4;
+        } else if (left >= 2) {
+          k_a2_packed2(type, buf, b0, kb, a, ab, n, o, os, m);
+          t += 2;
+        } else {
+          k_a2_packed1(type, buf, b0, kb, a, ab, n, o, os, m);
+          t += 1;
+        }
+      }
+    }
+  }
+}
 #endif
 
 // The 16-bit scales of the 32 values of sub-block i of a Q6_K block (two scales of 16).
@@ -882,6 +1005,11 @@ FLARE_TARGET void FLARE_MATMUL(
   // 15 · row_bytes indexes the packing gathers (32-bit).
   if (tokens >= K_PACK_MIN_TOKENS && row_bytes <= (size_t)INT32_MAX / 16) {
     k_packed_matmul(type, weights, row_bytes, rows, activations, ab, tokens, n, out, os);
+    return;
+  }
+#else
+  if (block == 32 && tokens >= K_PACK_MIN_TOKENS && row_bytes <= (size_t)INT32_MAX / 8) {
+    k_a2_packed_matmul(type, weights, row_bytes, rows, activations, ab, tokens, n, out, os);
     return;
   }
 #endif

@@ -68,13 +68,12 @@ float flare_dot(int isa, int type, const void *w, const void *act, int n);
 
 // out[t * out_stride + r] = dot(row r of w, activation t) for r in [0, rows), t in
 // [0, tokens): `w` holds `rows` rows of `n` elements of `type`, `row_bytes` apart; the
-// activations are `act_bytes` = flare_act_bytes(type, n) apart. The vector kernels take rows
-// in cache tiles reused by every token and compute several rows × four tokens per call, each
-// weight block unpacked once for the tokens and each activation block loaded once for the
-// rows; on AVX-512 VNNI, 32-value block types with two or more tokens pack 16 rows' levels
-// at a time (a chunk of blocks in a stack buffer) and pass every token over them. Every output
-// is bit-identical to flare_dot on the same instruction set, so results do not depend on how
-// callers split the rows between threads or group the tokens.
+// activations are `act_bytes` = flare_act_bytes(type, n) apart. One token runs tiles of
+// several rows; two or more pack 16 rows (AVX-512 VNNI; 8 on AVX2, 32-value types) of a chunk
+// of blocks at a time into a stack buffer, lane r of a vector for row r, and pass every token
+// over them. Every output equals flare_dot_scalar's bit for bit (each block's exact integer
+// sums, then the portable float operations in block order), so results depend neither on the
+// instruction set nor on how callers split the rows between threads or group the tokens.
 void flare_matmul(
     int isa, int type, const void *w, size_t row_bytes, int rows, const void *acts, int tokens,
     int n, float *out, size_t out_stride);
