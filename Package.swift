@@ -12,6 +12,7 @@ let package = Package(
     .library(name: "FlareCore", targets: ["FlareCore"]),
     .library(name: "FlareSafetensors", targets: ["FlareSafetensors"]),
     .library(name: "FlareGGUF", targets: ["FlareGGUF"]),
+    .library(name: "FlareArchitectures", targets: ["FlareArchitectures"]),
     .library(name: "FlareTensor", targets: ["FlareTensor"]),
   ],
   targets: [
@@ -27,21 +28,24 @@ let package = Package(
     .target(name: "FlareCore", dependencies: ["CFlareZlib"]),
     .target(name: "FlareSafetensors", dependencies: ["FlareCore"]),
     .target(name: "FlareGGUF", dependencies: ["FlareCore"]),
+    // The model families (configuration fields, tensor names, GGUF name maps), above the file
+    // formats: FlareSafetensors and FlareGGUF know files, not architectures.
+    .target(name: "FlareArchitectures", dependencies: ["FlareCore", "FlareGGUF"]),
     .target(name: "FlareTensor", dependencies: ["FlareCore", "CFlareOpenBLAS", "CFlareKernels"]),
     .target(name: "FlareAdapters", dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF"]),
     .target(name: "FlareCLI", dependencies: ["FlareCore"]),
     .target(
       name: "FlareMerge",
       dependencies: [
-        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareTensor", "FlareCLI",
-        "FlareModels", "FlareTokenizers",
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareArchitectures", "FlareAdapters",
+        "FlareTensor", "FlareCLI", "FlareModels", "FlareTokenizers",
       ]),
     .target(name: "FlareTokenizers", dependencies: ["FlareCore", "FlareGGUF"]),
     .target(
       name: "FlareModels",
       dependencies: [
-        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareTensor", "FlareAdapters",
-        "FlareTokenizers",
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareArchitectures", "FlareTensor",
+        "FlareAdapters", "FlareTokenizers",
       ]),
     .target(
       name: "FlareEval",
@@ -57,16 +61,21 @@ let package = Package(
       ]),
     .target(
       name: "FlareConvert",
-      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareCLI"]),
+      dependencies: [
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareArchitectures", "FlareCLI",
+      ]),
     .target(
       name: "FlareInspect",
-      dependencies: ["FlareCore", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareCLI"]),
+      dependencies: [
+        "FlareCore", "FlareSafetensors", "FlareGGUF", "FlareArchitectures", "FlareAdapters",
+        "FlareCLI",
+      ]),
 
     .target(
       name: "FlareFuzz",
       dependencies: [
-        "FlareCore", "FlareCLI", "FlareSafetensors", "FlareGGUF", "FlareAdapters", "FlareInspect",
-        "FlareModels", "FlareTokenizers", "FlareTrain",
+        "FlareCore", "FlareCLI", "FlareSafetensors", "FlareGGUF", "FlareArchitectures",
+        "FlareAdapters", "FlareInspect", "FlareModels", "FlareTokenizers", "FlareTrain",
       ]),
 
     // MARK: - Executables
@@ -89,7 +98,9 @@ let package = Package(
     .testTarget(name: "FlareCoreTests", dependencies: ["FlareCore", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareSafetensorsTests", dependencies: ["FlareSafetensors", "_FlareTestSupport"]),
-    .testTarget(name: "FlareGGUFTests", dependencies: ["FlareGGUF", "_FlareTestSupport"]),
+    .testTarget(
+      name: "FlareGGUFTests",
+      dependencies: ["FlareGGUF", "FlareArchitectures", "_FlareTestSupport"]),
     .testTarget(
       name: "FlareAdaptersTests",
       dependencies: ["FlareAdapters", "FlareSafetensors", "_FlareTestSupport"]),
@@ -101,8 +112,8 @@ let package = Package(
     .testTarget(
       name: "FlareModelsTests",
       dependencies: [
-        "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareAdapters", "FlareConvert",
-        "FlareMerge", "_FlareTestSupport", "flare-convert", "flare-merge",
+        "FlareModels", "FlareTokenizers", "FlareGGUF", "FlareArchitectures", "FlareAdapters",
+        "FlareConvert", "FlareMerge", "_FlareTestSupport", "flare-convert", "flare-merge",
       ]),
     .testTarget(
       name: "FlareTrainTests",
@@ -113,8 +124,9 @@ let package = Package(
     .testTarget(
       name: "FlareCLITests",
       dependencies: [
-        "FlareCLI", "FlareInspect", "FlareConvert", "FlareModels", "_FlareTestSupport",
-        "flare-inspect", "flare-convert", "flare-merge", "flare-eval", "flare-train",
+        "FlareCLI", "FlareInspect", "FlareConvert", "FlareModels", "FlareArchitectures",
+        "_FlareTestSupport", "flare-inspect", "flare-convert", "flare-merge", "flare-eval",
+        "flare-train",
       ]),
     .testTarget(
       name: "FlareFuzzTests", dependencies: ["FlareFuzz", "_FlareTestSupport", "flare-fuzz"]),

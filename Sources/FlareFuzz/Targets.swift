@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareCLI
 import FlareCore
 import FlareGGUF

@@ -1,3 +1,4 @@
+import FlareArchitectures
 import FlareCLI
 import FlareCore
 import FlareGGUF

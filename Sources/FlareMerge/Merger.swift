@@ -1,5 +1,6 @@
 import Dispatch
 import FlareAdapters
+import FlareArchitectures
 import FlareCore
 import FlareGGUF
 import FlareSafetensors

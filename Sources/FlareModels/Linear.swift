@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareCore
 import FlareGGUF
 import FlareTensor

@@ -1,3 +1,4 @@
+import FlareArchitectures
 import FlareGGUF
 import FlareTensor
 

@@ -1,3 +1,4 @@
+import FlareArchitectures
 import FlareCore
 import Foundation
 import Testing

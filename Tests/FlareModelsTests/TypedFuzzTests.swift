@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareConvert
 import FlareCore
 import FlareGGUF

@@ -1,4 +1,5 @@
 import FlareCore
+import FlareGGUF
 
 /// The hyperparameters of a Llama-family model, as both `config.json` and GGUF keys hold them,
 /// checked so that every consumer (conversion, merging, inference) can use them as they are.
