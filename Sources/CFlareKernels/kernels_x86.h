@@ -238,6 +238,31 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
 // One token (decode) takes the tile kernels: the packing pays for itself from two tokens on.
 #define K_PACK_MIN_TOKENS 2
 
+// One copy of a packed pass per type and token count (all constants inside after inlining):
+// FN(type, buf, b0, kb, act, ab, NT, n, out, os, m) for each type of the block size.
+#define K_PACKED32_CASES(FN, NT)                                                               \
+  switch (type) {                                                                              \
+    case FLARE_W_Q4_0: FN(FLARE_W_Q4_0, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q4_1: FN(FLARE_W_Q4_1, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q5_0: FN(FLARE_W_Q5_0, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q5_1: FN(FLARE_W_Q5_1, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q8_0: FN(FLARE_W_Q8_0, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    default: break;                                                                            \
+  }
+#define K_PACKED256_CASES(FN, NT)                                                              \
+  switch (type) {                                                                              \
+    case FLARE_W_Q4_K: FN(FLARE_W_Q4_K, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q5_K: FN(FLARE_W_Q5_K, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    case FLARE_W_Q6_K: FN(FLARE_W_Q6_K, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
+    default: break;                                                                            \
+  }
+// NAME: the pass FN for NT tokens over a buffer of VEC with the row mask MASK.
+#define K_PACKED_FN(NAME, FN, CASES, NT, VEC, MASK)                                            \
+  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const VEC *buf, int b0,    \
+      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, MASK m) {           \
+    CASES(FN, NT)                                                                              \
+  }
+
 #if FLARE_VNNI
 // Several tokens: 16 rows at a time, lane r of a 512-bit vector for row r. A chunk of the
 // rows' blocks is packed once into a buffer and passed by every token; per block it holds
@@ -349,25 +374,10 @@ __attribute__((always_inline)) K_FN void k_v32_packed(
   for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-// One copy per type and token count of the packed pass.
-#define K_PACKED_CASES(NT)                                                                     \
-  switch (type) {                                                                              \
-    case FLARE_W_Q4_0: k_v32_packed(FLARE_W_Q4_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q4_1: k_v32_packed(FLARE_W_Q4_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q5_0: k_v32_packed(FLARE_W_Q5_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q5_1: k_v32_packed(FLARE_W_Q5_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q8_0: k_v32_packed(FLARE_W_Q8_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    default: break;                                                                            \
-  }
-#define K_PACKED_FN(NAME, NT)                                                                  \
-  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m512i *buf, int b0, \
-      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __mmask16 m) {      \
-    K_PACKED_CASES(NT)                                                                         \
-  }
-K_PACKED_FN(k_v32_packed8, 8)
-K_PACKED_FN(k_v32_packed4, 4)
-K_PACKED_FN(k_v32_packed2, 2)
-K_PACKED_FN(k_v32_packed1, 1)
+K_PACKED_FN(k_v32_packed8, k_v32_packed, K_PACKED32_CASES, 8, __m512i, __mmask16)
+K_PACKED_FN(k_v32_packed4, k_v32_packed, K_PACKED32_CASES, 4, __m512i, __mmask16)
+K_PACKED_FN(k_v32_packed2, k_v32_packed, K_PACKED32_CASES, 2, __m512i, __mmask16)
+K_PACKED_FN(k_v32_packed1, k_v32_packed, K_PACKED32_CASES, 1, __m512i, __mmask16)
 
 static __attribute__((noinline)) FLARE_TARGET void k_v32_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
@@ -510,23 +520,9 @@ __attribute__((always_inline)) K_FN void k_a2_packed(
   for (int j = 0; j < nt; j++) _mm256_maskstore_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-#define K_A2_PACKED_CASES(NT)                                                                  \
-  switch (type) {                                                                              \
-    case FLARE_W_Q4_0: k_a2_packed(FLARE_W_Q4_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q4_1: k_a2_packed(FLARE_W_Q4_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q5_0: k_a2_packed(FLARE_W_Q5_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q5_1: k_a2_packed(FLARE_W_Q5_1, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q8_0: k_a2_packed(FLARE_W_Q8_0, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    default: break;                                                                            \
-  }
-#define K_A2_PACKED_FN(NAME, NT)                                                               \
-  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m256i *buf, int b0, \
-      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __m256i m) {        \
-    K_A2_PACKED_CASES(NT)                                                                      \
-  }
-K_A2_PACKED_FN(k_a2_packed4, 4)
-K_A2_PACKED_FN(k_a2_packed2, 2)
-K_A2_PACKED_FN(k_a2_packed1, 1)
+K_PACKED_FN(k_a2_packed4, k_a2_packed, K_PACKED32_CASES, 4, __m256i, __m256i)
+K_PACKED_FN(k_a2_packed2, k_a2_packed, K_PACKED32_CASES, 2, __m256i, __m256i)
+K_PACKED_FN(k_a2_packed1, k_a2_packed, K_PACKED32_CASES, 1, __m256i, __m256i)
 
 static __attribute__((noinline)) FLARE_TARGET void k_a2_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m256i *buf) {
@@ -820,22 +816,10 @@ __attribute__((always_inline)) K_FN void k_v256_packed(
   for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-#define K_PACKED256_CASES(NT)                                                                  \
-  switch (type) {                                                                              \
-    case FLARE_W_Q4_K: k_v256_packed(FLARE_W_Q4_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q5_K: k_v256_packed(FLARE_W_Q5_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    case FLARE_W_Q6_K: k_v256_packed(FLARE_W_Q6_K, buf, b0, kb, act, ab, NT, n, out, os, m); break; \
-    default: break;                                                                            \
-  }
-#define K_PACKED256_FN(NAME, NT)                                                               \
-  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const __m512i *buf, int b0, \
-      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, __mmask16 m) {      \
-    K_PACKED256_CASES(NT)                                                                      \
-  }
-K_PACKED256_FN(k_v256_packed8, 8)
-K_PACKED256_FN(k_v256_packed4, 4)
-K_PACKED256_FN(k_v256_packed2, 2)
-K_PACKED256_FN(k_v256_packed1, 1)
+K_PACKED_FN(k_v256_packed8, k_v256_packed, K_PACKED256_CASES, 8, __m512i, __mmask16)
+K_PACKED_FN(k_v256_packed4, k_v256_packed, K_PACKED256_CASES, 4, __m512i, __mmask16)
+K_PACKED_FN(k_v256_packed2, k_v256_packed, K_PACKED256_CASES, 2, __m512i, __mmask16)
+K_PACKED_FN(k_v256_packed1, k_v256_packed, K_PACKED256_CASES, 1, __m512i, __mmask16)
 
 static __attribute__((noinline)) FLARE_TARGET void k_v256_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
