@@ -77,7 +77,7 @@ K_FN __m256i k_fifth_bits(uint32_t bits) {
 
 // Weight rows by activation rows per call of the tile kernels: each weight block is unpacked
 // once for the K_MAXT tokens and each activation block loaded once for the rows. AVX-512 VL
-// has 32 vector registers, AVX2 16, hence fewer rows there.
+// has 32 vector registers, AVX2 16, hence fewer K-quant rows there.
 #define K_MAXT 4
 #define K_ROWS32 4
 #if FLARE_VNNI
@@ -154,11 +154,11 @@ K_FN __m128i k_rows_total(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
   return _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
 }
 
+// The offset a 32-value type stores its levels with (Q4_0 +8, Q5_0 +16).
 K_FN int k_offset32(int type) {
   switch (type) {
     case FLARE_W_Q4_0: return 8;
     case FLARE_W_Q5_0: return 16;
-    case FLARE_W_Q8_0: return 128;  // the packed product's w + 128
     default: return 0;
   }
 }
@@ -170,7 +170,7 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
   int blocks = n / 32;
   int bytes = flare_weight_block_bytes(type);
   int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
-  int offset = type == FLARE_W_Q8_0 ? 0 : k_offset32(type);
+  int offset = k_offset32(type);
   k_acts a = k_acts_of(act, act_bytes, nt, n, 32);
   __m128 acc[K_MAXT];
   for (int j = 0; j < nt; j++) acc[j] = _mm_setzero_ps();
@@ -233,8 +233,6 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
     for (int r = 0; r < nr; r++) out[(size_t)j * out_stride + r] = lanes[r];
   }
 }
-#define K_A32_TILE(TYPE, NR, NT) k_v32_tile(TYPE, w, rb, NR, act, ab, NT, n, out, os)
-
 // One token (decode) takes the tile kernels: the packing pays for itself from two tokens on.
 #define K_PACK_MIN_TOKENS 2
 
@@ -256,10 +254,10 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
     case FLARE_W_Q6_K: FN(FLARE_W_Q6_K, buf, b0, kb, act, ab, NT, n, out, os, m); break;        \
     default: break;                                                                            \
   }
-// NAME: the pass FN for NT tokens over a buffer of VEC with the row mask MASK.
-#define K_PACKED_FN(NAME, FN, CASES, NT, VEC, MASK)                                            \
-  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const VEC *buf, int b0,    \
-      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, MASK m) {           \
+// NAME: the pass FN for NT tokens over a packed buffer (k_pvec) with the row mask m.
+#define K_PACKED_FN(NAME, FN, CASES, NT)                                                       \
+  static __attribute__((noinline)) FLARE_TARGET void NAME(int type, const k_pvec *buf, int b0, \
+      int kb, const uint8_t *act, size_t ab, int n, float *out, size_t os, k_pmask m) {        \
     CASES(FN, NT)                                                                              \
   }
 
@@ -274,6 +272,9 @@ __attribute__((always_inline)) K_FN void k_v32_tile(
 #define K_PACK_BLOCKS 32
 #define K_PACK_STRIDE 10  // vectors per packed block
 #define K_PACK_TOKENS 8
+typedef __m512i k_pvec;  // one packed vector
+typedef __mmask16 k_pmask;  // the rows of a group present
+K_FN k_pmask k_pmask_of(int nr) { return (__mmask16)((1u << nr) - 1); }
 
 // Byte k of lane r: bit 4 set where bit k of lane r's `bits` is (Q5's fifth bits, four a lane).
 K_FN __m512i k_spread4(__m512i bits) {
@@ -288,7 +289,7 @@ K_FN __m512i k_spread4(__m512i bits) {
 __attribute__((always_inline)) K_FN void k_v32_pack(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
   int bytes = flare_weight_block_bytes(type);
-  __mmask16 m = (__mmask16)((1u << nr) - 1);
+  __mmask16 m = k_pmask_of(nr);
   __m512i idx = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
       _mm512_set1_epi32((int)row_bytes));
@@ -333,7 +334,7 @@ __attribute__((always_inline)) K_FN void k_v32_packed(
     int n, float *out, size_t out_stride, __mmask16 m) {
   int blocks = n / 32;
   int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
-  int offset = k_offset32(type);
+  int offset = type == FLARE_W_Q8_0 ? 128 : k_offset32(type);  // Q8_0 packs w + 128
   const int8_t *q[K_PACK_TOKENS];
   const float *d[K_PACK_TOKENS];
   const float *sa[K_PACK_TOKENS];
@@ -374,10 +375,10 @@ __attribute__((always_inline)) K_FN void k_v32_packed(
   for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-K_PACKED_FN(k_v32_packed8, k_v32_packed, K_PACKED32_CASES, 8, __m512i, __mmask16)
-K_PACKED_FN(k_v32_packed4, k_v32_packed, K_PACKED32_CASES, 4, __m512i, __mmask16)
-K_PACKED_FN(k_v32_packed2, k_v32_packed, K_PACKED32_CASES, 2, __m512i, __mmask16)
-K_PACKED_FN(k_v32_packed1, k_v32_packed, K_PACKED32_CASES, 1, __m512i, __mmask16)
+K_PACKED_FN(k_v32_packed8, k_v32_packed, K_PACKED32_CASES, 8)
+K_PACKED_FN(k_v32_packed4, k_v32_packed, K_PACKED32_CASES, 4)
+K_PACKED_FN(k_v32_packed2, k_v32_packed, K_PACKED32_CASES, 2)
+K_PACKED_FN(k_v32_packed1, k_v32_packed, K_PACKED32_CASES, 1)
 
 static __attribute__((noinline)) FLARE_TARGET void k_v32_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
@@ -402,13 +403,18 @@ static __attribute__((noinline)) FLARE_TARGET void k_v32_pack_any(
 #define K_PACK_BLOCKS 32
 #define K_PACK_STRIDE 18  // vectors per packed block
 #define K_PACK_TOKENS 4
+typedef __m256i k_pvec;
+typedef __m256i k_pmask;  // all ones in the lanes of the rows present
+K_FN k_pmask k_pmask_of(int nr) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 
 K_FN void k_a2_pack(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m256i *buf) {
   int bytes = flare_weight_block_bytes(type);
-  __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lanes);
-  __m256i idx = _mm256_mullo_epi32(lanes, _mm256_set1_epi32((int)row_bytes));
+  __m256i m = k_pmask_of(nr);
+  __m256i idx = _mm256_mullo_epi32(
+      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)row_bytes));
   const __m256i zero = _mm256_setzero_si256();
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   for (int b = 0; b < kb; b++) {
@@ -458,7 +464,7 @@ __attribute__((always_inline)) K_FN void k_a2_packed(
     int n, float *out, size_t out_stride, __m256i m) {
   int blocks = n / 32;
   int with_min = type == FLARE_W_Q4_1 || type == FLARE_W_Q5_1;
-  int offset = type == FLARE_W_Q4_0 ? 8 : (type == FLARE_W_Q5_0 ? 16 : 0);
+  int offset = k_offset32(type);
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t *q[K_PACK_TOKENS];
   const float *d[K_PACK_TOKENS];
@@ -520,45 +526,15 @@ __attribute__((always_inline)) K_FN void k_a2_packed(
   for (int j = 0; j < nt; j++) _mm256_maskstore_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-K_PACKED_FN(k_a2_packed4, k_a2_packed, K_PACKED32_CASES, 4, __m256i, __m256i)
-K_PACKED_FN(k_a2_packed2, k_a2_packed, K_PACKED32_CASES, 2, __m256i, __m256i)
-K_PACKED_FN(k_a2_packed1, k_a2_packed, K_PACKED32_CASES, 1, __m256i, __m256i)
+K_PACKED_FN(k_a2_packed4, k_a2_packed, K_PACKED32_CASES, 4)
+K_PACKED_FN(k_a2_packed2, k_a2_packed, K_PACKED32_CASES, 2)
+K_PACKED_FN(k_a2_packed1, k_a2_packed, K_PACKED32_CASES, 1)
 
 static __attribute__((noinline)) FLARE_TARGET void k_a2_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m256i *buf) {
   k_a2_pack(type, w, row_bytes, nr, b0, kb, buf);
 }
 
-// The AVX2 product of FLARE_MATMUL for a 32-value block type and several tokens.
-K_FN void k_a2_packed_matmul(
-    int type, const uint8_t *weights, size_t rb, int rows, const uint8_t *acts, size_t ab,
-    int tokens, int n, float *out, size_t os) {
-  __m256i buf[K_PACK_STRIDE * K_PACK_BLOCKS];
-  int blocks = n / 32;
-  for (int r0 = 0; r0 < rows; r0 += K_PACK_ROWS) {
-    int nr = rows - r0 < K_PACK_ROWS ? rows - r0 : K_PACK_ROWS;
-    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int b0 = 0; b0 < blocks; b0 += K_PACK_BLOCKS) {
-      int kb = blocks - b0 < K_PACK_BLOCKS ? blocks - b0 : K_PACK_BLOCKS;
-      k_a2_pack_any(type, weights + (size_t)r0 * rb, rb, nr, b0, kb, buf);
-      for (int t = 0; t < tokens;) {
-        int left = tokens - t;
-        const uint8_t *a = acts + (size_t)t * ab;
-        float *o = out + (size_t)t * os + r0;
-        if (left >= 4) {
-          k_a2_packed4(type, buf, b0, kb, a, ab, n, o, os, m);
-          t += 4;
-        } else if (left >= 2) {
-          k_a2_packed2(type, buf, b0, kb, a, ab, n, o, os, m);
-          t += 2;
-        } else {
-          k_a2_packed1(type, buf, b0, kb, a, ab, n, o, os, m);
-          t += 1;
-        }
-      }
-    }
-  }
-}
 #endif
 
 // The 16-bit scales of the 32 values of sub-block i of a Q6_K block (two scales of 16).
@@ -673,7 +649,7 @@ __attribute__((always_inline)) K_FN void k_a256_tile(
 K_FN void k_v256_pack(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
   int bytes = flare_weight_block_bytes(type);
-  __mmask16 m = (__mmask16)((1u << nr) - 1);
+  __mmask16 m = k_pmask_of(nr);
   __m512i idx = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
       _mm512_set1_epi32((int)row_bytes));
@@ -816,63 +792,69 @@ __attribute__((always_inline)) K_FN void k_v256_packed(
   for (int j = 0; j < nt; j++) _mm512_mask_storeu_ps(out + (size_t)j * out_stride, m, acc[j]);
 }
 
-K_PACKED_FN(k_v256_packed8, k_v256_packed, K_PACKED256_CASES, 8, __m512i, __mmask16)
-K_PACKED_FN(k_v256_packed4, k_v256_packed, K_PACKED256_CASES, 4, __m512i, __mmask16)
-K_PACKED_FN(k_v256_packed2, k_v256_packed, K_PACKED256_CASES, 2, __m512i, __mmask16)
-K_PACKED_FN(k_v256_packed1, k_v256_packed, K_PACKED256_CASES, 1, __m512i, __mmask16)
+K_PACKED_FN(k_v256_packed8, k_v256_packed, K_PACKED256_CASES, 8)
+K_PACKED_FN(k_v256_packed4, k_v256_packed, K_PACKED256_CASES, 4)
+K_PACKED_FN(k_v256_packed2, k_v256_packed, K_PACKED256_CASES, 2)
+K_PACKED_FN(k_v256_packed1, k_v256_packed, K_PACKED256_CASES, 1)
 
 static __attribute__((noinline)) FLARE_TARGET void k_v256_pack_any(
     int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf) {
   k_v256_pack(type, w, row_bytes, nr, b0, kb, buf);
 }
 
-typedef void (*k_pack_fn)(
-    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, __m512i *buf);
-typedef void (*k_packed_fn)(int type, const __m512i *buf, int b0, int kb, const uint8_t *act,
-    size_t ab, int n, float *out, size_t os, __mmask16 m);
+#endif
 
-// The product of FLARE_MATMUL for several tokens: rows in groups of 16, each group's blocks
-// packed a chunk at a time and passed by the tokens 8, 4, 2 or 1 at a time.
+typedef void (*k_pack_fn)(
+    int type, const uint8_t *w, size_t row_bytes, int nr, int b0, int kb, k_pvec *buf);
+typedef void (*k_packed_fn)(int type, const k_pvec *buf, int b0, int kb, const uint8_t *act,
+    size_t ab, int n, float *out, size_t os, k_pmask m);
+
+// The product of FLARE_MATMUL for several tokens: rows in groups of K_PACK_ROWS, each group's
+// blocks packed a chunk at a time and passed by the tokens 8 (AVX-512), 4, 2 or 1 at a time.
+// AVX-512 packs every block type, AVX2 the 32-value ones.
 K_FN void k_packed_matmul(
     int type, const uint8_t *weights, size_t rb, int rows, const uint8_t *acts, size_t ab,
     int tokens, int n, float *out, size_t os) {
-  __m512i buf[K_PACK256_STRIDE * K_PACK256_BLOCKS > K_PACK_STRIDE * K_PACK_BLOCKS
-                  ? K_PACK256_STRIDE * K_PACK256_BLOCKS
-                  : K_PACK_STRIDE * K_PACK_BLOCKS];
-  int block = flare_weight_block(type);
-  int blocks = n / block;
-  int chunk = block == 32 ? K_PACK_BLOCKS : K_PACK256_BLOCKS;
-  k_pack_fn pack = block == 32 ? k_v32_pack_any : k_v256_pack_any;
-  k_packed_fn pass8 = block == 32 ? k_v32_packed8 : k_v256_packed8;
-  k_packed_fn pass4 = block == 32 ? k_v32_packed4 : k_v256_packed4;
-  k_packed_fn pass2 = block == 32 ? k_v32_packed2 : k_v256_packed2;
-  k_packed_fn pass1 = block == 32 ? k_v32_packed1 : k_v256_packed1;
+#if FLARE_VNNI
+  k_pvec buf[K_PACK256_STRIDE * K_PACK256_BLOCKS > K_PACK_STRIDE * K_PACK_BLOCKS
+                 ? K_PACK256_STRIDE * K_PACK256_BLOCKS
+                 : K_PACK_STRIDE * K_PACK_BLOCKS];
+  int big = flare_weight_block(type) == 256;
+  int chunk = big ? K_PACK256_BLOCKS : K_PACK_BLOCKS;
+  k_pack_fn pack = big ? k_v256_pack_any : k_v32_pack_any;
+  k_packed_fn passes[4] = {big ? k_v256_packed1 : k_v32_packed1, big ? k_v256_packed2 : k_v32_packed2,
+      big ? k_v256_packed4 : k_v32_packed4, big ? k_v256_packed8 : k_v32_packed8};
+#else
+  k_pvec buf[K_PACK_STRIDE * K_PACK_BLOCKS];
+  int chunk = K_PACK_BLOCKS;
+  k_pack_fn pack = k_a2_pack_any;
+  k_packed_fn passes[4] = {k_a2_packed1, k_a2_packed2, k_a2_packed4, NULL};
+#endif
+  int blocks = n / flare_weight_block(type);
   for (int r0 = 0; r0 < rows; r0 += K_PACK_ROWS) {
     int nr = rows - r0 < K_PACK_ROWS ? rows - r0 : K_PACK_ROWS;
-    __mmask16 m = (__mmask16)((1u << nr) - 1);
+    k_pmask m = k_pmask_of(nr);
     for (int b0 = 0; b0 < blocks; b0 += chunk) {
       int kb = blocks - b0 < chunk ? blocks - b0 : chunk;
       pack(type, weights + (size_t)r0 * rb, rb, nr, b0, kb, buf);
       for (int t = 0; t < tokens;) {
-        int left = tokens - t;
-        int step = left >= 8 ? 8 : (left >= 4 ? 4 : (left >= 2 ? 2 : 1));
-        k_packed_fn pass = step == 8 ? pass8 : (step == 4 ? pass4 : (step == 2 ? pass2 : pass1));
-        pass(type, buf, b0, kb, acts + (size_t)t * ab, ab, n, out + (size_t)t * os + r0, os, m);
-        t += step;
+        int i = 3;  // the widest pass that has no more tokens than are left
+        while (!passes[i] || (1 << i) > tokens - t) i--;
+        passes[i](type, buf, b0, kb, acts + (size_t)t * ab, ab, n, out + (size_t)t * os + r0, os, m);
+        t += 1 << i;
       }
     }
   }
 }
-#endif
 
 // One copy per type and tile shape (all constants inside after inlining).
 #define K_TILE_CASES(NR, NT)                                                                   \
   switch (type) {                                                                              \
-    case FLARE_W_Q4_0: K_A32_TILE(FLARE_W_Q4_0, NR, NT); break;                                \
-    case FLARE_W_Q4_1: K_A32_TILE(FLARE_W_Q4_1, NR, NT); break;                                \
-    case FLARE_W_Q5_0: K_A32_TILE(FLARE_W_Q5_0, NR, NT); break;                                \
-    case FLARE_W_Q5_1: K_A32_TILE(FLARE_W_Q5_1, NR, NT); break;                                \
-    case FLARE_W_Q8_0: K_A32_TILE(FLARE_W_Q8_0, NR, NT); break;                                \
+    case FLARE_W_Q4_0: k_v32_tile(FLARE_W_Q4_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
+    case FLARE_W_Q4_1: k_v32_tile(FLARE_W_Q4_1, w, rb, NR, act, ab, NT, n, out, os); break;    \
+    case FLARE_W_Q5_0: k_v32_tile(FLARE_W_Q5_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
+    case FLARE_W_Q5_1: k_v32_tile(FLARE_W_Q5_1, w, rb, NR, act, ab, NT, n, out, os); break;    \
+    case FLARE_W_Q8_0: k_v32_tile(FLARE_W_Q8_0, w, rb, NR, act, ab, NT, n, out, os); break;    \
     default: break;                                                                            \
   }
 #define K_TILE256_CASES(NR, NT)                                                                \
@@ -985,18 +967,12 @@ FLARE_TARGET void FLARE_MATMUL(
     }
     return;
   }
-#if FLARE_VNNI
-  // 15 · row_bytes indexes the packing gathers (32-bit).
-  if (tokens >= K_PACK_MIN_TOKENS && row_bytes <= (size_t)INT32_MAX / 16) {
+  // The packing gathers index a group's rows with 32-bit offsets.
+  if (tokens >= K_PACK_MIN_TOKENS && (block == 32 || FLARE_VNNI)
+      && row_bytes <= (size_t)INT32_MAX / K_PACK_ROWS) {
     k_packed_matmul(type, weights, row_bytes, rows, activations, ab, tokens, n, out, os);
     return;
   }
-#else
-  if (block == 32 && tokens >= K_PACK_MIN_TOKENS && row_bytes <= (size_t)INT32_MAX / 8) {
-    k_a2_packed_matmul(type, weights, row_bytes, rows, activations, ab, tokens, n, out, os);
-    return;
-  }
-#endif
   int group = block == 32 ? K_ROWS32 : K_ROWS256;
   k_tile_fn full = block == 32 ? k_tile32_full : k_tile256_full;  // group rows × K_MAXT tokens
   k_tile_fn row_tokens = block == 32 ? k_tile32_tokens : k_tile256_tokens;  // 1 × K_MAXT
