@@ -335,10 +335,25 @@ struct QuantizedMatrixTests {
     }
   }
 
+  /// The product of `m` with every token of `act`, one `multiply` call per range of `split`
+  /// (row boundaries from 0 to `m.rows`).
+  static func product(
+    _ m: QuantizedMatrix, _ act: QuantizedActivations, split: [Int], isa: QuantizedMatrix.ISA
+  ) -> [Float] {
+    var out = [Float](repeating: .nan, count: act.tokens * m.rows)
+    out.withUnsafeMutableBufferPointer { o in
+      for k in 0..<(split.count - 1) {
+        m.multiply(
+          act, rows: split[k]..<split[k + 1], into: o.baseAddress!, outStride: m.rows, isa: isa)
+      }
+    }
+    return out
+  }
+
   // Tolerance: none. Every output is one dot product, whatever rows a call covers and however
-  // the vector kernels group rows and tokens (tiles of 4 or 2 rows × 4 tokens, single rows and
-  // tokens at the edges; on AVX-512, packed 16-row groups for two tokens or more), on every
-  // instruction set.
+  // the vector kernels group rows and tokens (one token: tiles of 4 rows, or 2 and 1 for the
+  // K-quants on AVX2; two or more: packed groups of 16 rows on AVX-512 and 8 on AVX2, K-quant
+  // tiles on AVX2), on every instruction set.
   @Test("matrix products are bit-identical for any row split and token count", arguments: formats)
   func matrixProduct(type: GGMLType) throws {
     guard let (cols, rows) = try Self.rows(type, count: 24) else { return }
@@ -349,19 +364,9 @@ struct QuantizedMatrixTests {
       let x = Self.activations(cols: cols, tokens: tokens, seed: UInt64(tokens))
       let act = x.withUnsafeBufferPointer { m.quantize($0.baseAddress!, tokens: tokens) }
       for isa in availableISAs {
-        var whole = [Float](repeating: .nan, count: tokens * m.rows)
-        whole.withUnsafeMutableBufferPointer {
-          m.multiply(act, rows: 0..<m.rows, into: $0.baseAddress!, outStride: m.rows, isa: isa)
-        }
+        let whole = Self.product(m, act, split: [0, m.rows], isa: isa)
         for split in [[0, 7, 24], [0, 1, 2, 13, 24], [0, 23, 24], [0, 5, 10, 15, 24]] {
-          var parts = [Float](repeating: .nan, count: tokens * m.rows)
-          parts.withUnsafeMutableBufferPointer { out in
-            for k in 0..<(split.count - 1) {
-              m.multiply(
-                act, rows: split[k]..<split[k + 1], into: out.baseAddress!, outStride: m.rows,
-                isa: isa)
-            }
-          }
+          let parts = Self.product(m, act, split: split, isa: isa)
           #expect(
             parts.map(\.bitPattern) == whole.map(\.bitPattern), "\(type) \(tokens) \(split) \(isa)")
         }
@@ -400,14 +405,7 @@ struct QuantizedMatrixTests {
         let act = x.withUnsafeBufferPointer { m.quantize($0.baseAddress!, tokens: tokens) }
         for isa in isas {
           for split in [[0, 40], [0, 5, 21, 40], [0, 16, 17, 40]] {
-            var out = [Float](repeating: .nan, count: tokens * m.rows)
-            out.withUnsafeMutableBufferPointer { o in
-              for k in 0..<(split.count - 1) {
-                m.multiply(
-                  act, rows: split[k]..<split[k + 1], into: o.baseAddress!, outStride: m.rows,
-                  isa: isa)
-              }
-            }
+            let out = Self.product(m, act, split: split, isa: isa)
             var mismatches = 0
             for t in 0..<tokens {
               for r in 0..<m.rows {
