@@ -50,14 +50,14 @@ let package = Package(
     .target(
       name: "FlareEval",
       dependencies: [
-        "FlareCore", "FlareGGUF", "FlareTensor", "FlareTokenizers", "FlareModels", "FlareCLI",
-        "FlareTrain",
+        "FlareCore", "FlareGGUF", "FlareArchitectures", "FlareTensor", "FlareTokenizers",
+        "FlareModels", "FlareCLI", "FlareTrain",
       ]),
     .target(
       name: "FlareTrain",
       dependencies: [
-        "FlareCore", "FlareSafetensors", "FlareAdapters", "FlareModels", "FlareTokenizers",
-        "FlareTensor", "FlareCLI",
+        "FlareCore", "FlareSafetensors", "FlareArchitectures", "FlareAdapters", "FlareModels",
+        "FlareTokenizers", "FlareTensor", "FlareCLI",
       ]),
     .target(
       name: "FlareConvert",

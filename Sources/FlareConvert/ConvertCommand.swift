@@ -22,7 +22,7 @@ public enum ConvertCommand {
       ),
       OptionSpec(
         "--tokenizer-pre", value: "name",
-        help: "HF to GGUF: name the pre-tokenizer (gpt-2, smollm, llama-bpe)."),
+        help: "HF to GGUF: name the pre-tokenizer (gpt-2, smollm, llama-bpe, qwen2)."),
       OptionSpec(
         "--pure",
         help:

@@ -68,8 +68,9 @@ public enum Converter {
     _ file: GGUFFile, folder: String, outtype: OutputType, overwrite: Bool,
     progress: Progress? = nil
   ) throws -> ConversionReport {
-    let config = try LlamaConfig(gguf: file)
-    try config.checkTensors(LlamaConfig.hfShapes(of: file), complete: true)
+    let config = try DecoderConfig(gguf: file)
+    try config.checkTensors(config.hfShapes(of: file), complete: true)
+    let family = config.family
     let tokenizer = try BPETokenizer(gguf: file)
     let dtype: DType
     switch outtype {
@@ -83,9 +84,9 @@ public enum Converter {
     }
     var pairs: [(hf: String, tensor: GGUFTensorInfo)] = []
     for tensor in file.tensors {
-      guard let name = LlamaLayout.hfName(gguf: tensor.name) else {
+      guard let name = family.hfName(gguf: tensor.name) else {
         throw FlareError(
-          "convert", .unsupported, "is not part of the llama layout", path: file.path,
+          "convert", .unsupported, "is not part of the \(family) layout", path: file.path,
           tensor: tensor.name)
       }
       guard tensor.type.canDequantize else {
@@ -95,7 +96,7 @@ public enum Converter {
       }
       pairs.append((name, tensor))
     }
-    pairs.sort { hfOrder($0.hf) < hfOrder($1.hf) }
+    pairs.sort { hfOrder($0.hf, family) < hfOrder($1.hf, family) }
     let specs = pairs.map {
       TensorSpec(name: $0.hf, dtype: dtype, shape: $0.tensor.dims.reversed())
     }
@@ -123,7 +124,11 @@ public enum Converter {
       sink in
       guard let tensor = byName[sink.spec.name] else { return }
       var values = try file.floats(tensor, releasing: true)
-      if let heads = LlamaLayout.ropeHeads(
+      if family.shiftsNorm(hf: sink.spec.name) {
+        // Gemma: the GGUF holds 1 + w, the HF checkpoint w.
+        for i in values.indices { values[i] -= 1 }
+      }
+      if let heads = family.ropeHeads(
         gguf: tensor.name, heads: config.headCount, kvHeads: config.headCountKV)
       {
         let rows = tensor.dims.count > 1 ? tensor.dims[1...].reduce(1, *) : tensor.dims[0]
@@ -158,15 +163,17 @@ public enum Converter {
 
   // MARK: HF → GGUF
 
-  /// Writes a llama GGUF from an HF folder: llama metadata, tokenizer metadata, tensors renamed,
-  /// Q/K rows permuted for RoPE, 1-D tensors F32, others `outtype` (`auto`: the source's 16- or
+  /// Writes a GGUF from an HF folder of a family in ``ModelFamily``: the family's metadata,
+  /// tokenizer metadata, tensors renamed, Q/K rows permuted for RoPE where llama.cpp does
+  /// (Llama), 1-D tensors F32, others `outtype` (`auto`: the source's 16- or
   /// 32-bit float type, lossless).
   public static func hfToGGUF(
     folder: String, output: String, outtype: OutputType, tokenizerPre: String?, overwrite: Bool,
     pure: Bool = false, progress: Progress? = nil
   ) throws -> ConversionReport {
     let configPath = "\(folder)/config.json"
-    let config = try LlamaConfig(hfConfig: try readJSON(configPath), path: configPath)
+    let config = try DecoderConfig(hfConfig: try readJSON(configPath), path: configPath)
+    let family = config.family
     let tokenizerPath = "\(folder)/tokenizer.json"
     let tokenizerConfigPath = "\(folder)/tokenizer_config.json"
     let tokenizerConfig = fileExists(tokenizerConfigPath) ? try readJSON(tokenizerConfigPath) : nil
@@ -180,14 +187,14 @@ public enum Converter {
     // The rows of Q and K are permuted per head below: the shapes must be the config's.
     try config.checkTensors(model.tensors.map { ($0.name, $0.shape) }, complete: true)
     var report = ConversionReport(output: output)
-    var entries: [(view: TensorView, spec: GGUFTensorSpec, heads: Int?)] = []
+    var entries: [(view: TensorView, spec: GGUFTensorSpec, heads: Int?, shift: Bool)] = []
     var sourceTypes = Set<DType>()
     for view in model.tensors {
       if view.name.hasSuffix("rotary_emb.inv_freq") { continue }  // derived, not a weight
       if view.name == "lm_head.weight" && config.tieWordEmbeddings { continue }
-      guard let name = LlamaLayout.ggufName(hf: view.name) else {
+      guard let name = family.ggufName(hf: view.name) else {
         throw FlareError(
-          "convert", .unsupported, "is not part of the llama layout", path: view.file.path,
+          "convert", .unsupported, "is not part of the \(family) layout", path: view.file.path,
           tensor: view.name)
       }
       guard view.dtype.isFloatingPoint, view.dtype != .c64, view.shape.count <= 4 else {
@@ -203,22 +210,26 @@ public enum Converter {
           name: name, rowLength: dims.first ?? 0, target: outtype.ggmlType ?? autoType(view.dtype),
           tiedHead: config.tieWordEmbeddings, pure: pure, notes: &report.notes)
       }
-      let heads = LlamaLayout.ropeHeads(
+      let heads = family.ropeHeads(
         gguf: name, heads: config.headCount, kvHeads: config.headCountKV)
-      entries.append((view, GGUFTensorSpec(name: name, dims: dims, type: type), heads))
+      entries.append(
+        (
+          view, GGUFTensorSpec(name: name, dims: dims, type: type), heads,
+          family.shiftsNorm(hf: view.name)
+        ))
     }
     let mainType =
       outtype.ggmlType ?? autoType(sourceTypes.count == 1 ? sourceTypes.first ?? .f32 : .f32)
     var metadata = [
-      GGUFKeyValue(key: "general.architecture", value: .string("llama")),
+      GGUFKeyValue(key: "general.architecture", value: .string(family.name)),
       GGUFKeyValue(key: "general.type", value: .string("model")),
       GGUFKeyValue(key: "general.name", value: .string(AtomicFileWriter.baseName(of: folder))),
     ]
-    let llamaKeys = try config.ggufKeys(fileType: OutputType.fileType(mainType))
-    metadata += llamaKeys.beforeFileType
+    let familyKeys = try config.ggufKeys(fileType: OutputType.fileType(mainType))
+    metadata += familyKeys.beforeFileType
     metadata.append(
       GGUFKeyValue(key: "general.file_type", value: .uint32(OutputType.fileType(mainType))))
-    metadata += llamaKeys.afterFileType
+    metadata += familyKeys.afterFileType
     metadata += try tokenizer.ggufKeys()
     metadata.append(GGUFKeyValue(key: "general.quantization_version", value: .uint32(2)))
     var done = 0
@@ -234,7 +245,7 @@ public enum Converter {
         (view.dtype == .f32 && entry.spec.type == .f32)
         || (view.dtype == .f16 && entry.spec.type == .f16)
         || (view.dtype == .bf16 && entry.spec.type == .bf16)
-      if sameType {
+      if sameType && !entry.shift {
         // Lossless: copy the bytes, permuting whole rows where RoPE needs it.
         if let heads = entry.heads {
           var permuted = [UInt8](repeating: 0, count: view.info.byteCount)
@@ -249,6 +260,10 @@ public enum Converter {
         }
       } else {
         var values = view.floats()
+        if entry.shift {
+          // Gemma: llama.cpp's converter stores the norm as applied, 1 + w.
+          for i in values.indices { values[i] += 1 }
+        }
         if let heads = entry.heads {
           values = try permute(values, rows: rows, heads: heads, toGGUF: true, tensor: view.name)
         }
@@ -369,17 +384,14 @@ public enum Converter {
     }
   }
 
-  /// Sort key putting HF tensors in the usual order: embeddings, layers by index, norm, head.
-  static func hfOrder(_ name: String) -> (Int, Int, Int, String) {
+  /// Sort key putting HF tensors in the usual order: embeddings, layers by index (parts in the
+  /// family's order, a bias after its weight), norm, head.
+  static func hfOrder(_ name: String, _ family: ModelFamily) -> (Int, Int, Int, String) {
     if name.hasPrefix("model.embed_tokens") { return (0, 0, 0, name) }
     if name.hasPrefix("model.layers.") {
       let rest = name.dropFirst("model.layers.".count)
       let layer = Int(rest.prefix { $0.isNumber }) ?? 0
-      let parts = [
-        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-        "self_attn.o_proj",
-        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-      ]
+      let parts = family.blockParts.map(\.hf)
       let part = parts.firstIndex { rest.contains(".\($0).") } ?? parts.count
       return (1, layer, part, name)
     }

@@ -13,7 +13,7 @@ public struct BPETokenizer: Sendable {
   public var types: [TokenType]
   /// Merges as `"left right"`.
   public var merges: [String]
-  /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`): `gpt-2`, `smollm`, `llama-bpe`.
+  /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`): `gpt-2`, `smollm`, `llama-bpe`, `qwen2`.
   /// Always one of ``supportedPre``, the spelling llama.cpp's vocabulary loader accepts.
   public var pre: String
   public var bosID: Int?
@@ -26,7 +26,7 @@ public struct BPETokenizer: Sendable {
 
   /// The pre-tokenizers Flare converts, by the names llama.cpp's vocabulary loader knows (its
   /// `tokenizer_pre == "…"` list); only these are ever written.
-  static let supportedPre = ["gpt-2", "smollm", "llama-bpe"]
+  static let supportedPre = ["gpt-2", "smollm", "llama-bpe", "qwen2"]
 
   /// Other spellings read (and given on the command line) for a supported pre-tokenizer:
   /// `gpt2` is what earlier Flare versions wrote; llama.cpp refuses it.
@@ -41,6 +41,10 @@ public struct BPETokenizer: Sendable {
   /// The Llama 3 pre-tokenizer regex, which `llama-bpe` names.
   static let llama3Pattern =
     #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+
+  /// Qwen2's pre-tokenizer regex (Llama 3's with single digits), which `qwen2` names.
+  static let qwen2Pattern =
+    #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
   // MARK: GGUF
 
@@ -142,11 +146,27 @@ public struct BPETokenizer: Sendable {
 
   /// The pre-tokenizer `tokenizer.json` uses for llama.cpp's pre-tokenizer `name`.
   static func hfPreTokenizer(_ name: String) -> JSONValue {
-    let byteLevel = { (regex: Bool) -> JSONValue in
+    let byteLevel = { (regex: Bool, trimOffsets: Bool) -> JSONValue in
       .object([
         ("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)),
-        ("trim_offsets", .bool(true)),
+        ("trim_offsets", .bool(trimOffsets)),
         ("use_regex", .bool(regex)),
+      ])
+    }
+    /// A regex split isolating its matches, then bytes to characters (Llama 3, Qwen2).
+    let split = { (pattern: String, trimOffsets: Bool) -> JSONValue in
+      .object([
+        ("type", .string("Sequence")),
+        (
+          "pretokenizers",
+          .array([
+            .object([
+              ("type", .string("Split")), ("pattern", .object([("Regex", .string(pattern))])),
+              ("behavior", .string("Isolated")), ("invert", .bool(false)),
+            ]),
+            byteLevel(false, trimOffsets),
+          ])
+        ),
       ])
     }
     switch name {
@@ -157,26 +177,13 @@ public struct BPETokenizer: Sendable {
           "pretokenizers",
           .array([
             .object([("type", .string("Digits")), ("individual_digits", .bool(true))]),
-            byteLevel(true),
+            byteLevel(true, true),
           ])
         ),
       ])
-    case "llama-bpe":
-      return .object([
-        ("type", .string("Sequence")),
-        (
-          "pretokenizers",
-          .array([
-            .object([
-              ("type", .string("Split")), ("pattern", .object([("Regex", .string(llama3Pattern))])),
-              ("behavior", .string("Isolated")), ("invert", .bool(false)),
-            ]),
-            byteLevel(false),
-          ])
-        ),
-      ])
-    default:
-      return byteLevel(true)
+    case "llama-bpe": return split(llama3Pattern, true)
+    case "qwen2": return split(qwen2Pattern, false)
+    default: return byteLevel(true, true)
     }
   }
 

@@ -65,7 +65,7 @@ public struct ConfigValue: Sendable {
 /// Every read either returns a value that makes sense (a count in range, a finite positive
 /// number, a value of the right type) or throws a ``FlareError`` naming the file, the key and,
 /// where known, its byte offset. Nothing a file holds can make a read trap. Model configurations
-/// (`LlamaConfig`, `BERTConfig`) are built from these reads, so every consumer of a configuration
+/// (`DecoderConfig`, `BERTConfig`) are built from these reads, so every consumer of a configuration
 /// sees the same checked values.
 public struct ConfigFields: Sendable {
   /// The largest count a configuration may hold: sizes reach BLAS as 32-bit integers and GGUF as

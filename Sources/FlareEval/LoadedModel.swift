@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareCore
 import FlareModels
 import FlareTokenizers
@@ -10,17 +11,17 @@ enum LoadedModel {
     try WeightSource(path: path).tokenizer()
   }
 
-  /// A Llama model with its tokenizer and run-time adapters.
+  /// A decoder of a family in ``ModelFamily`` with its tokenizer and run-time adapters.
   static func llama(
     _ path: String, adapters: [(adapter: PEFTAdapter, weight: Double)],
     compute: ComputeMode = .quantized
   ) throws -> (LlamaModel, Tokenizer) {
     let source = try WeightSource(path: path)
     let kind = try source.architecture()
-    guard kind == "llama" else {
+    guard ModelFamily.named(kind) != nil else {
       throw FlareError(
         "eval", .unsupported,
-        "this subcommand runs Llama models; the model is '\(kind)' (use 'embed' for encoders)",
+        "this subcommand runs \(ModelFamily.displayNames) models; the model is '\(kind)' (use 'embed' for encoders)",
         path: path)
     }
     let model = try LlamaModel(source: source, compute: compute)

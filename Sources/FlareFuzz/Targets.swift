@@ -52,7 +52,7 @@ extension FuzzTarget {
     ) { bytes, scratch in
       let path = scratch.write(bytes, to: "model.gguf")
       guard let file = try? GGUFFile(path: path) else { return false }
-      let config = try? LlamaConfig(gguf: file)
+      let config = try? DecoderConfig(gguf: file)
       guard let tokenizer = try? Tokenizer.load(gguf: file) else { return false }
       exercise(tokenizer)
       return config != nil
@@ -111,7 +111,7 @@ extension FuzzTarget {
     FuzzTarget("llama-config", "a Llama config.json", seeds: ["Fixtures/peft/*/config.json"]) {
       bytes, _ in
       guard let json = try? JSONParser.parse(bytes) else { return false }
-      return (try? LlamaConfig(hfConfig: json, path: "config.json")) != nil
+      return (try? DecoderConfig(hfConfig: json, path: "config.json")) != nil
     },
     FuzzTarget(
       "bert-config", "a BERT / XLM-RoBERTa config.json", seeds: ["Fixtures/encoders/*/config.json"]

@@ -133,18 +133,18 @@ extension InspectCommand {
     if InspectInput.isGGUF(path) {
       let file = try GGUFFile(path: path)
       // Un-permuting Q and K needs the head counts, checked against the tensors' shapes.
-      let isLlama = file.value("general.architecture")?.stringValue == "llama"
-      let config = asHF && isLlama ? try LlamaConfig(gguf: file) : nil
+      let family = file.value("general.architecture")?.stringValue.flatMap(ModelFamily.gguf)
+      let config = asHF && family != nil ? try DecoderConfig(gguf: file) : nil
       return file.tensors.filter { $0.type.canDequantize }.map { tensor in
         guard asHF else {
           return ComparableTensor(
             name: tensor.name, shape: tensor.dims.reversed(), typeName: tensor.type.name,
             source: file.decodable(tensor))
         }
-        let name = LlamaLayout.hfName(gguf: tensor.name) ?? tensor.name
+        let name = (family ?? .llama).hfName(gguf: tensor.name) ?? tensor.name
         var source = file.decodable(tensor)
         if let config,
-          let ropeHeads = LlamaLayout.ropeHeads(
+          let ropeHeads = config.family.ropeHeads(
             gguf: tensor.name, heads: config.headCount, kvHeads: config.headCountKV)
         {
           source = file.unpermutedDecodable(tensor, heads: ropeHeads)

@@ -24,15 +24,15 @@ extension InspectCommand {
       let unsupported = file.tensors.filter { !$0.type.canDequantize }
       var line =
         "\(path): OK: GGUF v\(file.version), \(file.metadata.count) keys, \(file.tensors.count) tensors; header, types, offsets and alignment (\(file.alignment)) valid"
-      if file.value("general.architecture")?.stringValue == "llama" {
+      if let family = file.value("general.architecture")?.stringValue.flatMap(ModelFamily.gguf) {
         // The hyperparameters every tool runs the model with, checked as they would be.
         do {
-          _ = try LlamaConfig(gguf: file)
+          _ = try DecoderConfig(gguf: file)
         } catch {
           report(failure: error.inFile(path), path: path, options: options)
           return .failure
         }
-        line += "; llama hyperparameters consistent with the tensors"
+        line += "; \(family) hyperparameters consistent with the tensors"
       }
       var problems: [String] = []
       var checkJSON: [(String, JSONValue)] = []

@@ -246,7 +246,7 @@ extension Merger {
       report.bytes = model.files.flatMap { specs($0) }.reduce(0) { $0 + ($1.byteCount ?? 0) }
 
     case .gguf(let file):
-      let config = try llamaConfig(file)
+      let config = try decoderConfig(file)
       let forced: GGMLType? = try outtype.map { name in
         guard let type = GGMLType.named(name), type.canQuantize else {
           throw FlareError("merge", .invalidArgument, "'\(name)' is not a type Flare can write")
@@ -298,7 +298,7 @@ extension Merger {
         change.outputType = sink.spec.type.name
         let baseValues = try file.floats(tensor, releasing: true)
         let ropeHeads = config.flatMap {
-          LlamaLayout.ropeHeads(gguf: tensor.name, heads: $0.headCount, kvHeads: $0.headCountKV)
+          $0.family.ropeHeads(gguf: tensor.name, heads: $0.headCount, kvHeads: $0.headCountKV)
         }
         let merged = try mergedValues(
           change, base: baseValues, shape: tensor.dims.reversed(), adapters: adapters,
@@ -359,7 +359,7 @@ extension Merger {
   /// `config.json` members for a model that gained a `labels`-way classification head: the
   /// task model's `architectures` (`BertForSequenceClassification`,
   /// `XLMRobertaForSequenceClassification`, `RobertaForSequenceClassification`,
-  /// `LlamaForSequenceClassification` by `model_type`)
+  /// `LlamaForSequenceClassification`, `Qwen2ForSequenceClassification`, … by `model_type`)
   /// and `id2label` / `label2id`, named by the adapter's `flare_labels.json` (written by
   /// flare-train) when it has one, else by the config's own `id2label` when that has `labels`
   /// entries, else `LABEL_<i>` as transformers names them.
@@ -371,7 +371,8 @@ extension Merger {
       switch config["model_type"]?.stringValue {
       case "xlm-roberta": "XLMRobertaForSequenceClassification"
       case "roberta": "RobertaForSequenceClassification"
-      case "llama": "LlamaForSequenceClassification"
+      case let type? where ModelFamily.named(type) != nil:
+        (ModelFamily.named(type)?.displayName ?? "Llama") + "ForSequenceClassification"
       default: "BertForSequenceClassification"
       }
     var names = (0..<labels).map { "LABEL_\($0)" }
@@ -456,7 +457,7 @@ extension Merger {
       }
     case .gguf(let file):
       let merged = try GGUFFile(path: output)
-      let config = try llamaConfig(file)
+      let config = try decoderConfig(file)
       for change in plan.changes {
         guard let source = file.tensor(change.source), let stored = merged.tensor(change.tensor)
         else {
@@ -465,7 +466,7 @@ extension Merger {
             tensor: change.tensor)
         }
         let ropeHeads = config.flatMap {
-          LlamaLayout.ropeHeads(gguf: source.name, heads: $0.headCount, kvHeads: $0.headCountKV)
+          $0.family.ropeHeads(gguf: source.name, heads: $0.headCount, kvHeads: $0.headCountKV)
         }
         let expected = try mergedValues(
           change, base: try file.floats(source), shape: source.dims.reversed(), adapters: adapters,

@@ -100,18 +100,26 @@ public enum Merger {
 
   /// The base tensor name for an HF tensor name.
   static func baseName(_ hf: String, base: Base) -> String {
-    if case .gguf = base { return LlamaLayout.ggufName(hf: hf) ?? hf }
+    if case .gguf(let file) = base { return family(of: file).ggufName(hf: hf) ?? hf }
     return hf
   }
 
-  /// The checked configuration of a llama GGUF base, whose head counts order the rows of its
-  /// query and key tensors (and with them the rows of an adapter's B); `nil` for other
-  /// architectures, whose rows are not permuted.
+  /// The family whose names a GGUF base uses: its architecture's, Llama's for an architecture
+  /// outside the table (whose tensors then keep names adapters cannot target).
+  static func family(of file: GGUFFile) -> ModelFamily {
+    file.value("general.architecture")?.stringValue.flatMap(ModelFamily.gguf) ?? .llama
+  }
+
+  /// The checked configuration of a GGUF base of a family in ``ModelFamily``, whose head counts
+  /// order the rows of a Llama base's query and key tensors (and with them the rows of an
+  /// adapter's B); `nil` for other architectures.
   /// - Throws: ``FlareError`` naming the file and key for a configuration that is invalid or
   ///   disagrees with the tensors' shapes.
-  public static func llamaConfig(_ file: GGUFFile) throws -> LlamaConfig? {
-    guard file.value("general.architecture")?.stringValue == "llama" else { return nil }
-    return try LlamaConfig(gguf: file)
+  public static func decoderConfig(_ file: GGUFFile) throws -> DecoderConfig? {
+    guard let name = file.value("general.architecture")?.stringValue,
+      ModelFamily.gguf(name) != nil
+    else { return nil }
+    return try DecoderConfig(gguf: file)
   }
 
   /// Checks every adapter against the base and lists the changes.
@@ -128,7 +136,7 @@ public enum Merger {
     var isGGUFBase = false
     if case .gguf(let file) = base {
       isGGUFBase = true
-      _ = try llamaConfig(file)  // refused here, before anything is computed
+      _ = try decoderConfig(file)  // refused here, before anything is computed
     }
     let headName = isGGUFBase ? "output.weight" : "lm_head.weight"
     let embeddingName = isGGUFBase ? "token_embd.weight" : "model.embed_tokens.weight"

@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareCore
 import FlareModels
 import FlareTokenizers
@@ -45,8 +46,11 @@ extension Merger {
       return try verifyEncoderForward(
         output: output, basePath: basePath, source: source, adapters: adapters, report: report)
     }
-    guard architecture == "llama" else {
-      return (nil, "the forward-pass check runs Llama models and BERT/XLM-R encoders")
+    guard ModelFamily.named(architecture) != nil else {
+      return (
+        nil,
+        "the forward-pass check runs \(ModelFamily.displayNames) models and BERT/XLM-R encoders"
+      )
     }
     // Every merged tensor F32: both sides in F32, held to the F32 bound. Otherwise quantized
     // matrices stay as their files store them on both sides (the memory of the files) and the

@@ -203,33 +203,43 @@ public enum Kernels {
   public static func causalAttentionHead(
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
-    headDim d: Int, probs: UnsafeMutablePointer<Float>, causalOffset: Int, padding: [Int]
+    headDim d: Int, probs: UnsafeMutablePointer<Float>, causalOffset: Int, padding: [Int],
+    scale: Float? = nil, window: Int? = nil, softcap: Float? = nil
   ) {
     attention(
       out: out, outStride: outStride, q: q, qStride: qStride, k: k, v: v, kvStride: kvStride,
-      queries: t, keys: s, headDim: d, probs: probs
+      queries: t, keys: s, headDim: d, probs: probs, scale: scale, softcap: softcap
     ) { scores in
       for query in 0..<t {
         let row = scores + query * s
         let visible = min(s, causalOffset + query + 1)
         if visible < s { (row + visible).update(repeating: -Float.infinity, count: s - visible) }
         for key in padding where key < visible { row[key] = -Float.infinity }
+        // A sliding window: only the last `window` slots, the query's own included.
+        if let window, visible > window {
+          row.update(repeating: -Float.infinity, count: visible - window)
+        }
       }
     }
   }
 
-  /// Scores `Q·Kᵀ/√d` into `probs`, lets `mask` set −∞ where a key is hidden, applies softmax
-  /// per row (and the dropout multipliers, if any) and mixes `V` into `out`.
+  /// Scores `Q·Kᵀ·scale` (`1/√d` unless given) into `probs`, soft-capped as
+  /// `cap·tanh(x/cap)` when `softcap` is given (Gemma 2), lets `mask` set −∞ where a key is
+  /// hidden, applies softmax per row (and the dropout multipliers, if any) and mixes `V` into
+  /// `out`.
   private static func attention(
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
     headDim d: Int, probs: UnsafeMutablePointer<Float>, dropout: UnsafePointer<Float>? = nil,
-    mask: (UnsafeMutablePointer<Float>) -> Void
+    scale: Float? = nil, softcap: Float? = nil, mask: (UnsafeMutablePointer<Float>) -> Void
   ) {
-    let scale = 1 / Float(d).squareRoot()
+    let scale = scale ?? 1 / Float(d).squareRoot()
     BLAS.sgemm(
       transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
       ldb: kvStride, beta: 0, c: probs, ldc: s)
+    if let cap = softcap {
+      for i in 0..<(t * s) { probs[i] = cap * tanhf(probs[i] / cap) }
+    }
     mask(probs)
     softmax(probs, rows: t, channels: s)
     var mixed = UnsafePointer(probs)
@@ -275,6 +285,34 @@ public enum Kernels {
     // tiny non-zero weights would become subnormal probabilities, which make matrix products
     // crawl.
     return (p * unsafeBitCast(exponent, to: SIMD8<Float>.self)).replacing(with: 0, where: underflow)
+  }
+
+  /// GeGLU: `out = gelu_tanh(gate) · up`, elementwise over `count` values, with PyTorch's tanh
+  /// approximation `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; or, with `ggmlF16`, as ggml
+  /// computes it on the CPU (GGML_GELU_FP16): the gate rounded to F16, its GELU in ggml's form
+  /// `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))` rounded to F16 as ggml's table holds it, a
+  /// gate ≤ −10 giving 0 and one ≥ 10 itself; times `up` in F32 either way.
+  public static func geglu(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+    count: Int, ggmlF16: Bool = false
+  ) {
+    let beta = Float((2 / Double.pi).squareRoot())
+    let kappa: Float = 0.044715
+    for i in 0..<count {
+      let x = gate[i]
+      let g: Float
+      if !ggmlF16 {
+        g = 0.5 * x * (1 + tanhf(beta * (x + kappa * x * x * x)))
+      } else if x <= -10 {
+        g = 0
+      } else if x >= 10 {
+        g = x
+      } else {
+        let h = Float(Float16(x))
+        g = Float(Float16(0.5 * h * (1 + tanhf(beta * h * (1 + kappa * h * h)))))
+      }
+      out[i] = g * up[i]
+    }
   }
 
   /// SwiGLU: `out = silu(gate) · up = gate / (1 + e^−gate) · up`, elementwise over `count`

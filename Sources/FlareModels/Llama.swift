@@ -5,6 +5,12 @@ import FlareCore
 import FlareGGUF
 import FlareTensor
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// A Llama-family decoder (SmolLM2, Llama 2/3, …) running in F32: token embedding, RMSNorm,
 /// RoPE, grouped-query attention, SwiGLU MLP, tied or untied output head, a KV cache, batched
 /// prefill with padding, and LoRA adapters applied unmerged.
@@ -20,14 +26,20 @@ public final class LlamaModel: @unchecked Sendable {
     public var q: Linear
     public var k: Linear
     public var v: Linear
+    /// Qwen3's per-head RMSNorm weights of queries and keys (`[headDim]`), applied before RoPE.
+    public let queryNorm: Weight?
+    public let keyNorm: Weight?
     public var o: Linear
     public let mlpNorm: Weight
+    /// Gemma's norms of the attention and MLP outputs before they join the residual.
+    public let attentionOutputNorm: Weight?
+    public let mlpOutputNorm: Weight?
     public var gate: Linear
     public var up: Linear
     public var down: Linear
   }
 
-  public let config: LlamaConfig
+  public let config: DecoderConfig
   public let ropeStyle: Kernels.RopeStyle
   public let source: WeightSource
   public let embedding: Weight
@@ -59,7 +71,7 @@ public final class LlamaModel: @unchecked Sendable {
   /// once; with `.quantized` a GGUF's quantized (and F16/BF16) matrices stay mapped as the file
   /// stores them and run on the quantized kernels.
   /// - Throws: ``FlareError`` naming the file and key for an invalid config (see
-  ///   ``LlamaConfig``), the file and tensor for a missing tensor or a shape that disagrees
+  ///   ``DecoderConfig``), the file and tensor for a missing tensor or a shape that disagrees
   ///   with the config, or an unsupported architecture.
   public convenience init(path: String, compute: ComputeMode = .f32) throws {
     try self.init(source: try WeightSource(path: path), compute: compute)
@@ -69,16 +81,16 @@ public final class LlamaModel: @unchecked Sendable {
   public init(source: WeightSource, compute: ComputeMode = .f32) throws {
     self.source = source
     self.compute = compute
-    let config: LlamaConfig
+    let config: DecoderConfig
     let name: (String) -> String
     if let gguf = source.gguf {
-      config = try LlamaConfig(gguf: gguf)
-      try config.checkTensors(LlamaConfig.hfShapes(of: gguf), complete: true)
-      ropeStyle = .pairs
-      name = { LlamaLayout.ggufName(hf: $0) ?? $0 }
+      config = try DecoderConfig(gguf: gguf)
+      try config.checkTensors(config.hfShapes(of: gguf), complete: true)
+      ropeStyle = config.family.ggufPermutesQueryKey ? .pairs : .halves
+      name = { [family = config.family] in family.ggufName(hf: $0) ?? $0 }
     } else {
       let configPath = "\(source.configFolder)/config.json"
-      config = try LlamaConfig(hfConfig: try source.config(), path: configPath)
+      config = try DecoderConfig(hfConfig: try source.config(), path: configPath)
       try config.checkTensors(source.tensorShapes, complete: true)
       ropeStyle = .halves
       name = { $0 }
@@ -93,8 +105,30 @@ public final class LlamaModel: @unchecked Sendable {
     func weight(_ hf: String, _ shape: [Int]) throws -> Weight {
       try source.weight(name(hf), shape: shape, compute: compute)
     }
-    func linear(_ path: String, _ shape: [Int]) throws -> Linear {
-      Linear(path: path, weight: try weight("\(path).weight", shape))
+    func linear(_ path: String, _ shape: [Int], bias: Bool = false) throws -> Linear {
+      Linear(
+        path: path, weight: try weight("\(path).weight", shape),
+        bias: bias ? try weight("\(path).bias", [shape[0]]) : nil)
+    }
+    let family = config.family
+    let biased = family.queryKeyValueBias
+    /// A norm's weight as the pass multiplies by it: Gemma's HF checkpoints store `w` for a
+    /// factor of `1 + w` (added here in F32, as transformers does); its GGUFs store `1 + w`.
+    func norm(_ path: String, _ size: Int) throws -> Weight {
+      let stored = try weight("\(path).weight", [size])
+      guard family.normAddsOne, source.gguf == nil else { return stored }
+      return Weight(name: stored.name, shape: stored.shape, values: stored.values.map { 1 + $0 })
+    }
+    func headNorm(_ path: String) throws -> Weight? {
+      family.queryKeyNorm ? try norm(path, config.headDim) : nil
+    }
+    let outputNorms = try family.outputNorms.map { parts in
+      try (0..<config.blockCount).map { i in
+        (
+          try norm("model.layers.\(i).\(parts.attention)", c),
+          try norm("model.layers.\(i).\(parts.mlp)", c)
+        )
+      }
     }
     embedding = try weight("model.embed_tokens.weight", [config.vocabSize, c])
     var blocks: [Block] = []
@@ -102,18 +136,21 @@ public final class LlamaModel: @unchecked Sendable {
       let p = "model.layers.\(i)"
       blocks.append(
         Block(
-          attentionNorm: try weight("\(p).input_layernorm.weight", [c]),
-          q: try linear("\(p).self_attn.q_proj", [qDim, c]),
-          k: try linear("\(p).self_attn.k_proj", [kvDim, c]),
-          v: try linear("\(p).self_attn.v_proj", [kvDim, c]),
+          attentionNorm: try norm("\(p).input_layernorm", c),
+          q: try linear("\(p).self_attn.q_proj", [qDim, c], bias: biased),
+          k: try linear("\(p).self_attn.k_proj", [kvDim, c], bias: biased),
+          v: try linear("\(p).self_attn.v_proj", [kvDim, c], bias: biased),
+          queryNorm: try headNorm("\(p).self_attn.q_norm"),
+          keyNorm: try headNorm("\(p).self_attn.k_norm"),
           o: try linear("\(p).self_attn.o_proj", [c, qDim]),
-          mlpNorm: try weight("\(p).post_attention_layernorm.weight", [c]),
+          mlpNorm: try norm("\(p).\(family.mlpNorm)", c),
+          attentionOutputNorm: outputNorms?[i].0, mlpOutputNorm: outputNorms?[i].1,
           gate: try linear("\(p).mlp.gate_proj", [ff, c]),
           up: try linear("\(p).mlp.up_proj", [ff, c]),
           down: try linear("\(p).mlp.down_proj", [c, ff])))
     }
     self.blocks = blocks
-    finalNorm = try weight("model.norm.weight", [c])
+    finalNorm = try norm("model.norm", c)
     if source.contains(name("lm_head.weight")) {
       head = try linear("lm_head", [config.vocabSize, c])
     } else {
@@ -132,6 +169,8 @@ public final class LlamaModel: @unchecked Sendable {
     var total = bytes(embedding) + bytes(finalNorm)
     for block in blocks {
       total += bytes(block.attentionNorm) + bytes(block.mlpNorm)
+      total += [block.queryNorm, block.keyNorm, block.attentionOutputNorm, block.mlpOutputNorm]
+        .compactMap { $0 }.map(bytes).reduce(0, +)
       for linear in [block.q, block.k, block.v, block.o, block.gate, block.up, block.down] {
         total += bytes(linear.weight) + (linear.bias.map(bytes) ?? 0)
       }
@@ -154,7 +193,7 @@ public final class LlamaModel: @unchecked Sendable {
       var adapter = entry.adapter
       for i in adapter.modules.indices {
         let path = adapter.modules[i].path
-        if let hf = LlamaLayout.hfName(gguf: "\(path).weight"), hf.hasSuffix(".weight") {
+        if let hf = config.family.hfName(gguf: "\(path).weight"), hf.hasSuffix(".weight") {
           adapter.modules[i].path = String(hf.dropLast(".weight".count))
         }
       }
@@ -305,6 +344,10 @@ public final class LlamaModel: @unchecked Sendable {
       guard let out = ls.baseAddress else { return }
       output.forward(out: out, inp: final[0], rows: m, workers: LlamaThreads.blas.workers)
     }
+    if let cap = config.finalSoftcap, head == nil {
+      // Gemma 2: logits = cap · tanh(logits / cap), as transformers and llama.cpp compute it.
+      for i in logits.indices { logits[i] = cap * tanhf(logits[i] / cap) }
+    }
     return logits
   }
 }
@@ -359,12 +402,20 @@ extension LlamaModel {
     let ff = config.feedForwardLength
     let eps = config.rmsNormEpsilon
     let start = cache?.length ?? 0
-    let (cosines, sines) = Kernels.ropeTables(
-      positions: positions, headDim: d, theta: config.ropeFreqBase)
+    let global = Kernels.ropeTables(positions: positions, headDim: d, theta: config.ropeFreqBase)
+    // Gemma 3's sliding layers rotate with a base of their own.
+    let local = config.ropeLocalFreqBase.map {
+      Kernels.ropeTables(positions: positions, headDim: d, theta: $0)
+    }
     let layers = layers ?? blocks.indices
     if layers.lowerBound == 0 {
       let x0 = a.residual(0)
       for (row, id) in tokens.enumerated() { embedding.copyRow(id, into: x0 + row * c) }
+      if config.family.scalesEmbedding {
+        // Gemma: × √hidden rounded to F32 (transformers' embed_scale, llama.cpp's sqrtf).
+        let scale = Float(Double(c).squareRoot())
+        for i in 0..<(n * c) { x0[i] *= scale }
+      }
     }
     let rows = pass.threads
     /// Linear layer `j` of `block` (slot `7·layer + j`), plus the pass's trainable LoRA on it.
@@ -414,6 +465,15 @@ extension LlamaModel {
           weight: weight.pointer, rows: r.count, channels: c, eps: eps)
       }
     }
+    /// Gemma's norm of a sublayer's output, in place, before it joins the residual.
+    func outputNorm(_ values: UnsafeMutablePointer<Float>, _ weight: Weight?) {
+      guard let weight else { return }
+      rows.forRows(n) { r in
+        Kernels.rmsnorm(
+          out: values + r.lowerBound * c, rstd: nil, inp: values + r.lowerBound * c,
+          weight: weight.pointer, rows: r.count, channels: c, eps: eps)
+      }
+    }
     /// `out = x + y` (`out` may be `x`).
     func residualAdd(
       _ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>
@@ -437,7 +497,25 @@ extension LlamaModel {
       rmsnorm(
         out: normed, rstd: a.pointer(.attentionRstd, layer: layer), inp: x,
         weight: block.attentionNorm)
-      linears(layer, [0, 1, 2], outs: [q, k, v], inp: normed)
+      if let queryNorm = block.queryNorm, let keyNorm = block.keyNorm {
+        // Qwen3: the projections, then each head RMS-normalised (kept for the backward pass).
+        let (rawQ, rawK) = (a.pointer(.rawQ, layer: layer), a.pointer(.rawK, layer: layer))
+        let (qRstd, kRstd) = (a.pointer(.qRstd, layer: layer), a.pointer(.kRstd, layer: layer))
+        linears(layer, [0, 1, 2], outs: [rawQ, rawK, v], inp: normed)
+        rows.forRows(n) { r in
+          let first = r.lowerBound
+          Kernels.rmsnorm(
+            out: q + first * qDim, rstd: qRstd + first * heads, inp: rawQ + first * qDim,
+            weight: queryNorm.pointer, rows: r.count * heads, channels: d, eps: eps)
+          Kernels.rmsnorm(
+            out: k + first * kvDim, rstd: kRstd + first * kvHeads, inp: rawK + first * kvDim,
+            weight: keyNorm.pointer, rows: r.count * kvHeads, channels: d, eps: eps)
+        }
+      } else {
+        linears(layer, [0, 1, 2], outs: [q, k, v], inp: normed)
+      }
+      let sliding = config.slidingLayers[layer]
+      let (cosines, sines) = sliding ? local ?? global : global
       cosines.withUnsafeBufferPointer { cs in
         sines.withUnsafeBufferPointer { ss in
           guard let cos = cs.baseAddress, let sin = ss.baseAddress else { return }
@@ -471,8 +549,10 @@ extension LlamaModel {
       }
       attend(
         a, layer: layer, q: q, keys: keyStore, values: valueStore, offsets: offsets, out: context,
-        start: start, padding: padding, threads: pass.threads)
+        start: start, padding: padding, window: sliding ? config.slidingWindow : nil,
+        threads: pass.threads)
       linear(layer, 3, out: projected, inp: context)
+      outputNorm(projected, block.attentionOutputNorm)
       residualAdd(mid, x, projected)
       let mlpNormed = a.pointer(.mlpNormed, layer: layer)
       rmsnorm(
@@ -481,11 +561,21 @@ extension LlamaModel {
       let up = a.pointer(.up, layer: layer)
       let act = a.pointer(.act, layer: layer)
       linears(layer, [4, 5], outs: [gate, up], inp: mlpNormed)
+      let activation = config.family.activation
+      // Inference on quantized matrices follows llama.cpp's arithmetic, its F16 GELU included.
+      let quantizedArithmetic = compute == .quantized && !rows.computesExactly
       rows.forRows(n) { r in
         let o = r.lowerBound * ff
-        Kernels.swiglu(out: act + o, gate: gate + o, up: up + o, count: r.count * ff)
+        switch activation {
+        case .silu: Kernels.swiglu(out: act + o, gate: gate + o, up: up + o, count: r.count * ff)
+        case .geluTanh:
+          Kernels.geglu(
+            out: act + o, gate: gate + o, up: up + o, count: r.count * ff,
+            ggmlF16: quantizedArithmetic)
+        }
       }
       linear(layer, 6, out: projected, inp: act)
+      outputNorm(projected, block.mlpOutputNorm)
       residualAdd(a.residual(layer + 1), mid, projected)
     }
   }
@@ -498,7 +588,8 @@ extension LlamaModel {
   func attend(
     _ a: LlamaActivations, layer: Int, q: UnsafeMutablePointer<Float>,
     keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, offsets: [Int],
-    out: UnsafeMutablePointer<Float>, start: Int, padding: [[Int]], threads: LlamaThreads
+    out: UnsafeMutablePointer<Float>, start: Int, padding: [[Int]], window: Int? = nil,
+    threads: LlamaThreads
   ) {
     let heads = config.headCount
     let d = config.headDim
@@ -509,6 +600,7 @@ extension LlamaModel {
     let keyCount = a.keys
     let pairs = a.batch * heads
     let workers = max(1, min(a.workers, pairs))
+    let (scale, softcap) = (config.attentionScale, config.attentionSoftcap)
     nonisolated(unsafe) let (qs, outs, keyStore, valueStore) = (q, out, keys, values)
     let work: @Sendable (Int) -> Void = { worker in
       var pair = worker
@@ -522,7 +614,8 @@ extension LlamaModel {
           v: valueStore + offsets[b] + kvHead * d, kvStride: kvDim, queries: t, keys: keyCount,
           headDim: d,
           probs: a.probabilities(layer: layer, sequence: b, head: head, worker: worker),
-          causalOffset: start, padding: padding[b])
+          causalOffset: start, padding: padding[b], scale: scale, window: window,
+          softcap: softcap)
         pair += workers
       }
     }

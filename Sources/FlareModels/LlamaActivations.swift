@@ -84,6 +84,9 @@ final class LlamaActivations: @unchecked Sendable {
     case gate, up, act
     /// `[N×C]`, one slot: a linear layer's output before it joins the residual.
     case projected
+    /// `[N×H·d]`, `[N×KV·d]`, `[N·H]`, `[N·KV]`: Qwen3's q and k projections before their
+    /// per-head RMSNorm, and its reciprocal standard deviations (empty for other families).
+    case rawQ, rawK, qRstd, kRstd
   }
 
   let batch: Int
@@ -104,7 +107,8 @@ final class LlamaActivations: @unchecked Sendable {
   /// inputs). The linear layers' inputs (`attentionNormed`, `context`, `mlpNormed`, `act`) are
   /// needed only for the weight gradients of LoRA layers on them.
   static let backwardRegions: Set<Region> = [
-    .residual, .attentionRstd, .q, .k, .v, .probs, .mid, .mlpRstd, .gate, .up,
+    .residual, .attentionRstd, .q, .k, .v, .probs, .mid, .mlpRstd, .gate, .up, .rawQ, .rawK,
+    .qRstd, .kRstd,
   ]
 
   /// The regions a training pass keeps for `loras` (linear-layer slots `7·layer + j`): the
@@ -133,7 +137,7 @@ final class LlamaActivations: @unchecked Sendable {
   ///   - workers: Attention workers (compact mode's probability slots).
   ///   - pool: Where to take the storage from (a training or evaluation pass gives it back).
   init(
-    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int,
+    config: DecoderConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int,
     pool: StoragePool? = nil
   ) {
     self.batch = batch
@@ -155,7 +159,7 @@ final class LlamaActivations: @unchecked Sendable {
   /// Where each region starts and how large one slot of it is, and the floats in all, for a
   /// pass of this shape (the arguments as ``init(config:batch:length:keys:keeping:workers:pool:)``'s).
   static func layout(
-    config: LlamaConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int
+    config: DecoderConfig, batch: Int, length: Int, keys: Int, keeping: Set<Region>?, workers: Int
   ) -> (offsets: [Int], slotSizes: [Int], total: Int) {
     let keepingAllLayers = keeping != nil
     let kept = keeping ?? []
@@ -164,6 +168,7 @@ final class LlamaActivations: @unchecked Sendable {
     let qDim = config.headCount * config.headDim
     let kvDim = config.headCountKV * config.headDim
     let ff = config.feedForwardLength
+    let qkNorm = config.family.queryKeyNorm
     var offsets: [Int] = []
     var slotSizes: [Int] = []
     var total = 0
@@ -185,6 +190,10 @@ final class LlamaActivations: @unchecked Sendable {
         (size, slots) = (region == .mid ? n * c : n * ff, keepingAllLayers ? layers : 0)
       case .gate, .up: (size, slots) = (n * ff, layers)
       case .projected: (size, slots) = (n * c, 1)
+      case .rawQ: (size, slots) = (qkNorm ? n * qDim : 0, layers)
+      case .rawK: (size, slots) = (qkNorm ? n * kvDim : 0, layers)
+      case .qRstd: (size, slots) = (qkNorm ? n * config.headCount : 0, layers)
+      case .kRstd: (size, slots) = (qkNorm ? n * config.headCountKV : 0, layers)
       }
       offsets.append(total)
       slotSizes.append(size)

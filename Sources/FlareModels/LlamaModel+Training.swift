@@ -167,6 +167,14 @@ extension LlamaModel: TrainableModel {
   /// bias), as PEFT saves it in `modules_to_save`.
   public static let scoreHeadName = "base_model.model.score.weight"
 
+  /// Why this model's family has no training or evaluation pass yet, or `nil`: Gemma's
+  /// output norms, GeGLU, soft-capping and sliding windows run in inference only so far.
+  public var passUnsupported: String? {
+    guard config.family.slidingPattern != nil else { return nil }
+    return
+      "training and evaluation passes (flare-train, FLARE adapters, flare-eval classify) do not support \(config.family.displayName) models yet; flare-eval generate, logits, perplexity, compare and bench run them"
+  }
+
   /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); for sequence
   /// classification also the logits, `B×classes`.
   /// With `logitRows` (evaluation only), the LM head's logits of those rows instead of a loss.
@@ -182,6 +190,9 @@ extension LlamaModel: TrainableModel {
       throw bad(
         "adapters are attached to \(attached.path); a training or evaluation pass takes its LoRA layers from the training state (load the model again without them)",
         .unsupported)
+    }
+    if let reason = passUnsupported {
+      throw bad(reason, .unsupported)
     }
     guard state.modelDropout == 0 else {
       throw bad(
@@ -741,8 +752,10 @@ extension LlamaModel: TrainableModel {
     let ff = config.feedForwardLength
     let threads = pass.threads
     guard let lowest = pass.adaptedSlots.min().map({ $0 / 7 }) else { return }
+    let qkNorm = config.family.queryKeyNorm
     // Gradient buffers; every region is written before it is read.
-    let storage = storagePool.take(count: n * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff))
+    let storage = storagePool.take(
+      count: n * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff + (qkNorm ? qDim + kvDim : 0)))
     defer { storagePool.give(storage) }
     let dres = storage.buffer.baseAddress!
     let dnormed = dres + n * c
@@ -751,6 +764,8 @@ extension LlamaModel: TrainableModel {
     let dk = dq + n * qDim
     let dv = dk + n * kvDim
     let (dact, dgate, dup) = (dv + n * kvDim, dv + n * kvDim + n * ff, dv + n * kvDim + 2 * n * ff)
+    // Qwen3: the gradients of the q and k projections' outputs, before the per-head norms.
+    let (drawQ, drawK) = (dup + n * ff, dup + n * ff + n * qDim)
     let (cosines, sines) = Kernels.ropeTables(
       positions: positions, headDim: d, theta: config.ropeFreqBase)
 
@@ -852,10 +867,29 @@ extension LlamaModel: TrainableModel {
           }
         }
       }
+      var (dqOut, dkOut) = (UnsafePointer(dq), UnsafePointer(dk))
+      if let queryNorm = block.queryNorm, let keyNorm = block.keyNorm {
+        let (rawQ, rawK) = (a.pointer(.rawQ, layer: layer), a.pointer(.rawK, layer: layer))
+        let (qRstd, kRstd) = (a.pointer(.qRstd, layer: layer), a.pointer(.kRstd, layer: layer))
+        threads.forRows(n) { r in
+          let first = r.lowerBound
+          (drawQ + first * qDim).update(repeating: 0, count: r.count * qDim)
+          (drawK + first * kvDim).update(repeating: 0, count: r.count * kvDim)
+          Kernels.rmsnormBackward(
+            dinp: drawQ + first * qDim, dweight: nil, dout: dq + first * qDim,
+            inp: rawQ + first * qDim, weight: queryNorm.pointer, rstd: qRstd + first * heads,
+            rows: r.count * heads, channels: d)
+          Kernels.rmsnormBackward(
+            dinp: drawK + first * kvDim, dweight: nil, dout: dk + first * kvDim,
+            inp: rawK + first * kvDim, weight: keyNorm.pointer, rstd: kRstd + first * kvHeads,
+            rows: r.count * kvHeads, channels: d)
+        }
+        (dqOut, dkOut) = (UnsafePointer(drawQ), UnsafePointer(drawK))
+      }
       let normed = a.pointer(.attentionNormed, layer: layer)
       let dh = needsInput ? dnormed : nil
-      linearBackward(layer, 0, dinp: dh, dout: dq, inp: normed)
-      linearBackward(layer, 1, dinp: dh, accumulate: true, dout: dk, inp: normed)
+      linearBackward(layer, 0, dinp: dh, dout: dqOut, inp: normed)
+      linearBackward(layer, 1, dinp: dh, accumulate: true, dout: dkOut, inp: normed)
       linearBackward(layer, 2, dinp: dh, accumulate: true, dout: dv, inp: normed)
       if needsInput {
         rmsnormBackward(

@@ -1,4 +1,5 @@
 import FlareAdapters
+import FlareArchitectures
 import FlareCore
 import FlareModels
 import FlareTensor
@@ -128,10 +129,13 @@ public enum ClassifierEvaluation {
         path: request.adapter)
     }
     let architecture = try WeightSource(path: request.model).architecture()
-    guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
+    guard
+      ModelFamily.named(architecture) != nil
+        || ["bert", "roberta", "xlm-roberta"].contains(architecture)
+    else {
       throw FlareError(
         "eval", .unsupported,
-        "classify runs Llama models and BERT/XLM-R encoders; the model is '\(architecture)'",
+        "classify runs \(ModelFamily.displayNames) models and BERT/XLM-R encoders; the model is '\(architecture)'",
         path: request.model)
     }
     let loaded = try TrainingModel.open(
@@ -139,7 +143,7 @@ public enum ClassifierEvaluation {
     guard let model = loaded.model as? any SequenceClassifier else {
       throw FlareError(
         "eval", .unsupported,
-        "classify runs Llama models and BERT/XLM-R encoders; the model is '\(loaded.architecture)'",
+        "classify runs \(ModelFamily.displayNames) models and BERT/XLM-R encoders; the model is '\(loaded.architecture)'",
         path: request.model)
     }
     model.trainingThreads = request.threads ?? BLAS.threads

@@ -239,7 +239,8 @@ public enum TrainCommand {
 
   public static let spec = CommandSpec(
     name: "flare-train",
-    overview: "Train adapters on the CPU: LoRA on Llama models and BERT/XLM-R encoders.",
+    overview:
+      "Train adapters on the CPU: LoRA and FLARE on Llama, Qwen2 and Qwen3 models and BERT/XLM-R encoders.",
     positionals: [PositionalSpec("subcommand", help: "One of the subcommands below.")],
     options: [],
     discussion: """

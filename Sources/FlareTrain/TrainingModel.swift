@@ -1,3 +1,4 @@
+import FlareArchitectures
 import FlareCore
 import FlareModels
 import FlareTokenizers
@@ -61,18 +62,22 @@ public struct TrainingModel {
   {
     let source = try WeightSource(path: path)
     let architecture = try source.architecture()
-    guard ["llama", "bert", "roberta", "xlm-roberta"].contains(architecture) else {
+    let family = ModelFamily.named(architecture)
+    guard family != nil || ["bert", "roberta", "xlm-roberta"].contains(architecture) else {
       throw FlareError(
         "train", .unsupported,
-        "flare-train trains Llama models and BERT/XLM-R encoders; this model is '\(architecture)'",
+        "flare-train trains \(ModelFamily.displayNames) models and BERT/XLM-R encoders; this model is '\(architecture)'",
         path: path)
     }
     let tokenizer = try source.tokenizer()
     let paddingSide = Self.paddingSide(folder: source.gguf == nil ? source.configFolder : nil)
     switch architecture {
-    case "llama":
+    case _ where family != nil:
       let llama = try LlamaModel(source: source, compute: compute)
-      let model = try trainable(llama, family: "Llama models")
+      if let reason = llama.passUnsupported {
+        throw FlareError("train", .unsupported, reason, path: path)
+      }
+      let model = try trainable(llama, family: "\(llama.config.family.displayName) models")
       let c = llama.config
       return TrainingModel(
         model: model, tokenizer: tokenizer, architecture: architecture, layout: .decoder,
@@ -106,7 +111,7 @@ public struct TrainingModel {
     default:
       throw FlareError(
         "train", .unsupported,
-        "flare-train trains Llama models and BERT/XLM-R encoders; this model is '\(architecture)'",
+        "flare-train trains \(ModelFamily.displayNames) models and BERT/XLM-R encoders; this model is '\(architecture)'",
         path: path)
     }
   }

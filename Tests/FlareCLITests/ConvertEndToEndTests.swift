@@ -35,7 +35,7 @@ struct ConvertEndToEndTests {
         "tokenizer_config.json",
       ])
 
-    // config.json as transformers' LlamaConfig reads it.
+    // config.json as transformers' DecoderConfig reads it.
     let config = try JSONParser.parse(fileBytes("\(hf)/config.json"))
     #expect(config["architectures"] == .array([.string("LlamaForCausalLM")]))
     for (key, value) in [

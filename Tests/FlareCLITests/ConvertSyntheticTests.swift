@@ -96,7 +96,7 @@ struct ConvertSyntheticTests {
     #expect(file.value("tokenizer.ggml.add_bos_token") == .bool(true))
     #expect(file.value("llama.attention.layer_norm_rms_epsilon") == .float32(1e-6))
     for (name, bytes) in data where name != "lm_head.weight" {
-      let gguf = try #require(LlamaLayout.ggufName(hf: name))
+      let gguf = try #require(ModelFamily.llama.ggufName(hf: name))
       let tensor = try #require(file.tensor(gguf), "\(gguf)")
       let stored = Array(file.bytes(of: tensor))
       if tensor.dims.count == 1 {

@@ -305,7 +305,7 @@ struct GGUFMalformedTests {
         }
       }
       do {
-        _ = try LlamaConfig(
+        _ = try DecoderConfig(
           ggufMetadata: parsed.metadata, tensors: parsed.tensors.map { ($0.name, $0.dims) },
           path: "fuzz.gguf")
       } catch {

@@ -299,15 +299,15 @@ struct LlamaTests {
 
 @Suite("Llama config")
 struct LlamaConfigTests {
-  static func config(_ extra: String) throws -> LlamaConfig {
+  static func config(_ extra: String) throws -> DecoderConfig {
     let text = """
       {"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
        "num_attention_heads":4,"vocab_size":32\(extra)}
       """
-    return try LlamaConfig(hfConfig: try JSONParser.parse(Array(text.utf8)), path: "config.json")
+    return try DecoderConfig(hfConfig: try JSONParser.parse(Array(text.utf8)), path: "config.json")
   }
 
-  // Oracle: transformers 5's LlamaConfig, which keeps rope_theta inside rope_parameters (the
+  // Oracle: transformers 5's DecoderConfig, which keeps rope_theta inside rope_parameters (the
   // tiny bases in Fixtures/peft were saved that way) and older files with a top-level key.
   @Test("rope_theta is read from rope_parameters (transformers 5) or the top level")
   func ropeTheta() throws {

@@ -65,10 +65,11 @@ struct GGUFConsumers {
     removeTree(merged)
     var full: [String: Verdict] = [:]
     var partial: [String: Verdict] = [:]
-    partial["config"] = Verdict { _ = try LlamaConfig(gguf: try GGUFFile(path: path)) }
+    partial["config"] = Verdict { _ = try DecoderConfig(gguf: try GGUFFile(path: path)) }
     full["config+tensors"] = Verdict {
       let file = try GGUFFile(path: path)
-      try LlamaConfig(gguf: file).checkTensors(LlamaConfig.hfShapes(of: file), complete: true)
+      let config = try DecoderConfig(gguf: file)
+      try config.checkTensors(config.hfShapes(of: file), complete: true)
     }
     full["eval"] = Verdict {
       let model = try LlamaModel(path: path)
@@ -108,7 +109,7 @@ func hfLlamaConsumers(_ folder: String, work: String) -> [String: Verdict] {
   var verdicts: [String: Verdict] = [:]
   verdicts["config+tensors"] = Verdict {
     let path = "\(folder)/config.json"
-    let config = try LlamaConfig(
+    let config = try DecoderConfig(
       hfConfig: try JSONParser.parse(file: path, domain: "config"), path: path)
     let model = try SafetensorsModel.open(folder)
     try config.checkTensors(model.tensors.map { ($0.name, $0.shape) }, complete: true)

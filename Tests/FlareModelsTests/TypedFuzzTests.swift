@@ -126,7 +126,7 @@ struct FuzzTally {
 
 /// Oracle: the consumers themselves must agree. Every consumer of a mutated configuration either
 /// accepts it or throws a FlareError naming the file and the key (or tensor); none traps. Every
-/// consumer that needs the whole model gives the verdict of the reference (`LlamaConfig` with
+/// consumer that needs the whole model gives the verdict of the reference (`DecoderConfig` with
 /// `checkTensors(complete: true)`), because they all read the configuration through it: the same
 /// refusal (code, key, tensor), or, when the reference accepts, a model that loads and runs,
 /// converts and merges. Each campaign is seeded and bounded, and must both accept and refuse.
@@ -205,7 +205,8 @@ struct TypedFuzzTests {
         "config+tensors",
         {
           let file = try GGUFFile(path: path)
-          try LlamaConfig(gguf: file).checkTensors(LlamaConfig.hfShapes(of: file), complete: true)
+          let config = try DecoderConfig(gguf: file)
+          try config.checkTensors(config.hfShapes(of: file), complete: true)
         }, file: path, context: context)
       let eval = tally.record(
         "eval",
@@ -293,7 +294,7 @@ struct TypedFuzzTests {
         "config+tensors",
         {
           let path = "\(folder)/config.json"
-          let config = try LlamaConfig(
+          let config = try DecoderConfig(
             hfConfig: try JSONParser.parse(file: path, domain: "config"), path: path)
           let model = try SafetensorsModel.open(folder)
           try config.checkTensors(model.tensors.map { ($0.name, $0.shape) }, complete: true)
@@ -403,11 +404,11 @@ struct TypedFuzzTests {
       let verdict = tally.record(
         "config",
         {
-          let config = try LlamaConfig(
+          let config = try DecoderConfig(
             ggufMetadata: mutated, tensors: tensors, path: smolLM2GGUF)
           try config.checkTensors(
             tensors.compactMap { name, dims in
-              LlamaLayout.hfName(gguf: name).map { ($0, Array(dims.reversed())) }
+              ModelFamily.llama.hfName(gguf: name).map { ($0, Array(dims.reversed())) }
             }, complete: true)
         }, file: smolLM2GGUF, context: context)
       if round == 0 { #expect(verdict == .ok, "the real header must be accepted") }
