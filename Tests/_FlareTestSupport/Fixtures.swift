@@ -142,3 +142,15 @@ public func smolLM2HFFolder() throws -> String? {
   }
   return folder
 }
+
+/// The real Gemma 3 270M GGUF (Q4_K_M) fetched by `scripts/fetch-models.sh`.
+public var gemma3GGUF: String { "\(modelCache)/models/gemma3-270m/gemma-3-270m-q4_k_m.gguf" }
+
+/// ``gemma3GGUF``, or `nil` when it is missing and ``offline`` is set (the test is skipped).
+/// - Throws: ``MissingModel`` when it is missing otherwise.
+public func requireGemma3GGUF() throws -> String? {
+  if FileManager.default.fileExists(atPath: gemma3GGUF) { return gemma3GGUF }
+  if offline { return nil }
+  throw MissingModel(
+    description: "Gemma 3 270M is missing: run scripts/fetch-models.sh (or make models)")
+}

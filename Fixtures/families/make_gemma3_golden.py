@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Goldens for the real Gemma 3 270M GGUF (Q4_K_M), fetched by scripts/fetch-models.sh.
+
+Writes Fixtures/families/gemma3-270m.json. For each prompt, the token ids llama.cpp gives the
+text (BOS added, as the file's tokenizer.ggml.add_bos_token says), then:
+
+  transformers  transformers 5.25 loads the GGUF itself (dequantized to float32; its GGUF loader
+                turns the stored 1 + w norms back into w) as Gemma3ForCausalLM, eager attention:
+                the last position's top-20 logits and every 64th logit of the vocabulary.
+  llama.cpp     llama-cpp-python 0.3.36 on the same file, its own quantized kernels, F32 KV
+                cache: the top-20 logits of the last position, the 16-token greedy
+                continuation, and at each of its steps the gap between llama.cpp's best and
+                second-best logit (how firm each choice is).
+
+Needs transformers, torch (CPU), numpy, gguf and llama-cpp-python. Run from anywhere:
+
+    python3 Fixtures/families/make_gemma3_golden.py
+"""
+
+import json
+import os
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.environ.get("FLARE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flare")
+FOLDER = os.path.join(CACHE, "models", "gemma3-270m")
+FILE = "gemma-3-270m-q4_k_m.gguf"
+OUT = os.path.join(HERE, "gemma3-270m.json")
+PROMPTS = [
+    "Once upon a time, there was a little",
+    "The capital of France is",
+    "In the beginning God created the heaven and the earth.",
+    "La capital de Francia es",
+]
+TOP = 20
+STRIDE = 64
+GREEDY = 16
+
+
+def top(logits):
+    order = np.argsort(-logits, kind="stable")[:TOP]
+    return [{"id": int(i), "logit": float(f"{logits[i]:.7g}")} for i in order]
+
+
+def main():
+    import torch
+    import transformers
+    import llama_cpp
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    llm = Llama(model_path=os.path.join(FOLDER, FILE), n_ctx=256, n_batch=256, n_threads=2,
+                logits_all=True, type_k=0, type_v=0, flash_attn=False, verbose=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        FOLDER, gguf_file=FILE, dtype=torch.float32, attn_implementation="eager").eval()
+    cases = []
+    for text in PROMPTS:
+        ids = llm.tokenize(text.encode(), add_bos=True, special=False)
+        llm.reset()
+        llm.eval(ids)
+        cpp = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+        greedy, margins = [], []
+        for _ in range(GREEDY):
+            scores = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            token = int(np.argmax(scores))
+            first, second = np.sort(scores)[-2:][::-1]
+            greedy.append(token)
+            margins.append(float(f"{first - second:.6g}"))
+            llm.eval([token])
+        with torch.no_grad():
+            hf = model(torch.tensor([ids]), use_cache=False).logits[0, -1].float().numpy()
+        cases.append({
+            "text": text, "ids": ids,
+            "transformers": {"top": top(hf),
+                             "strided": [float(f"{x:.7g}") for x in hf[::STRIDE]]},
+            "llamacpp": {"top": top(cpp), "greedy": greedy, "margins": margins},
+            "max_abs_llamacpp_vs_transformers": float(np.abs(cpp - hf).max()),
+        })
+    golden = {
+        "file": FILE, "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "vocab": int(llm.n_vocab()), "stride": STRIDE,
+        "oracles": {"transformers": transformers.__version__, "torch": torch.__version__,
+                    "llama_cpp_python": llama_cpp.__version__},
+        "cases": cases,
+    }
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
