@@ -15,8 +15,10 @@ five of them sliding (window 4) with their own RoPE base, and q/k RMSNorm):
                                 blocks), seeded random A and B.
   tiny-<family>-grads.safetensors
                                 PEFT's gradients of every LoRA tensor for one causal-LM step
-                                (the prompts as a right-padded batch), float32 (Qwen only: Flare
-                                has no Gemma training pass yet).
+                                (the prompts as a right-padded batch), float32.
+  tiny-<family>-flare-grads.safetensors
+                                The same for one FLARE step (add_relu on q_proj and v_proj, the
+                                second prompt as the source of the first; `flare_step`).
   tiny-<family>-merged.safetensors
                                 PEFT's merge_and_unload() of the two, the tensors PEFT changed.
   golden.json                   per family, per prompt: the token ids (the tokenizer above, no
@@ -45,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 import zlib
 
 import numpy as np
@@ -62,6 +65,10 @@ from transformers import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "Fixtures", "fusion"))
+from make_fusion_goldens import fuse  # noqa: E402
+
+torch.set_num_threads(1)  # the same reductions on every run: the outputs are deterministic
 VOCAB = 288
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -148,6 +155,17 @@ def logits_of(model, ids):
     return rows(out.tolist(), ids)
 
 
+def save_gradients(peft_model, name):
+    """Every trainable tensor's gradient, under its module path
+    (`model.layers.0.self_attn.q_proj.lora_A`), to `name` next to this script."""
+    grads = {}
+    for key, p in peft_model.named_parameters():
+        if p.requires_grad:
+            key = key.removeprefix("base_model.model.").replace(".default.weight", "")
+            grads[key] = p.grad.detach().clone().contiguous()
+    save_file(grads, os.path.join(HERE, name), metadata={"format": "pt"})
+
+
 def training_step(peft_model, sequences, family):
     """One causal-LM step of the adapter as saved (lora_dropout 0): the prompts right-padded with
     token 0, labels the ids with -100 on padding, transformers' loss (shifted, mean over the
@@ -162,13 +180,7 @@ def training_step(peft_model, sequences, family):
     out = peft_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                      labels=torch.tensor(labels), use_cache=False)
     out.loss.backward()
-    grads = {}
-    for name, p in peft_model.named_parameters():
-        if p.requires_grad:
-            key = name.removeprefix("base_model.model.").replace(".default.weight", "")
-            grads[key] = p.grad.detach().clone().contiguous()
-    save_file(grads, os.path.join(HERE, f"tiny-{family}-grads.safetensors"),
-              metadata={"format": "pt"})
+    save_gradients(peft_model, f"tiny-{family}-grads.safetensors")
     peft_model.zero_grad()
     peft_model.eval()
     count = sum(1 for row in labels for label in row[1:] if label != -100)
@@ -183,6 +195,54 @@ class F16GELU(torch.nn.Module):
     def forward(self, x):
         y = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
         return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+
+
+def flare_step(peft_model, target, source, family):
+    """One FLARE step (FLARE.md §2.2) with the adapter as saved: q_proj and v_proj fused with
+    add_relu, `y = W·x_t + s·(relu(A·x_s) + relu(A·x_t))·Bᵀ`, the other LoRA layers plain; x_s
+    the hidden state entering the same block when the base model (adapters off, no gradient)
+    runs the source (transformers' hidden_states[i]: for Gemma the embeddings already scaled
+    by √hidden). One sequence, target and source of the same length (position j fuses with j),
+    labels the target ids; gradients to tiny-<family>-flare-grads.safetensors."""
+    n = min(len(target), len(source))
+    target, source = target[:n], source[:n]
+    sources = {}
+    layers = peft_model.base_model.model.model.layers
+    originals = []
+
+    def fused(module, index):
+        def forward(self, x, *args, **kwargs):
+            y = self.base_layer(x)
+            if self.disable_adapters:
+                return y
+            a = self.lora_A["default"].weight
+            b = self.lora_B["default"].weight
+            f = fuse("add_relu", sources[index] @ a.T, x @ a.T, None, 1, None)
+            return y + self.scaling["default"] * f @ b.T
+        originals.append((module, module.forward))
+        module.forward = types.MethodType(forward, module)
+
+    for i, layer in enumerate(layers):
+        for proj in ("q_proj", "v_proj"):
+            fused(getattr(layer.self_attn, proj), i)
+    peft_model.train()
+    peft_model.zero_grad()
+    with torch.no_grad(), peft_model.disable_adapter():
+        hidden = peft_model(input_ids=torch.tensor([source]), use_cache=False,
+                            output_hidden_states=True).hidden_states
+    for i in range(len(layers)):
+        sources[i] = hidden[i].detach()
+    out = peft_model(input_ids=torch.tensor([target]), labels=torch.tensor([target]),
+                     use_cache=False)
+    out.loss.backward()
+    save_gradients(peft_model, f"tiny-{family}-flare-grads.safetensors")
+    for module, forward in originals:
+        module.forward = forward
+    peft_model.zero_grad()
+    peft_model.eval()
+    return {"target_ids": target, "source_ids": source, "fusion": "add_relu",
+            "fused": ["q_proj", "v_proj"], "label_count": n - 1, "loss": out.loss.item(),
+            "scale": 2.0}
 
 
 def make_family(family, seed, converter):
@@ -228,10 +288,19 @@ def make_family(family, seed, converter):
     for name in os.listdir(lora_folder):
         if name not in ("adapter_config.json", "adapter_model.safetensors"):
             os.remove(os.path.join(lora_folder, name))
+    # PEFT writes target_modules from a set, in hash order: sorted, the file is deterministic.
+    config_path = os.path.join(lora_folder, "adapter_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    saved["target_modules"] = sorted(saved["target_modules"])
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+        f.write("\n")
     peft_model.eval()
     for case in cases:
         case["lora_logits"] = logits_of(peft_model, case["ids"])
-    training = None if gemma else training_step(peft_model, [c["ids"] for c in cases], family)
+    training = training_step(peft_model, [c["ids"] for c in cases], family)
+    flare = flare_step(peft_model, cases[0]["ids"], cases[1]["ids"], family)
     merged = peft_model.merge_and_unload()
     changed = {name: t.detach().clone().contiguous() for name, t in merged.state_dict().items()
                if any(f".{target}." in name for target in LORA_TARGETS)}
@@ -266,7 +335,7 @@ def make_family(family, seed, converter):
             case["f16_gelu_transformers_vs_llamacpp"] = float(
                 np.abs(patched - np.array(case["llamacpp_logits"])).max())
     return {"folder": f"Fixtures/families/tiny-{family}", "seed": seed, "gguf_crc32": digest,
-            "cases": cases, "training": training}
+            "cases": cases, "training": training, "flare": flare}
 
 
 def main():

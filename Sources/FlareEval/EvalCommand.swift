@@ -47,7 +47,7 @@ public enum EvalCommand {
   public static let spec = CommandSpec(
     name: "flare-eval",
     overview:
-      "Run Llama, Qwen2, Qwen3 and BERT/XLM-R models in-process: generate, score, embed, classify, compare.",
+      "Run Llama, Qwen2, Qwen3, Gemma and BERT/XLM-R models in-process: generate, score, embed, classify, compare.",
     positionals: [PositionalSpec("subcommand", help: "One of the subcommands below.")],
     options: [],
     discussion: """

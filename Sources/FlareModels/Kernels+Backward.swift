@@ -277,10 +277,11 @@ extension Kernels {
     dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, outStride: Int,
     q: UnsafePointer<Float>, qStride: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
     kvStride: Int, queries t: Int, keys s: Int, headDim d: Int, probs: UnsafePointer<Float>,
-    dropout: UnsafePointer<Float>?, scratch: UnsafeMutablePointer<Float>
+    dropout: UnsafePointer<Float>?, scratch: UnsafeMutablePointer<Float>, scale: Float? = nil,
+    softcap: Float? = nil
   ) {
     guard t > 0, s > 0, d > 0 else { return }
-    let scale = 1 / Float(d).squareRoot()
+    let scale = scale ?? 1 / Float(d).squareRoot()
     let count = t * s
     // dV += (P⊙M)ᵀ·dout, the probabilities as the forward mixed them.
     var mixed = probs
@@ -305,7 +306,19 @@ extension Kernels {
       for key in 0..<s { dot += p[key] * g[key] }
       for key in 0..<s { g[key] = p[key] * (g[key] - dot) }
     }
-    // Scores were Q·Kᵀ/√d: dQ += dS·K/√d, dK += dSᵀ·Q/√d.
+    if let cap = softcap {
+      // Scores were cap·tanh(z/cap) of z = Q·Kᵀ·scale: times 1 − tanh², z computed again.
+      let z = UnsafeMutablePointer<Float>.allocate(capacity: count)
+      defer { z.deallocate() }
+      BLAS.sgemm(
+        transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
+        ldb: kvStride, beta: 0, c: z, ldc: s)
+      for i in 0..<count {
+        let th = tanhf(z[i] / cap)
+        scratch[i] *= 1 - th * th
+      }
+    }
+    // Scores were Q·Kᵀ·scale: dQ += dS·K·scale, dK += dSᵀ·Q·scale.
     BLAS.sgemm(
       transA: false, transB: false, m: t, n: d, k: s, alpha: scale, a: scratch, lda: s, b: k,
       ldb: kvStride, beta: 1, c: dq, ldc: qStride)
@@ -329,7 +342,7 @@ extension Kernels {
     dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, q: UnsafePointer<Float>,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, probs: UnsafePointer<Float>,
     dropout: UnsafePointer<Float>?, batch: Int, length t: Int, heads: Int, kvHeads: Int,
-    headDim d: Int, workers: Int = 1
+    headDim d: Int, workers: Int = 1, scale: Float? = nil, softcap: Float? = nil
   ) {
     precondition(kvHeads > 0 && heads % kvHeads == 0, "attentionBackward: \(heads) over \(kvHeads)")
     let qDim = heads * d
@@ -356,7 +369,8 @@ extension Kernels {
             dq: dqs + qOffset, dk: dks + kvOffset, dv: dvs + kvOffset, dout: douts + qOffset,
             outStride: qDim, q: qs + qOffset, qStride: qDim, k: ks + kvOffset, v: vs + kvOffset,
             kvStride: kvDim, queries: t, keys: t, headDim: d, probs: ps + pOffset,
-            dropout: ms.map { $0 + pOffset }, scratch: work + worker * t * t)
+            dropout: ms.map { $0 + pOffset }, scratch: work + worker * t * t, scale: scale,
+            softcap: softcap)
         }
         pair += workers
       }
@@ -371,6 +385,25 @@ extension Kernels {
   }
 
   // MARK: - Activations
+
+  /// Backward of ``geglu(out:gate:up:count:ggmlF16:)`` (PyTorch's tanh GELU): with
+  /// `u = √(2/π)·(g + 0.044715·g³)`, `gelu(g) = 0.5·g·(1 + tanh u)`,
+  /// `dgate += dout·up·(0.5·(1 + tanh u) + 0.5·g·(1 − tanh² u)·√(2/π)·(1 + 3·0.044715·g²))`
+  /// and `dup += dout·gelu(g)`.
+  public static func gegluBackward(
+    dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+    gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dout: UnsafePointer<Float>, count: Int
+  ) {
+    let beta = Float((2 / Double.pi).squareRoot())
+    let kappa: Float = 0.044715
+    for i in 0..<count {
+      let g = gate[i]
+      let th = tanhf(beta * (g + kappa * g * g * g))
+      let derivative = 0.5 * (1 + th) + 0.5 * g * (1 - th * th) * beta * (1 + 3 * kappa * g * g)
+      dgate[i] += dout[i] * up[i] * derivative
+      dup[i] += dout[i] * 0.5 * g * (1 + th)
+    }
+  }
 
   /// Backward of ``swiglu(out:gate:up:count:)``: with `σ = 1/(1+e^−g)`,
   /// `dgate += dout·u·σ·(1 + g·(1−σ))` and `dup += dout·g·σ`.

@@ -246,7 +246,8 @@ extension Kernels {
   static func lmHeadCrossEntropy(
     dinp: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, frozen weight: FrozenMatrix,
     bias: UnsafePointer<Float>?, labels: UnsafePointer<Int>, rows n: Int, channels c: Int,
-    vocab v: Int, chunk: Int, gradientScale: Float, workspace: UnsafeMutablePointer<Float>? = nil
+    vocab v: Int, chunk: Int, gradientScale: Float, workspace: UnsafeMutablePointer<Float>? = nil,
+    softcap: Float? = nil
   ) -> (loss: Double, count: Int) {
     let labelled = (0..<n).filter { labels[$0] != ignoreIndex }
     guard !labelled.isEmpty, c > 0, v > 0 else { return (0, 0) }
@@ -261,17 +262,30 @@ extension Kernels {
     let rows = buffer
     let gradients = buffer + step * c
     let logits = buffer + 2 * step * c
+    // Gemma 2's soft-capped logits `cap·tanh(z/cap)`: their derivative `1 − tanh²` per value.
+    let slopes = softcap.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: step * v) }
+    defer { slopes?.deallocate() }
     var total: Double = 0
     var start = 0
     while start < labelled.count {
       let m = min(step, labelled.count - start)
       for i in 0..<m { (rows + i * c).update(from: inp + labelled[start + i] * c, count: c) }
       weight.forward(out: logits, inp: rows, bias: bias, rows: m, inFeatures: c, outFeatures: v)
+      if let cap = softcap, let slopes {
+        for i in 0..<(m * v) {
+          let t = tanhf(logits[i] / cap)
+          logits[i] = cap * t
+          slopes[i] = 1 - t * t
+        }
+      }
       for i in 0..<m {
         total += crossEntropyRowInPlace(
           logits + i * v, classes: v, label: labels[labelled[start + i]], scale: gradientScale)
       }
       if let dinp {
+        if let slopes {
+          for i in 0..<(m * v) { logits[i] *= slopes[i] }
+        }
         weight.backwardInput(
           dinp: gradients, dout: logits, rows: m, inFeatures: c, outFeatures: v, accumulate: false)
         for i in 0..<m { add(dinp + labelled[start + i] * c, gradients + i * c, count: c) }

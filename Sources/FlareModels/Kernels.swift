@@ -237,9 +237,7 @@ public enum Kernels {
     BLAS.sgemm(
       transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
       ldb: kvStride, beta: 0, c: probs, ldc: s)
-    if let cap = softcap {
-      for i in 0..<(t * s) { probs[i] = cap * tanhf(probs[i] / cap) }
-    }
+    if let cap = softcap { Kernels.softcap(probs, count: t * s, cap: cap) }
     mask(probs)
     softmax(probs, rows: t, channels: s)
     var mixed = UnsafePointer(probs)
@@ -285,6 +283,11 @@ public enum Kernels {
     // tiny non-zero weights would become subnormal probabilities, which make matrix products
     // crawl.
     return (p * unsafeBitCast(exponent, to: SIMD8<Float>.self)).replacing(with: 0, where: underflow)
+  }
+
+  /// Soft-capping in place (Gemma 2's attention scores and logits): `x = cap·tanh(x/cap)`.
+  public static func softcap(_ values: UnsafeMutablePointer<Float>, count: Int, cap: Float) {
+    for i in 0..<count { values[i] = cap * tanhf(values[i] / cap) }
   }
 
   /// GeGLU: `out = gelu_tanh(gate) · up`, elementwise over `count` values, with PyTorch's tanh

@@ -5,12 +5,6 @@ import FlareCore
 import FlareGGUF
 import FlareTensor
 
-#if canImport(Glibc)
-  import Glibc
-#elseif canImport(Musl)
-  import Musl
-#endif
-
 /// A Llama-family decoder (SmolLM2, Llama 2/3, …) running in F32: token embedding, RMSNorm,
 /// RoPE, grouped-query attention, SwiGLU MLP, tied or untied output head, a KV cache, batched
 /// prefill with padding, and LoRA adapters applied unmerged.
@@ -343,10 +337,10 @@ public final class LlamaModel: @unchecked Sendable {
     logits.withUnsafeMutableBufferPointer { ls in
       guard let out = ls.baseAddress else { return }
       output.forward(out: out, inp: final[0], rows: m, workers: LlamaThreads.blas.workers)
-    }
-    if let cap = config.finalSoftcap, head == nil {
-      // Gemma 2: logits = cap · tanh(logits / cap), as transformers and llama.cpp compute it.
-      for i in logits.indices { logits[i] = cap * tanhf(logits[i] / cap) }
+      // Gemma 2's LM head: cap·tanh(logits/cap), as transformers and llama.cpp compute it.
+      if let cap = config.finalSoftcap, head == nil {
+        Kernels.softcap(out, count: ls.count, cap: cap)
+      }
     }
     return logits
   }
@@ -465,14 +459,21 @@ extension LlamaModel {
           weight: weight.pointer, rows: r.count, channels: c, eps: eps)
       }
     }
-    /// Gemma's norm of a sublayer's output, in place, before it joins the residual.
-    func outputNorm(_ values: UnsafeMutablePointer<Float>, _ weight: Weight?) {
-      guard let weight else { return }
-      rows.forRows(n) { r in
-        Kernels.rmsnorm(
-          out: values + r.lowerBound * c, rstd: nil, inp: values + r.lowerBound * c,
-          weight: weight.pointer, rows: r.count, channels: c, eps: eps)
+    /// Linear layer `j` of `layer` into `projected`, through Gemma's norm of the sublayer's
+    /// output when the block has one (the raw output and the norm's statistics kept in
+    /// `raw` and `rstd` for the backward pass).
+    func output(
+      _ layer: Int, _ j: Int, inp: UnsafePointer<Float>, norm: Weight?,
+      raw: LlamaActivations.Region, rstd: LlamaActivations.Region
+    ) {
+      let projected = a.pointer(.projected)
+      guard let norm else {
+        linear(layer, j, out: projected, inp: inp)
+        return
       }
+      let values = a.pointer(raw, layer: layer)
+      linear(layer, j, out: values, inp: inp)
+      rmsnorm(out: projected, rstd: a.pointer(rstd, layer: layer), inp: values, weight: norm)
     }
     /// `out = x + y` (`out` may be `x`).
     func residualAdd(
@@ -551,8 +552,9 @@ extension LlamaModel {
         a, layer: layer, q: q, keys: keyStore, values: valueStore, offsets: offsets, out: context,
         start: start, padding: padding, window: sliding ? config.slidingWindow : nil,
         threads: pass.threads)
-      linear(layer, 3, out: projected, inp: context)
-      outputNorm(projected, block.attentionOutputNorm)
+      output(
+        layer, 3, inp: context, norm: block.attentionOutputNorm, raw: .attentionOutput,
+        rstd: .attentionOutputRstd)
       residualAdd(mid, x, projected)
       let mlpNormed = a.pointer(.mlpNormed, layer: layer)
       rmsnorm(
@@ -574,8 +576,8 @@ extension LlamaModel {
             ggmlF16: quantizedArithmetic)
         }
       }
-      linear(layer, 6, out: projected, inp: act)
-      outputNorm(projected, block.mlpOutputNorm)
+      output(
+        layer, 6, inp: act, norm: block.mlpOutputNorm, raw: .mlpOutput, rstd: .mlpOutputRstd)
       residualAdd(a.residual(layer + 1), mid, projected)
     }
   }

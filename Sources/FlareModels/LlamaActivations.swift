@@ -87,6 +87,9 @@ final class LlamaActivations: @unchecked Sendable {
     /// `[N×H·d]`, `[N×KV·d]`, `[N·H]`, `[N·KV]`: Qwen3's q and k projections before their
     /// per-head RMSNorm, and its reciprocal standard deviations (empty for other families).
     case rawQ, rawK, qRstd, kRstd
+    /// `[N×C]`, `[N]`, twice: Gemma's attention and MLP outputs before their norms, and those
+    /// norms' reciprocal standard deviations (empty for other families).
+    case attentionOutput, attentionOutputRstd, mlpOutput, mlpOutputRstd
   }
 
   let batch: Int
@@ -108,7 +111,7 @@ final class LlamaActivations: @unchecked Sendable {
   /// needed only for the weight gradients of LoRA layers on them.
   static let backwardRegions: Set<Region> = [
     .residual, .attentionRstd, .q, .k, .v, .probs, .mid, .mlpRstd, .gate, .up, .rawQ, .rawK,
-    .qRstd, .kRstd,
+    .qRstd, .kRstd, .attentionOutput, .attentionOutputRstd, .mlpOutput, .mlpOutputRstd,
   ]
 
   /// The regions a training pass keeps for `loras` (linear-layer slots `7·layer + j`): the
@@ -169,6 +172,7 @@ final class LlamaActivations: @unchecked Sendable {
     let kvDim = config.headCountKV * config.headDim
     let ff = config.feedForwardLength
     let qkNorm = config.family.queryKeyNorm
+    let outputNorms = config.family.outputNorms != nil
     var offsets: [Int] = []
     var slotSizes: [Int] = []
     var total = 0
@@ -194,6 +198,8 @@ final class LlamaActivations: @unchecked Sendable {
       case .rawK: (size, slots) = (qkNorm ? n * kvDim : 0, layers)
       case .qRstd: (size, slots) = (qkNorm ? n * config.headCount : 0, layers)
       case .kRstd: (size, slots) = (qkNorm ? n * config.headCountKV : 0, layers)
+      case .attentionOutput, .mlpOutput: (size, slots) = (outputNorms ? n * c : 0, layers)
+      case .attentionOutputRstd, .mlpOutputRstd: (size, slots) = (outputNorms ? n : 0, layers)
       }
       offsets.append(total)
       slotSizes.append(size)

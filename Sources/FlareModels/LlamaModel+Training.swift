@@ -167,14 +167,6 @@ extension LlamaModel: TrainableModel {
   /// bias), as PEFT saves it in `modules_to_save`.
   public static let scoreHeadName = "base_model.model.score.weight"
 
-  /// Why this model's family has no training or evaluation pass yet, or `nil`: Gemma's
-  /// output norms, GeGLU, soft-capping and sliding windows run in inference only so far.
-  public var passUnsupported: String? {
-    guard config.family.slidingPattern != nil else { return nil }
-    return
-      "training and evaluation passes (flare-train, FLARE adapters, flare-eval classify) do not support \(config.family.displayName) models yet; flare-eval generate, logits, perplexity, compare and bench run them"
-  }
-
   /// A training pass (`gradientScale` given) or an evaluation pass (`nil`); for sequence
   /// classification also the logits, `B×classes`.
   /// With `logitRows` (evaluation only), the LM head's logits of those rows instead of a loss.
@@ -190,9 +182,6 @@ extension LlamaModel: TrainableModel {
       throw bad(
         "adapters are attached to \(attached.path); a training or evaluation pass takes its LoRA layers from the training state (load the model again without them)",
         .unsupported)
-    }
-    if let reason = passUnsupported {
-      throw bad(reason, .unsupported)
     }
     guard state.modelDropout == 0 else {
       throw bad(
@@ -421,6 +410,11 @@ extension LlamaModel: TrainableModel {
             bias: head.bias?.pointer, rows: r.count, inFeatures: c, outFeatures: vocab)
         }
       }
+      if let cap = config.finalSoftcap {
+        logits.withUnsafeMutableBufferPointer {
+          Kernels.softcap($0.baseAddress!, count: $0.count, cap: cap)
+        }
+      }
       return (TrainingPassResult(lossSum: 0, count: 0), logits)
     }
     if let classes, let score {
@@ -453,7 +447,8 @@ extension LlamaModel: TrainableModel {
                 frozen: head.weight.frozen, bias: head.bias?.pointer,
                 labels: labels.baseAddress! + first, rows: m, channels: c, vocab: vocab,
                 chunk: headChunk, gradientScale: gradientScale ?? 1,
-                workspace: workspace.buffer.baseAddress! + worker * space)
+                workspace: workspace.buffer.baseAddress! + worker * space,
+                softcap: config.finalSoftcap)
               losses[group] = loss
               counts[group] = count
             }
@@ -753,9 +748,12 @@ extension LlamaModel: TrainableModel {
     let threads = pass.threads
     guard let lowest = pass.adaptedSlots.min().map({ $0 / 7 }) else { return }
     let qkNorm = config.family.queryKeyNorm
+    let outputNorms = config.family.outputNorms != nil
     // Gradient buffers; every region is written before it is read.
     let storage = storagePool.take(
-      count: n * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff + (qkNorm ? qDim + kvDim : 0)))
+      count: n
+        * (2 * c + 2 * qDim + 2 * kvDim + 3 * ff + (qkNorm ? qDim + kvDim : 0)
+          + (outputNorms ? c : 0)))
     defer { storagePool.give(storage) }
     let dres = storage.buffer.baseAddress!
     let dnormed = dres + n * c
@@ -766,8 +764,25 @@ extension LlamaModel: TrainableModel {
     let (dact, dgate, dup) = (dv + n * kvDim, dv + n * kvDim + n * ff, dv + n * kvDim + 2 * n * ff)
     // Qwen3: the gradients of the q and k projections' outputs, before the per-head norms.
     let (drawQ, drawK) = (dup + n * ff, dup + n * ff + n * qDim)
-    let (cosines, sines) = Kernels.ropeTables(
-      positions: positions, headDim: d, theta: config.ropeFreqBase)
+    // Gemma: the gradient of a sublayer's output before its norm.
+    let draw = dup + n * ff + (qkNorm ? n * (qDim + kvDim) : 0)
+    /// The gradient a sublayer's linear layer receives: `dres` itself, or through Gemma's
+    /// output norm (into `draw`).
+    func throughOutputNorm(
+      _ norm: Weight?, _ layer: Int, raw: LlamaActivations.Region,
+      rstd: LlamaActivations.Region
+    ) -> UnsafePointer<Float> {
+      guard let norm else { return UnsafePointer(dres) }
+      rmsnormBackward(
+        dinp: draw, zero: true, dout: dres, inp: a.pointer(raw, layer: layer), weight: norm,
+        rstd: a.pointer(rstd, layer: layer))
+      return UnsafePointer(draw)
+    }
+    let global = Kernels.ropeTables(positions: positions, headDim: d, theta: config.ropeFreqBase)
+    let local = config.ropeLocalFreqBase.map {
+      Kernels.ropeTables(positions: positions, headDim: d, theta: $0)
+    }
+    let activation = config.family.activation
 
     /// `dinp +=` the RMSNorm backward in row chunks (`dinp` zeroed first with `zero`).
     func rmsnormBackward(
@@ -810,7 +825,8 @@ extension LlamaModel: TrainableModel {
       // MLP: residual(l+1) = mid + down(silu(gate)·up); dres is the gradient of both.
       let needsMLPInput = needsInput || hasLoRA(0..<6)
       linearBackward(
-        layer, 6, dinp: needsMLPInput || hasLoRA(4..<6) ? dact : nil, dout: dres,
+        layer, 6, dinp: needsMLPInput || hasLoRA(4..<6) ? dact : nil,
+        dout: throughOutputNorm(block.mlpOutputNorm, layer, raw: .mlpOutput, rstd: .mlpOutputRstd),
         inp: a.pointer(.act, layer: layer))
       if needsMLPInput || hasLoRA(4..<6) {
         let gate = a.pointer(.gate, layer: layer)
@@ -819,9 +835,16 @@ extension LlamaModel: TrainableModel {
           let o = r.lowerBound * ff
           dgate.advanced(by: o).update(repeating: 0, count: r.count * ff)
           dup.advanced(by: o).update(repeating: 0, count: r.count * ff)
-          Kernels.swigluBackward(
-            dgate: dgate + o, dup: dup + o, gate: gate + o, up: up + o, dout: dact + o,
-            count: r.count * ff)
+          switch activation {
+          case .silu:
+            Kernels.swigluBackward(
+              dgate: dgate + o, dup: dup + o, gate: gate + o, up: up + o, dout: dact + o,
+              count: r.count * ff)
+          case .geluTanh:
+            Kernels.gegluBackward(
+              dgate: dgate + o, dup: dup + o, gate: gate + o, up: up + o, dout: dact + o,
+              count: r.count * ff)
+          }
         }
         let mlpNormed = a.pointer(.mlpNormed, layer: layer)
         linearBackward(
@@ -839,7 +862,9 @@ extension LlamaModel: TrainableModel {
       guard needsInput || hasLoRA(0..<4) else { continue }
       let needsAttention = needsInput || hasLoRA(0..<3)
       linearBackward(
-        layer, 3, dinp: needsAttention ? dcontext : nil, dout: dres,
+        layer, 3, dinp: needsAttention ? dcontext : nil,
+        dout: throughOutputNorm(
+          block.attentionOutputNorm, layer, raw: .attentionOutput, rstd: .attentionOutputRstd),
         inp: a.pointer(.context, layer: layer))
       guard needsAttention else { continue }
       threads.forRows(n) { r in
@@ -851,7 +876,9 @@ extension LlamaModel: TrainableModel {
         dq: dq, dk: dk, dv: dv, dout: dcontext, q: a.pointer(.q, layer: layer),
         k: a.pointer(.k, layer: layer), v: a.pointer(.v, layer: layer),
         probs: a.pointer(.probs, layer: layer), dropout: nil, batch: b, length: t, heads: heads,
-        kvHeads: kvHeads, headDim: d, workers: threads.workers)
+        kvHeads: kvHeads, headDim: d, workers: threads.workers, scale: config.attentionScale,
+        softcap: config.attentionSoftcap)
+      let (cosines, sines) = config.slidingLayers[layer] ? local ?? global : global
       cosines.withUnsafeBufferPointer { cs in
         sines.withUnsafeBufferPointer { ss in
           let (cos, sin) = (cs.baseAddress!, ss.baseAddress!)

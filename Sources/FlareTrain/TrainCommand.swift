@@ -240,7 +240,7 @@ public enum TrainCommand {
   public static let spec = CommandSpec(
     name: "flare-train",
     overview:
-      "Train adapters on the CPU: LoRA and FLARE on Llama, Qwen2 and Qwen3 models and BERT/XLM-R encoders.",
+      "Train adapters on the CPU: LoRA and FLARE on Llama, Qwen and Gemma decoders and BERT/XLM-R encoders.",
     positionals: [PositionalSpec("subcommand", help: "One of the subcommands below.")],
     options: [],
     discussion: """

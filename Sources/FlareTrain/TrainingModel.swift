@@ -74,9 +74,6 @@ public struct TrainingModel {
     switch architecture {
     case _ where family != nil:
       let llama = try LlamaModel(source: source, compute: compute)
-      if let reason = llama.passUnsupported {
-        throw FlareError("train", .unsupported, reason, path: path)
-      }
       let model = try trainable(llama, family: "\(llama.config.family.displayName) models")
       let c = llama.config
       return TrainingModel(

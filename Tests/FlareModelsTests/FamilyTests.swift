@@ -24,8 +24,6 @@ import _FlareTestSupport
 struct FamilyTests {
   static let golden: JSONValue = (try? loadFixtureJSON("families/golden.json")) ?? .null
   static let families = ["qwen2", "qwen3", "gemma2", "gemma3"]
-  /// The families with a training pass (Gemma's runs in inference only so far).
-  static let trainable = ["qwen2", "qwen3"]
 
   /// How far llama.cpp's logits may be from Flare's: 1e-4, but 5e-3 for Gemma, where ggml
   /// computes GELU from a table of F16 values (its GGML_GELU_FP16), which moves its logits by up
@@ -249,62 +247,105 @@ struct FamilyTests {
     }
   }
 
-  /// Oracle: PEFT's float32 `loss.backward()` for the adapter as saved, on the prompts as a
-  /// right-padded batch (`tiny-<family>-grads.safetensors`). The loss within 1e-5 relative, every
-  /// LoRA gradient within 1e-4 relative Frobenius (the Llama bound, on a model whose float32
-  /// rounding is far smaller); the same again with gradient checkpointing.
-  @Test("one LoRA training step gives PEFT's loss and gradients", arguments: trainable)
-  func training(_ family: String) throws {
-    let spec = try #require(Self.golden["families"]?[family]?["training"])
+  /// The committed adapter of `family` as trainable LoRA layers (every linear layer of every
+  /// block), at `scale`.
+  static func loras(_ family: String, model: LlamaModel, scale: Float) throws -> [String:
+    TrainableLoRA]
+  {
     let adapter = try WeightSource(
       path: fixturePath("families/tiny-\(family)-lora/adapter_model.safetensors"))
-    let peft = try WeightSource(path: fixturePath("families/tiny-\(family)-grads.safetensors"))
-    let scale = Float(try #require(spec["scale"]?.doubleValue))
+    var loras: [String: TrainableLoRA] = [:]
+    for layer in 0..<model.config.blockCount {
+      for part in [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+      ] {
+        let module = "model.layers.\(layer).\(part)"
+        func tensor(_ suffix: String) throws -> TrainableTensor {
+          let w = try adapter.weight("base_model.model.\(module).\(suffix).weight")
+          return TrainableTensor(
+            name: "\(module).\(suffix)", shape: [w.rows, w.cols], values: Array(w.values))
+        }
+        loras[module] = TrainableLoRA(
+          module: module, a: try tensor("lora_A"), b: try tensor("lora_B"), scale: scale,
+          dropout: 0)
+      }
+    }
+    return loras
+  }
+
+  /// Runs one training pass of `state` and checks it against the golden `spec` and PEFT's
+  /// gradients in `grads`: the loss within 1e-5 relative, every LoRA gradient within 1e-4
+  /// relative Frobenius.
+  static func checkStep(
+    _ what: String, model: LlamaModel, batch: TrainingBatch, state: TrainingState,
+    spec: JSONValue, grads: String
+  ) throws {
+    let peft = try WeightSource(path: fixturePath("families/\(grads)"))
+    let count = try #require(spec["label_count"]?.intValue)
+    let expectedLoss = try #require(spec["loss"]?.doubleValue)
+    let result = try model.trainingPass(
+      batch: batch, state: state, gradientScale: 1 / Float(count))
+    #expect(result.count == count)
+    let loss = result.lossSum / Double(result.count)
+    #expect(abs(loss - expectedLoss) / expectedLoss < 1e-5, "\(what): loss \(loss)")
+    let got = gradients(state)
+    #expect(got.count == 14 * model.config.blockCount)
+    var worst = 0.0
+    for (name, values) in got {
+      let error = relativeFrobenius(values, Array(try peft.weight(name).values))
+      worst = max(worst, error)
+      #expect(error < 1e-4, "\(what): \(name) \(error)")
+    }
+    print(
+      "\(what): loss relative \(abs(loss - expectedLoss) / expectedLoss), worst gradient \(worst)")
+  }
+
+  /// Oracle: PEFT's float32 `loss.backward()` for the adapter as saved, on the prompts as a
+  /// right-padded batch (`tiny-<family>-grads.safetensors`), with and without gradient
+  /// checkpointing. Tolerances as ``checkStep``: the Llama bounds, on models whose float32
+  /// rounding is far smaller.
+  @Test("one LoRA training step gives PEFT's loss and gradients", arguments: families)
+  func training(_ family: String) throws {
+    let spec = try #require(Self.golden["families"]?[family]?["training"])
     let batch = TrainingBatch(
       tokens: try intRows(spec["input_ids"]),
       mask: try intRows(spec["attention_mask"]).map { $0.map { $0 != 0 } },
       targets: .tokens(try intRows(spec["labels"])))
-    let count = try #require(spec["label_count"]?.intValue)
-    let expectedLoss = try #require(spec["loss"]?.doubleValue)
     for checkpointing in [false, true] {
       let model = try LlamaModel(path: Self.folder(family))
       model.gradientCheckpointing = checkpointing
-      var loras: [String: TrainableLoRA] = [:]
-      for layer in 0..<model.config.blockCount {
-        for part in [
-          "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-        ] {
-          let module = "model.layers.\(layer).\(part)"
-          func tensor(_ suffix: String) throws -> TrainableTensor {
-            let w = try adapter.weight("base_model.model.\(module).\(suffix).weight")
-            return TrainableTensor(
-              name: "\(module).\(suffix)", shape: [w.rows, w.cols], values: Array(w.values))
-          }
-          loras[module] = TrainableLoRA(
-            module: module, a: try tensor("lora_A"), b: try tensor("lora_B"), scale: scale,
-            dropout: 0)
-        }
-      }
-      let state = TrainingState(loras: loras, heads: [:])
-      let result = try model.trainingPass(
-        batch: batch, state: state, gradientScale: 1 / Float(count))
-      #expect(result.count == count)
-      let loss = result.lossSum / Double(result.count)
-      #expect(abs(loss - expectedLoss) / expectedLoss < 1e-5, "\(family): loss \(loss)")
-      let got = gradients(state)
-      #expect(got.count == 28)
-      var worst = 0.0
-      for (name, values) in got {
-        let want = try peft.weight(name)
-        let error = relativeFrobenius(values, Array(want.values))
-        worst = max(worst, error)
-        #expect(error < 1e-4, "\(family) checkpointing \(checkpointing): \(name) \(error)")
-      }
-      print(
-        "\(family) training step (checkpointing \(checkpointing)): loss relative \(abs(loss - expectedLoss) / expectedLoss), worst gradient \(worst)"
-      )
+      let scale = Float(try #require(spec["scale"]?.doubleValue))
+      let state = TrainingState(loras: try Self.loras(family, model: model, scale: scale))
+      try Self.checkStep(
+        "\(family) training step (checkpointing \(checkpointing))", model: model, batch: batch,
+        state: state, spec: spec, grads: "tiny-\(family)-grads.safetensors")
     }
+  }
+
+  /// Oracle: the same adapter made a FLARE adapter in PyTorch (`flare_step` of the fixture
+  /// script): q_proj and v_proj fused with add_relu, the source states the base model's
+  /// `hidden_states` on the parallel text (for Gemma, block 0's input is the scaled
+  /// embeddings, as the reference takes it). Tolerances as ``checkStep``.
+  @Test("one FLARE step gives PyTorch's loss and gradients", arguments: families)
+  func flare(_ family: String) throws {
+    let spec = try #require(Self.golden["families"]?[family]?["flare"])
+    let target = try #require(spec["target_ids"]?.arrayValue).compactMap(\.intValue)
+    let source = try #require(spec["source_ids"]?.arrayValue).compactMap(\.intValue)
+    let batch = TrainingBatch(
+      tokens: [target], mask: [target.map { _ in true }], targets: .tokens([target]),
+      source: [source], sourceMask: [source.map { _ in true }])
+    let model = try LlamaModel(path: Self.folder(family))
+    model.trainingThreads = 2
+    let scale = Float(try #require(spec["scale"]?.doubleValue))
+    let loras = try Self.loras(family, model: model, scale: scale)
+    let fused = Set(loras.keys.filter { $0.hasSuffix(".q_proj") || $0.hasSuffix(".v_proj") })
+    let state = TrainingState(
+      loras: loras,
+      fusion: TrainingFusion(fusion: .addReLU, fusedModules: fused, causal: false))
+    try Self.checkStep(
+      "\(family) FLARE step", model: model, batch: batch, state: state, spec: spec,
+      grads: "tiny-\(family)-flare-grads.safetensors")
   }
 
   @Test("configurations the families do not support are refused by key")
@@ -347,18 +388,6 @@ struct FamilyTests {
     } catch {
       #expect(error.key == "query_pre_attn_scalar")
     }
-  }
-
-  @Test("Gemma has no training or evaluation pass yet: refused, not computed wrongly")
-  func gemmaTrainingRefused() throws {
-    let model = try LlamaModel(path: Self.folder("gemma2"))
-    #expect(model.passUnsupported != nil)
-    let batch = TrainingBatch(
-      tokens: [[1, 2, 3]], mask: [[true, true, true]], targets: .tokens([[1, 2, 3]]))
-    #expect(throws: FlareError.self) {
-      _ = try model.evaluationPass(batch: batch, state: TrainingState(loras: [:], heads: [:]))
-    }
-    #expect(try LlamaModel(path: Self.folder("qwen3")).passUnsupported == nil)
   }
 
   static func loadJSON(_ path: String) throws -> JSONValue {
