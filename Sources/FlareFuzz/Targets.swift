@@ -47,7 +47,7 @@ extension FuzzTarget {
     },
     FuzzTarget(
       "gguf-model",
-      "a .gguf model: the Llama hyperparameters and the tokenizer from its metadata",
+      "a .gguf model: the decoder hyperparameters and the tokenizer from its metadata",
       seeds: ["Fixtures/gguf/tiny-llama.gguf", "Fixtures/gguf/metadata-all-types.gguf"]
     ) { bytes, scratch in
       let path = scratch.write(bytes, to: "model.gguf")
@@ -108,7 +108,10 @@ extension FuzzTarget {
       touch(adapter)
       return true
     },
-    FuzzTarget("llama-config", "a Llama config.json", seeds: ["Fixtures/peft/*/config.json"]) {
+    FuzzTarget(
+      "llama-config", "a decoder's config.json (any family of ModelFamily)",
+      seeds: ["Fixtures/peft/*/config.json", "Fixtures/families/*/config.json"]
+    ) {
       bytes, _ in
       guard let json = try? JSONParser.parse(bytes) else { return false }
       return (try? DecoderConfig(hfConfig: json, path: "config.json")) != nil

@@ -47,6 +47,9 @@ import _FlareTestSupport
   @Test func realSeedsAreAccepted() throws {
     let checks: [(String, String)] = [
       ("gguf-model", "Fixtures/gguf/tiny-llama.gguf"),
+      ("gguf-model", "Fixtures/fuzz/gguf-model/seed-tiny-qwen3-q8_0.gguf"),
+      ("gguf-model", "Fixtures/fuzz/gguf-model/seed-tiny-gemma2-q8_0.gguf"),
+      ("llama-config", "Fixtures/families/tiny-gemma3/config.json"),
       ("gguf-lora", "Fixtures/peft/smollm2-demo-lora.gguf"),
       ("shard-index", "Fixtures/safetensors/sharded/model.safetensors.index.json"),
       ("peft-adapter", "Fixtures/fuzz/peft-adapter/seed-lora-plain"),
