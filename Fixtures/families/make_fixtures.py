@@ -21,6 +21,11 @@ five of them sliding (window 4) with their own RoPE base, and q/k RMSNorm):
                                 second prompt as the source of the first; `flare_step`).
   tiny-<family>-merged.safetensors
                                 PEFT's merge_and_unload() of the two, the tensors PEFT changed.
+  spm-{gemma,llama2}-tokenizer.json
+                                SentencePiece-style BPE tokenizers (`make_spm_tokenizers`): Gemma's
+                                and Llama 2's tokenizer.json form, trained here; golden.json's
+                                "spm_tokenizers" has the ids and text `tokenizers` gives for
+                                Fixtures/tokenizers/hf-golden.json's strings.
   golden.json                   per family, per prompt: the token ids (the tokenizer above, no
                                 special tokens) and the logits of the first, middle and last
                                 positions, from
@@ -54,7 +59,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -103,6 +108,53 @@ def make_tokenizer(folder):
                   f, indent=2, sort_keys=True)
         f.write("\n")
     return tok
+
+
+def make_spm_tokenizers():
+    """SentencePiece-style BPE tokenizer.json files, as Gemma's and Llama 2's are: a BPE with
+    byte_fallback over "▁"-spelled text, no pre-tokenizer (the whole text one word), the 256
+    `<0xXX>` byte tokens in the vocabulary; Gemma's normalizer replaces spaces, Llama 2's also
+    prepends "▁" (and its decoder strips it). Trained here on prompts.txt (400 pieces), and the
+    ids and decoded text `tokenizers` gives for hf-golden.json's strings."""
+    with open(os.path.join(ROOT, "Fixtures", "llama", "prompts.txt"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    with open(os.path.join(ROOT, "Fixtures", "tokenizers", "hf-golden.json"), encoding="utf-8") as f:
+        strings = json.load(f)["strings"]
+    out = {}
+    for style in ("gemma", "llama2"):
+        steps = [normalizers.Replace(" ", "\u2581")]
+        decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if style == "llama2":
+            steps.insert(0, normalizers.Prepend("\u2581"))
+            decode.append(decoders.Strip(" ", 1, 0))
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.decoder = decoders.Sequence(decode)
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<unk>", "<bos>"],
+                                      show_progress=False)
+        tok.train_from_iterator(lines, trainer=trainer)
+        # The byte tokens join the vocabulary as ordinary pieces (as in Gemma's), after the
+        # special tokens; the trained pieces keep their order after them.
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        specials = ["<pad>", "<unk>", "<bos>"]
+        trained = [p for p, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if p not in specials]
+        bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+        ordered = specials + bytes_ + [p for p in trained if p not in bytes_]
+        spec["model"]["vocab"] = {p: i for i, p in enumerate(ordered)}
+        for entry in spec["added_tokens"]:
+            entry["id"] = spec["model"]["vocab"][entry["content"]]
+        text = json.dumps(spec, ensure_ascii=False, indent=2)
+        path = os.path.join(HERE, f"spm-{style}-tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        tok = Tokenizer.from_file(path)
+        cases = []
+        for string in strings:
+            ids = tok.encode(string, add_special_tokens=False).ids
+            cases.append({"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)})
+        out[style] = cases
+    return {"strings": strings, "cases": out}
 
 
 def config_for(family):
@@ -352,6 +404,7 @@ def main():
                      "qwen3": make_family("qwen3", 20261206, converter),
                      "gemma2": make_family("gemma2", 20261207, converter),
                      "gemma3": make_family("gemma3", 20261208, converter)},
+        "spm_tokenizers": make_spm_tokenizers(),
     }
     with open(os.path.join(HERE, "golden.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, separators=(",", ":"))

@@ -12,13 +12,25 @@ text (BOS added, as the file's tokenizer.ggml.add_bos_token says), then:
                 continuation, and at each of its steps the gap between llama.cpp's best and
                 second-best logit (how firm each choice is).
 
-Needs transformers, torch (CPU), numpy, gguf and llama-cpp-python. Run from anywhere:
+  the HF folder flare-convert writes from the GGUF (F32; its tokenizer.json rebuilt from the
+                SentencePiece vocabulary): the CRC-32 of its tokenizer.json and model.safetensors,
+                whether its merges and vocabulary equal transformers' own from the GGUF, the ids
+                transformers' GGUF tokenizer gives Fixtures/tokenizers/hf-golden.json's strings
+                (which `tokenizers` on Flare's file must give too, checked here), and how far
+                transformers' logits on the folder are from its logits on the GGUF.
 
-    python3 Fixtures/families/make_gemma3_golden.py
+Needs transformers, torch (CPU), numpy, gguf, tokenizers and llama-cpp-python, and Flare's
+converter (after `swift build`). Run from anywhere:
+
+    python3 Fixtures/families/make_gemma3_golden.py .build/debug/flare-convert
 """
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import zlib
 
 import numpy as np
 
@@ -43,17 +55,70 @@ def top(logits):
     return [{"id": int(i), "logit": float(f"{logits[i]:.7g}")} for i in order]
 
 
+def crc32(path):
+    value = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            value = zlib.crc32(chunk, value)
+    return value
+
+
+def converted(converter, scratch, tokenizer):
+    """flare-convert's HF folder: its files' CRCs, its tokenizer against transformers', and the
+    model transformers loads from it."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    folder = os.path.join(scratch, "gemma3-hf")
+    subprocess.run([converter, os.path.join(FOLDER, FILE), folder, "--quiet"], check=True)
+    with open(os.path.join(HERE, "..", "tokenizers", "hf-golden.json"), encoding="utf-8") as f:
+        strings = json.load(f)["strings"]
+    ours = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    reference = json.loads(tokenizer.backend_tokenizer.to_str())
+    with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+        written = json.load(f)
+
+    def pairs(merges):
+        return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+
+    ids = []
+    for text in strings:
+        expected = tokenizer.encode(text, add_special_tokens=False)
+        if ours.encode(text, add_special_tokens=False).ids != expected:
+            sys.exit(f"tokenizers on flare-convert's tokenizer.json disagrees on {text!r}")
+        ids.append(expected)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    return hf, {
+        "tokenizer_json_crc32": crc32(os.path.join(folder, "tokenizer.json")),
+        "model_safetensors_crc32": crc32(os.path.join(folder, "model.safetensors")),
+        "merges": len(written["model"]["merges"]),
+        "merges_equal_transformers": pairs(written["model"]["merges"])
+        == pairs(reference["model"]["merges"]),
+        "vocab_equal_transformers": written["model"]["vocab"] == reference["model"]["vocab"],
+        "strings": strings, "ids": ids,
+    }
+
+
 def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    converter = os.path.abspath(sys.argv[1])
     import torch
     import transformers
     import llama_cpp
     from llama_cpp import Llama
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     llm = Llama(model_path=os.path.join(FOLDER, FILE), n_ctx=256, n_batch=256, n_threads=2,
                 logits_all=True, type_k=0, type_v=0, flash_attn=False, verbose=False)
     model = AutoModelForCausalLM.from_pretrained(
         FOLDER, gguf_file=FILE, dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(FOLDER, gguf_file=FILE)
+    scratch = tempfile.TemporaryDirectory()
+    folder_model, folder = converted(converter, scratch.name, tokenizer)
+    folder_distance = 0.0
     cases = []
     for text in PROMPTS:
         ids = llm.tokenize(text.encode(), add_bos=True, special=False)
@@ -70,6 +135,8 @@ def main():
             llm.eval([token])
         with torch.no_grad():
             hf = model(torch.tensor([ids]), use_cache=False).logits[0, -1].float().numpy()
+            on_folder = folder_model(torch.tensor([ids]), use_cache=False).logits[0, -1].numpy()
+        folder_distance = max(folder_distance, float(np.abs(on_folder - hf).max()))
         cases.append({
             "text": text, "ids": ids,
             "transformers": {"top": top(hf),
@@ -83,7 +150,9 @@ def main():
         "oracles": {"transformers": transformers.__version__, "torch": torch.__version__,
                     "llama_cpp_python": llama_cpp.__version__},
         "cases": cases,
+        "converted": dict(folder, max_abs_transformers_folder_vs_gguf=folder_distance),
     }
+    scratch.cleanup()
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")

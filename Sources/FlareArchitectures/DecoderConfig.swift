@@ -592,7 +592,11 @@ extension DecoderConfig {
         ("attn_logit_softcapping", cap(attentionSoftcap)),
         ("final_logit_softcapping", cap(finalSoftcap)),
         ("layer_types", .array(types)),
-        ("query_pre_attn_scalar", .number("\(queryScalar)")),
+        // transformers declares it an integer; it is one in every Gemma checkpoint.
+        (
+          "query_pre_attn_scalar",
+          Int(exactly: queryScalar).map { .integer($0) } ?? .number("\(queryScalar)")
+        ),
         ("sliding_window", slidingWindow.map { .integer($0) } ?? .null),
         ("use_bidirectional_attention", .bool(false)),
         (

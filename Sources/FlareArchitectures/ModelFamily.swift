@@ -53,6 +53,10 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
   /// others within the window (Gemma 2: 2, Gemma 3: 6), as llama.cpp fixes it for the family;
   /// `nil`: no sliding layers.
   public var slidingPattern: Int?
+  /// A SentencePiece vocabulary in this family's GGUF ranks its merges by file order, not by
+  /// score, and spells its tokens of spaces with spaces (Gemma); what transformers' GGUF reader
+  /// corrects for, and so does the GGUF → HF conversion.
+  public var sentencePieceInFileOrder = false
   /// The block's tensors (HF module path below `model.layers.N.` and GGUF name below `blk.N.`),
   /// in the order the forward pass uses them.
   public var blockParts: [(hf: String, gguf: String)]
@@ -138,6 +142,7 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
     family.mlpNorm = "pre_feedforward_layernorm"
     family.outputNorms = ("post_attention_layernorm", "post_feedforward_layernorm")
     family.slidingPattern = slidingPattern
+    family.sentencePieceInFileOrder = true
   }
 
   /// Whether layer `layer` attends within the sliding window (by ``slidingPattern``).

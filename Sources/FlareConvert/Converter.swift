@@ -71,7 +71,7 @@ public enum Converter {
     let config = try DecoderConfig(gguf: file)
     try config.checkTensors(config.hfShapes(of: file), complete: true)
     let family = config.family
-    let tokenizer = try BPETokenizer(gguf: file)
+    let tokenizer = try hfTokenizerFiles(gguf: file, gemma: family.sentencePieceInFileOrder)
     let dtype: DType
     switch outtype {
     case .auto, .f32: dtype = .f32

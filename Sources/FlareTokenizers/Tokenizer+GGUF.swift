@@ -225,7 +225,7 @@ private struct GGUFVocabularyReader {
     case "llama":
       kind = .sentencePieceBPE
       let byteTokens = (0..<256).map { byte -> Int32 in
-        let name = "<0x\(String(byte, radix: 16, uppercase: true).leftPadded(2))>"
+        let name = byteTokenName(byte)
         if let id = pieceIDs[name] { return id }
         if byte < 0x80, let id = pieceIDs[String(Unicode.Scalar(UInt8(byte)))] { return id }
         return -1
@@ -304,7 +304,7 @@ private struct GGUFVocabularyReader {
 
   func pieceMergeEngine(pieces: [String], pieceIDs: [String: Int32]) throws -> PieceMergeEngine {
     let byteTokens = (0..<256).map { byte -> Int32 in
-      pieceIDs["<0x\(String(byte, radix: 16, uppercase: true).leftPadded(2))>"] ?? -1
+      pieceIDs[byteTokenName(byte)] ?? -1
     }
     let trie = ByteTrie(pieces.enumerated().map { (Array($1.utf8), Int32($0)) })
     return PieceMergeEngine(
@@ -428,4 +428,9 @@ extension String {
   fileprivate func leftPadded(_ width: Int) -> String {
     count >= width ? self : String(repeating: "0", count: width - count) + self
   }
+}
+
+/// SentencePiece's spelling of a byte as a token: `<0x41>`.
+func byteTokenName(_ byte: Int) -> String {
+  "<0x\(String(byte, radix: 16, uppercase: true).leftPadded(2))>"
 }

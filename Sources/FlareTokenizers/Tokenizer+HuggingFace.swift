@@ -231,6 +231,17 @@ private struct HFTokenizerReader {
     let engine: Engine
     var modelUnknown: Int?
     switch modelType {
+    case "BPE"
+    where model["byte_fallback"]?.boolValue == true
+      && splitsNothing(root["pre_tokenizer"], after: normalizers):
+      // SentencePiece-style BPE (Gemma, Llama 2): "▁" pieces, `<0xXX>` byte fallback.
+      kind = .sentencePieceBPE
+      (engine, modelUnknown) = try pieceMerges(
+        model, modelIDs, Array(pieces[..<modelCount]), normalizers)
+      for (i, piece) in pieces[..<modelCount].enumerated() where Self.isByteToken(piece) {
+        attributes[i] = .byte
+      }
+      if let modelUnknown, modelUnknown < modelCount { attributes[modelUnknown] = .unknown }
     case "BPE":
       kind = .byteLevelBPE
       (engine, modelUnknown) = try bytePair(model, modelIDs, normalizers)
@@ -283,15 +294,81 @@ private struct HFTokenizerReader {
 
   // MARK: Models
 
-  func bytePair(_ model: JSONValue, _ ids: [String: Int32], _ normalizers: [TextNormalizer])
-    throws -> (Engine, Int?)
-  {
+  /// Whether a pre-tokenizer leaves the normalized text whole: none, or a split at spaces
+  /// after a normalizer that replaced every space (Gemma's hub `tokenizer.json`).
+  func splitsNothing(_ value: JSONValue?, after normalizers: [TextNormalizer]) -> Bool {
+    guard let value, value != .null else { return true }
+    let replacesSpaces = normalizers.contains {
+      if case .replaceLiteral(" ", let content) = $0 { return !content.contains(" ") }
+      return false
+    }
+    return replacesSpaces && value["type"]?.stringValue == "Split"
+      && value["pattern"]?["String"]?.stringValue == " " && value["invert"]?.boolValue != true
+  }
+
+  /// Whether `piece` spells a byte as SentencePiece does (`<0x41>`).
+  static func isByteToken(_ piece: String) -> Bool {
+    let scalars = Array(piece.unicodeScalars)
+    return scalars.count == 6 && piece.hasPrefix("<0x") && piece.hasSuffix(">")
+      && UInt8(String(String.UnicodeScalarView(scalars[3..<5])), radix: 16) != nil
+  }
+
+  /// An HF BPE with `byte_fallback` and no pre-tokenizer, as `tokenizers` runs it: the
+  /// normalizers (Gemma: spaces to "▁"; Llama 2: "▁" first too), the whole text one word of
+  /// characters merged by rank, a character outside the vocabulary spelled as `<0xXX>` tokens.
+  func pieceMerges(
+    _ model: JSONValue, _ ids: [String: Int32], _ pieces: [String],
+    _ normalizers: [TextNormalizer]
+  ) throws -> (Engine, Int?) {
+    try refuseAffixes(model, "with SentencePiece-style BPE")
+    if let dropout = model["dropout"]?.doubleValue, dropout > 0 {
+      throw fail(.unsupported, "is \(dropout); BPE dropout is not supported", key: "model.dropout")
+    }
+    if model["ignore_merges"]?.boolValue == true {
+      throw fail(
+        .unsupported, "is not supported with SentencePiece-style BPE", key: "model.ignore_merges")
+    }
+    // Pieces looked up by their bytes: a [String: …] would take canonically equivalent pieces
+    // (two spellings of one Bengali syllable, say) for one.
+    let trie = ByteTrie(pieces.enumerated().map { (Array($1.utf8), Int32($0)) })
+    let rules = try mergeRules(model) { trie.value(of: Array($0.utf8)) }
+    let unknown = try unknownToken(model, ids)
+    let byteTokens = (0..<256).map { byte -> Int32 in
+      ids[byteTokenName(byte)] ?? unknown ?? -1
+    }
+    let prepends = normalizers.contains {
+      if case .prepend = $0 { return true }
+      return false
+    }
+    let engine = PieceMergeEngine(
+      merger: BytePairMerger(rules: rules), pieces: trie,
+      byteTokens: byteTokens, normalizers: normalizers, stripsPrependedSpace: prepends)
+    return (.pieceMerges(engine), unknown.map(Int.init))
+  }
+
+  private func refuseAffixes(_ model: JSONValue, _ what: String) throws {
     for field in ["continuing_subword_prefix", "end_of_word_suffix"] {
       if let value = model[field]?.stringValue, !value.isEmpty {
-        throw fail(.unsupported, "is not supported with byte-level BPE", key: "model.\(field)")
+        throw fail(.unsupported, "is not supported \(what)", key: "model.\(field)")
       }
     }
-    let (preTokenizer, addPrefixSpace) = try byteLevelPreTokenizer(root["pre_tokenizer"])
+  }
+
+  /// `model.unk_token`'s id, if given.
+  private func unknownToken(_ model: JSONValue, _ ids: [String: Int32]) throws -> Int32? {
+    guard let name = model["unk_token"]?.stringValue else { return nil }
+    guard let id = ids[name] else {
+      throw fail(
+        .tokenOutOfRange, "'\(name.escapedForMessage)' is not in the vocabulary",
+        key: "model.unk_token")
+    }
+    return id
+  }
+
+  /// `model.merges` (`"a b"` strings or `["a", "b"]` pairs) as merge rules by rank.
+  private func mergeRules(_ model: JSONValue, lookup: (String) -> Int32?) throws -> [UInt64:
+    UInt64]
+  {
     guard let mergeValues = model["merges"]?.arrayValue else {
       throw fail(.missingKey, "must be an array", key: "model.merges")
     }
@@ -305,17 +382,16 @@ private struct HFTokenizerReader {
       let parts = text.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
       return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
     }
-    let rules = try MergeTable.build(
-      merges, lookup: { ids[$0] }, path: path, key: "model.merges")
-    var unknown: Int32?
-    if let name = model["unk_token"]?.stringValue {
-      guard let id = ids[name] else {
-        throw fail(
-          .tokenOutOfRange, "'\(name.escapedForMessage)' is not in the vocabulary",
-          key: "model.unk_token")
-      }
-      unknown = id
-    }
+    return try MergeTable.build(merges, lookup: lookup, path: path, key: "model.merges")
+  }
+
+  func bytePair(_ model: JSONValue, _ ids: [String: Int32], _ normalizers: [TextNormalizer])
+    throws -> (Engine, Int?)
+  {
+    try refuseAffixes(model, "with byte-level BPE")
+    let (preTokenizer, addPrefixSpace) = try byteLevelPreTokenizer(root["pre_tokenizer"])
+    let rules = try mergeRules(model) { ids[$0] }
+    let unknown = try unknownToken(model, ids)
     let engine = BytePairEngine(
       preTokenizer: preTokenizer, merger: BytePairMerger(rules: rules),
       ignoreMerges: model["ignore_merges"]?.boolValue ?? false,

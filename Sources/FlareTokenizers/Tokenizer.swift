@@ -145,7 +145,9 @@ enum Engine: Sendable {
   func decode(_ ids: [Int], vocabulary: Tokenizer) -> String {
     switch self {
     case .bytePair(let engine): engine.decode(ids, vocabulary)
-    case .pieceMerges: Engine.decodeSentencePiece(ids, vocabulary, stripLeadingSpace: false)
+    case .pieceMerges(let engine):
+      Engine.decodeSentencePiece(
+        ids, vocabulary, stripLeadingSpace: engine.stripsPrependedSpace)
     case .sentencePiece(let engine):
       Engine.decodeSentencePiece(ids, vocabulary, stripLeadingSpace: engine.addSpacePrefix)
     case .unigram(let engine):
@@ -256,14 +258,27 @@ struct BytePairEngine: Sendable {
 /// BPE merges over UTF-8 characters with SentencePiece spelling, as llama.cpp runs Gemma 4
 /// (`tokenizer.ggml.model = "gemma4"`): spaces become "▁", the text is split into runs of
 /// newlines and of everything else, each run is merged by rank, and characters the vocabulary
-/// lacks are spelled as `<0xXX>` byte tokens.
+/// lacks are spelled as `<0xXX>` byte tokens. With `normalizers` (an HF `tokenizer.json` BPE
+/// with `byte_fallback` and no pre-tokenizer: Gemma's, Llama 2's), the normalizers spell the
+/// spaces instead and the whole text is one word, as `tokenizers` merges it.
 struct PieceMergeEngine: Sendable {
   let merger: BytePairMerger
   let pieces: ByteTrie
   /// The `<0xXX>` token of each byte (`-1` if missing).
   let byteTokens: [Int32]
+  /// The HF form: its normalizers (`nil`: llama.cpp's Gemma 4 rules).
+  var normalizers: [TextNormalizer]? = nil
+  /// Whether decoding drops the space a `Prepend("▁")` normalizer put first (Llama 2's
+  /// decoder strips it).
+  var stripsPrependedSpace = false
 
   func encode(_ text: String, into output: inout [Int]) {
+    if let normalizers {
+      let normalized = normalizers.reduce(text) { $1.apply($0) }
+      let bytes = Array(normalized.utf8)
+      encodeRun(bytes, 0..<bytes.count, newlines: false, into: &output)
+      return
+    }
     let escaped = replacingBytes(Array(text.utf8), [0x20], Array("\u{2581}".utf8))
     var start = 0
     while start < escaped.count {

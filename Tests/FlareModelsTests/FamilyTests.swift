@@ -129,6 +129,31 @@ struct FamilyTests {
     }
   }
 
+  /// Oracle: `tokenizers` 0.23.3 on the two SentencePiece-style BPE tokenizer.json files
+  /// (byte fallback, no pre-tokenizer; Gemma's normalizer, and Llama 2's with "▁" prepended),
+  /// hf-golden.json's 31 multilingual strings: every id and every decoded character.
+  @Test("SentencePiece-style BPE tokenizer.json gives the tokenizers library's ids and text")
+  func sentencePieceBPE() throws {
+    let spec = try #require(Self.golden["spm_tokenizers"])
+    let strings = try #require(spec["strings"]?.arrayValue).compactMap(\.stringValue)
+    for style in ["gemma", "llama2"] {
+      let tokenizer = try Tokenizer.load(
+        tokenizerJSON: fixturePath("families/spm-\(style)-tokenizer.json"))
+      #expect(tokenizer.kind == .sentencePieceBPE)
+      let cases = try #require(spec["cases"]?[style]?.arrayValue)
+      #expect(cases.count == strings.count && cases.count == 31)
+      for (text, expected) in zip(strings, cases) {
+        let ids = tokenizer.encode(text, addSpecial: false, parseSpecial: true)
+        #expect(
+          ids == expected["ids"]?.arrayValue?.compactMap(\.intValue),
+          "\(style): \(text.debugDescription)")
+        #expect(
+          tokenizer.decode(ids) == expected["decoded"]?.stringValue,
+          "\(style): decoding \(text.debugDescription)")
+      }
+    }
+  }
+
   @Test(
     "flare-convert writes the GGUF llama.cpp was checked on; its logits equal llama.cpp's",
     arguments: families)

@@ -75,6 +75,51 @@ struct Gemma3RealTests {
     }
   }
 
+  /// The HF folder flare-convert writes from the GGUF, against transformers: the golden's
+  /// CRC-32s say the tokenizer.json and model.safetensors are the bytes the script checked (its
+  /// merges and vocabulary equal those transformers builds from the GGUF, 514,906 merges; and
+  /// transformers' logits on the folder equal its logits on the GGUF exactly). Here: Flare's
+  /// tokenizer read from the folder gives transformers' ids for hf-golden.json's 31 strings
+  /// and llama.cpp's for the prompts, and the folder's F32 logits are within 1e-3 of
+  /// transformers'.
+  @Test("flare-convert's HF folder: the bytes transformers checked, its tokens and logits")
+  func convertedFolder() throws {
+    guard let folder = try gemma3HFFolder() else { return }
+    let golden = try #require(try loadFixtureJSON("families/gemma3-270m.json")["converted"])
+    #expect(golden["merges_equal_transformers"] == .bool(true))
+    #expect(golden["vocab_equal_transformers"] == .bool(true))
+    for (file, key) in [
+      ("tokenizer.json", "tokenizer_json_crc32"), ("model.safetensors", "model_safetensors_crc32"),
+    ] {
+      let bytes = try MappedFile(path: "\(folder)/\(file)")
+      #expect(
+        UInt64(CRC32.checksum(bytes.bytes)) == golden[key]?.uint64Value,
+        "\(file) is not the file transformers was checked on")
+    }
+    let tokenizer = try Tokenizer.load(folder: folder)
+    let strings = try #require(golden["strings"]?.arrayValue).compactMap(\.stringValue)
+    let ids = try #require(golden["ids"]?.arrayValue)
+    #expect(strings.count == 31 && ids.count == 31)
+    for (text, expected) in zip(strings, ids) {
+      #expect(
+        tokenizer.encode(text, addSpecial: false, parseSpecial: true)
+          == expected.arrayValue?.compactMap(\.intValue), "\(text.debugDescription)")
+    }
+    let model = try LlamaModel(path: folder)
+    let (cases, stride) = try Self.cases()
+    for c in cases {
+      #expect(tokenizer.encode(c.text) == c.ids, "\(c.text)")
+      let logits = try lastLogits(model, c.ids)
+      var worst: Float = 0
+      for (id, logit) in c.top { worst = max(worst, abs(logits[id] - logit)) }
+      for (i, value) in c.strided.enumerated() {
+        worst = max(worst, abs(logits[i * stride] - value))
+      }
+      #expect(worst <= 1e-3, "\(c.text): max |Δ| \(worst)")
+      print("gemma3-270m HF folder '\(c.text)': max |Δ| from transformers \(worst)")
+    }
+  }
+
   /// Quantized compute (llama.cpp's arithmetic: activations rounded to 8 bits per block, its
   /// F16 GELU table): the greedy continuation equals llama.cpp's on the same file for every step
   /// llama.cpp itself decides firmly. Both sides round activations to 8 bits, so any difference

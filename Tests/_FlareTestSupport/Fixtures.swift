@@ -154,3 +154,19 @@ public func requireGemma3GGUF() throws -> String? {
   throw MissingModel(
     description: "Gemma 3 270M is missing: run scripts/fetch-models.sh (or make models)")
 }
+
+/// An F32 HF folder of Gemma 3 270M made by `flare-convert` from ``gemma3GGUF`` (tokenizer.json
+/// rebuilt from its SentencePiece vocabulary), under the model cache; made on first use.
+/// - Returns: `nil` only when the GGUF is missing and ``offline`` is set (the test is skipped).
+/// - Throws: ``MissingModel`` when the GGUF is missing otherwise, or if the conversion fails.
+public func gemma3HFFolder() throws -> String? {
+  let folder = "\(modelCache)/models/gemma3-hf"
+  if FileManager.default.fileExists(atPath: "\(folder)/model.safetensors") { return folder }
+  guard let gguf = try requireGemma3GGUF() else { return nil }
+  let result = try runTool("flare-convert", [gguf, folder, "-q"])
+  guard result.status == 0 || FileManager.default.fileExists(atPath: "\(folder)/model.safetensors")
+  else {
+    throw MissingModel(description: "flare-convert could not make \(folder): \(result.stderr)")
+  }
+  return folder
+}

@@ -1,0 +1,218 @@
+import FlareCore
+import FlareGGUF
+
+/// What the GGUF → HF conversion writes as `tokenizer.json` and `tokenizer_config.json`.
+protocol HFTokenizerFiles {
+  func hfTokenizerJSON() -> JSONValue
+  func hfTokenizerConfig(contextLength: Int) -> JSONValue
+}
+
+extension BPETokenizer: HFTokenizerFiles {}
+
+/// The tokenizer of a GGUF file, for writing an HF folder: byte-level BPE (`gpt2`) or
+/// SentencePiece (`llama`, as Gemma's and Llama 2's files hold it).
+/// - Throws: ``FlareError`` for other tokenizer models or missing keys.
+func hfTokenizerFiles(gguf file: GGUFFile, gemma: Bool) throws -> any HFTokenizerFiles {
+  if file.value("tokenizer.ggml.model")?.stringValue == "llama" {
+    return try SentencePieceTokenizer(gguf: file, gemma: gemma)
+  }
+  return try BPETokenizer(gguf: file)
+}
+
+/// A SentencePiece BPE vocabulary as a GGUF holds it (`tokenizer.ggml.model = "llama"`: pieces,
+/// scores, token types, no merges), written as the HF `tokenizer.json` transformers makes from
+/// the same file: a BPE with `byte_fallback` over "▁"-spelled text, whose merges are derived
+/// as transformers' GGUF converter derives them (`generate_merges`: every split of a piece into
+/// two pieces of the vocabulary, ranked by the whole piece's score, highest first, then by the
+/// longer left piece; Gemma's scores are its file order, and its tokens of two or more spaces
+/// are spelled with "▁"), so that it tokenizes as transformers does. Pieces are compared as
+/// code points, never as Swift strings (which would equate canonically equivalent pieces).
+struct SentencePieceTokenizer: HFTokenizerFiles {
+  var tokens: [String]
+  var scores: [Float]
+  var types: [BPETokenizer.TokenType]
+  var bosID: Int?
+  var eosID: Int?
+  var unknownID: Int?
+  var paddingID: Int?
+  var addBOS: Bool?
+  var addEOS: Bool?
+  /// SentencePiece's `add_dummy_prefix`: "▁" put before the text (Llama 2), or not (Gemma).
+  var addSpacePrefix: Bool
+  var chatTemplate: String?
+
+  init(gguf file: GGUFFile, gemma: Bool) throws {
+    func fail(_ message: String, _ key: String) -> FlareError {
+      FlareError("convert", .invalidArgument, message, path: file.path, key: key)
+    }
+    guard case .array(.string, let tokenValues) = file.value("tokenizer.ggml.tokens") else {
+      throw fail("is missing", "tokenizer.ggml.tokens")
+    }
+    tokens = tokenValues.compactMap(\.stringValue)
+    if gemma {
+      // Gemma's files store its tokens of spaces as spaces; its tokenizer spells them "▁".
+      tokens = tokens.map { token in
+        token.unicodeScalars.count >= 2 && token.unicodeScalars.allSatisfy { $0 == " " }
+          ? String(repeating: "\u{2581}", count: token.unicodeScalars.count) : token
+      }
+    }
+    guard case .array(_, let scoreValues) = file.value("tokenizer.ggml.scores") else {
+      throw fail(
+        "is missing (a SentencePiece vocabulary needs its scores)", "tokenizer.ggml.scores")
+    }
+    scores = try scoreValues.map { value in
+      guard case .float32(let score) = value, score.isFinite else {
+        throw fail("holds a value that is not a finite FLOAT32", "tokenizer.ggml.scores")
+      }
+      return score
+    }
+    if gemma {
+      // Gemma's scores do not follow its merge order; its file order does.
+      scores = (0..<tokens.count).map { -Float($0) }
+    }
+    if case .array(_, let typeValues) = file.value("tokenizer.ggml.token_type") {
+      types = typeValues.map { value in
+        value.integerValue.flatMap { Int32(exactly: $0) }.flatMap(BPETokenizer.TokenType.init)
+          ?? .normal
+      }
+    } else {
+      types = Array(repeating: .normal, count: tokens.count)
+    }
+    guard scores.count == tokens.count, types.count == tokens.count else {
+      throw fail(
+        "has \(scores.count) scores and \(types.count) types for \(tokens.count) tokens",
+        "tokenizer.ggml.scores")
+    }
+    let count = tokens.count
+    func id(_ key: String) -> Int? {
+      file.value("tokenizer.ggml.\(key)")?.integerValue.flatMap {
+        (0..<count).contains($0) ? $0 : nil
+      }
+    }
+    bosID = id("bos_token_id")
+    eosID = id("eos_token_id")
+    unknownID = id("unknown_token_id")
+    paddingID = id("padding_token_id")
+    if case .bool(let flag) = file.value("tokenizer.ggml.add_bos_token") { addBOS = flag }
+    if case .bool(let flag) = file.value("tokenizer.ggml.add_eos_token") { addEOS = flag }
+    if case .bool(let flag) = file.value("tokenizer.ggml.add_space_prefix") {
+      addSpacePrefix = flag
+    } else {
+      addSpacePrefix = true  // SentencePiece's default, as llama.cpp reads it
+    }
+    chatTemplate = file.value("tokenizer.chat_template")?.stringValue
+  }
+
+  /// transformers' `generate_merges(vocab, vocab_scores)`: for each piece in vocabulary order,
+  /// its splits into two pieces of the vocabulary (by code points), sorted by the two pieces'
+  /// ids; then all of them by the whole piece's score, highest first, stably.
+  func merges() -> [(String, String)] {
+    // Python's dict of the vocabulary: the last id of a repeated piece wins.
+    let scalars = tokens.map { Array($0.unicodeScalars) }
+    var ids: [[Unicode.Scalar]: Int] = [:]
+    ids.reserveCapacity(tokens.count)
+    for (i, piece) in scalars.enumerated() { ids[piece] = i }
+    var found: [(left: Int, right: Int, score: Float, leftLength: Int, order: Int)] = []
+    for (i, piece) in scalars.enumerated() where ids[piece] == i && piece.count > 1 {
+      var local: [(Int, Int, Int)] = []
+      for cut in 1..<piece.count {
+        if let l = ids[Array(piece[..<cut])], let r = ids[Array(piece[cut...])] {
+          local.append((l, r, cut))
+        }
+      }
+      local.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+      for (l, r, cut) in local { found.append((l, r, scores[i], cut, found.count)) }
+    }
+    // Best first by (score, left length, right length); the two lengths of one piece's splits
+    // differ, so the order is total, as Python's stable reverse sort makes it.
+    found.sort {
+      if $0.score != $1.score { return $0.score > $1.score }
+      if $0.leftLength != $1.leftLength { return $0.leftLength > $1.leftLength }
+      return $0.order < $1.order
+    }
+    return found.map { (tokens[$0.left], tokens[$0.right]) }
+  }
+
+  func hfTokenizerJSON() -> JSONValue {
+    var added: [JSONValue] = []
+    for (id, (token, type)) in zip(tokens, types).enumerated()
+    where type == .control || type == .userDefined {
+      added.append(
+        .object([
+          ("id", .integer(id)), ("content", .string(token)), ("single_word", .bool(false)),
+          ("lstrip", .bool(false)), ("rstrip", .bool(false)), ("normalized", .bool(false)),
+          ("special", .bool(type != .userDefined)),
+        ]))
+    }
+    // One entry a piece, its last id (as Python's dict keeps it); pieces compared as code points.
+    var last: [[Unicode.Scalar]: Int] = [:]
+    for (id, token) in tokens.enumerated() { last[Array(token.unicodeScalars)] = id }
+    var vocab: [(String, JSONValue)] = []
+    vocab.reserveCapacity(tokens.count)
+    for (id, token) in tokens.enumerated() where last[Array(token.unicodeScalars)] == id {
+      vocab.append((token, .integer(id)))
+    }
+    let space = JSONValue.object([
+      ("type", .string("Replace")), ("pattern", .object([("String", .string(" "))])),
+      ("content", .string("\u{2581}")),
+    ])
+    let normalizer: JSONValue =
+      addSpacePrefix
+      ? .object([
+        ("type", .string("Sequence")),
+        (
+          "normalizers",
+          .array([
+            .object([("type", .string("Prepend")), ("prepend", .string("\u{2581}"))]), space,
+          ])
+        ),
+      ]) : space
+    var decoders: [JSONValue] = [
+      .object([
+        ("type", .string("Replace")), ("pattern", .object([("String", .string("\u{2581}"))])),
+        ("content", .string(" ")),
+      ]),
+      .object([("type", .string("ByteFallback"))]), .object([("type", .string("Fuse"))]),
+    ]
+    if addSpacePrefix {
+      decoders.append(
+        .object([
+          ("type", .string("Strip")), ("content", .string(" ")), ("start", .integer(1)),
+          ("stop", .integer(0)),
+        ]))
+    }
+    let model = JSONValue.object([
+      ("type", .string("BPE")), ("dropout", .null),
+      ("unk_token", unknownID.map { .string(tokens[$0]) } ?? .null),
+      ("continuing_subword_prefix", .null), ("end_of_word_suffix", .null),
+      ("fuse_unk", .bool(true)), ("byte_fallback", .bool(true)), ("ignore_merges", .bool(false)),
+      ("vocab", .object(vocab)),
+      ("merges", .array(merges().map { .array([.string($0.0), .string($0.1)]) })),
+    ])
+    return .object([
+      ("version", .string("1.0")), ("truncation", .null), ("padding", .null),
+      ("added_tokens", .array(added)), ("normalizer", normalizer), ("pre_tokenizer", .null),
+      ("post_processor", .null),
+      ("decoder", .object([("type", .string("Sequence")), ("decoders", .array(decoders))])),
+      ("model", model),
+    ])
+  }
+
+  func hfTokenizerConfig(contextLength: Int) -> JSONValue {
+    var members: [(String, JSONValue)] = []
+    if let addBOS { members.append(("add_bos_token", .bool(addBOS))) }
+    if let addEOS { members.append(("add_eos_token", .bool(addEOS))) }
+    for (key, id) in [
+      ("bos_token", bosID), ("eos_token", eosID), ("pad_token", paddingID),
+      ("unk_token", unknownID),
+    ] {
+      if let id { members.append((key, .string(tokens[id]))) }
+    }
+    if let chatTemplate { members.append(("chat_template", .string(chatTemplate))) }
+    members += [
+      ("clean_up_tokenization_spaces", .bool(false)), ("model_max_length", .integer(contextLength)),
+      ("tokenizer_class", .string("PreTrainedTokenizerFast")),
+    ]
+    return .object(members)
+  }
+}
