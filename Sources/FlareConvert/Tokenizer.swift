@@ -294,6 +294,11 @@ public struct BPETokenizer: Sendable {
     guard model["type"]?.stringValue == "BPE", let vocab = model["vocab"]?.objectMembers else {
       throw fail("tokenizer model is not BPE; flare-convert handles byte-level BPE tokenizers")
     }
+    if model["byte_fallback"]?.boolValue == true {
+      throw fail(
+        "this tokenizer.json is SentencePiece-style BPE (byte_fallback, as Gemma's and Llama 2's); writing it to a GGUF needs the SentencePiece scores llama.cpp tokenizes with, which tokenizer.json does not hold: convert from the GGUF instead, or use a byte-level BPE tokenizer"
+      )
+    }
     var byID: [Int: String] = [:]
     let addedTokens = tokenizerJSON["added_tokens"]?.arrayValue ?? []
     // Ids index the token list, so they must stay below the vocabulary size or the number of

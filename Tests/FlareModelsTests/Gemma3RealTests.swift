@@ -105,6 +105,12 @@ struct Gemma3RealTests {
         tokenizer.encode(text, addSpecial: false, parseSpecial: true)
           == expected.arrayValue?.compactMap(\.intValue), "\(text.debugDescription)")
     }
+    // Back to GGUF needs SentencePiece scores a tokenizer.json does not hold: refused, clearly.
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let back = try runTool("flare-convert", [folder, "\(scratch)/back.gguf"])
+    #expect(back.status == 1 && back.stderr.contains("SentencePiece-style BPE"), "\(back.stderr)")
+    #expect(!FileManager.default.fileExists(atPath: "\(scratch)/back.gguf"))
     let model = try LlamaModel(path: folder)
     let (cases, stride) = try Self.cases()
     for c in cases {
