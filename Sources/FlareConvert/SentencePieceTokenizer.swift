@@ -9,6 +9,23 @@ protocol HFTokenizerFiles {
 
 extension BPETokenizer: HFTokenizerFiles {}
 
+/// `tokenizer.json`'s `added_tokens`: the control tokens (special) and user-defined ones, with
+/// `normalized` as the tokenizer's kind wants it.
+func hfAddedTokens(
+  _ tokens: [String], _ types: [BPETokenizer.TokenType],
+  normalized: (BPETokenizer.TokenType) -> Bool
+) -> [JSONValue] {
+  zip(tokens, types).enumerated().compactMap { id, entry in
+    let (token, type) = entry
+    guard type == .control || type == .userDefined else { return nil }
+    return .object([
+      ("id", .integer(id)), ("content", .string(token)), ("single_word", .bool(false)),
+      ("lstrip", .bool(false)), ("rstrip", .bool(false)), ("normalized", .bool(normalized(type))),
+      ("special", .bool(type == .control)),
+    ])
+  }
+}
+
 /// The tokenizer of a GGUF file, for writing an HF folder: byte-level BPE (`gpt2`) or
 /// SentencePiece (`llama`, as Gemma's and Llama 2's files hold it).
 /// - Throws: ``FlareError`` for other tokenizer models or missing keys.
@@ -134,16 +151,7 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
   }
 
   func hfTokenizerJSON() -> JSONValue {
-    var added: [JSONValue] = []
-    for (id, (token, type)) in zip(tokens, types).enumerated()
-    where type == .control || type == .userDefined {
-      added.append(
-        .object([
-          ("id", .integer(id)), ("content", .string(token)), ("single_word", .bool(false)),
-          ("lstrip", .bool(false)), ("rstrip", .bool(false)), ("normalized", .bool(false)),
-          ("special", .bool(type != .userDefined)),
-        ]))
-    }
+    let added = hfAddedTokens(tokens, types) { _ in false }
     // One entry a piece, its last id (as Python's dict keeps it); pieces compared as code points.
     var last: [[Unicode.Scalar]: Int] = [:]
     for (id, token) in tokens.enumerated() { last[Array(token.unicodeScalars)] = id }

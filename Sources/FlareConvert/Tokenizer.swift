@@ -216,17 +216,7 @@ public struct BPETokenizer: Sendable {
   /// `tokenizer.json` for the HF `tokenizers` library: a byte-level BPE model with the
   /// pre-tokenizer `pre` names, control and user-defined tokens as added tokens.
   public func hfTokenizerJSON() -> JSONValue {
-    var added: [JSONValue] = []
-    for (id, (token, type)) in zip(tokens, types).enumerated()
-    where type == .control || type == .userDefined {
-      added.append(
-        .object([
-          ("id", .integer(id)), ("content", .string(token)), ("single_word", .bool(false)),
-          ("lstrip", .bool(false)),
-          ("rstrip", .bool(false)), ("normalized", .bool(type != .control)),
-          ("special", .bool(type == .control)),
-        ]))
-    }
+    let added = hfAddedTokens(tokens, types) { $0 != .control }
     let byteLevel = { (prefix: Bool, trim: Bool) -> JSONValue in
       .object([
         ("type", .string("ByteLevel")), ("add_prefix_space", .bool(prefix)),
