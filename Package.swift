@@ -76,6 +76,7 @@ let package = Package(
       dependencies: [
         "FlareCore", "FlareCLI", "FlareSafetensors", "FlareGGUF", "FlareArchitectures",
         "FlareAdapters", "FlareInspect", "FlareModels", "FlareTokenizers", "FlareTrain",
+        "FlareConvert",
       ]),
 
     // MARK: - Executables
@@ -125,7 +126,8 @@ let package = Package(
       name: "FlareCLITests",
       dependencies: [
         "FlareCLI", "FlareInspect", "FlareConvert", "FlareModels", "FlareArchitectures",
-        "_FlareTestSupport", "flare-inspect", "flare-convert", "flare-merge", "flare-eval",
+        "FlareTokenizers", "_FlareTestSupport", "flare-inspect", "flare-convert", "flare-merge",
+        "flare-eval",
         "flare-train",
       ]),
     .testTarget(

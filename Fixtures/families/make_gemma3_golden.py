@@ -14,13 +14,14 @@ text (BOS added, as the file's tokenizer.ggml.add_bos_token says), then:
 
   the HF folder flare-convert writes from the GGUF (F32; its tokenizer.json rebuilt from the
                 SentencePiece vocabulary): the CRC-32 of its tokenizer.json and model.safetensors,
-                whether its merges and vocabulary equal transformers' own from the GGUF, the ids
+                whether its merges, vocabulary and post-processor (BOS added) equal
+                transformers' own from the GGUF, the ids
                 transformers' GGUF tokenizer gives Fixtures/tokenizers/hf-golden.json's strings
                 (which `tokenizers` on Flare's file must give too, checked here), and how far
                 transformers' logits on the folder are from its logits on the GGUF.
 
 Needs transformers, torch (CPU), numpy, gguf, tokenizers and llama-cpp-python, and Flare's
-converter (after `swift build`). Run from anywhere:
+converter (after `swift build`). Deterministic: torch runs single-threaded. Run from anywhere:
 
     python3 Fixtures/families/make_gemma3_golden.py .build/debug/flare-convert
 """
@@ -97,6 +98,8 @@ def converted(converter, scratch, tokenizer):
         "merges_equal_transformers": pairs(written["model"]["merges"])
         == pairs(reference["model"]["merges"]),
         "vocab_equal_transformers": written["model"]["vocab"] == reference["model"]["vocab"],
+        "post_processor_equal_transformers":
+        written["post_processor"] == reference["post_processor"],
         "strings": strings, "ids": ids,
     }
 
@@ -108,6 +111,8 @@ def main():
     import torch
     import transformers
     import llama_cpp
+
+    torch.set_num_threads(1)  # deterministic float sums: the same logits on every run
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

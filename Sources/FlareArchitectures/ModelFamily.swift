@@ -57,6 +57,9 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
   /// score, and spells its tokens of spaces with spaces (Gemma); what transformers' GGUF reader
   /// corrects for, and so does the GGUF → HF conversion.
   public var sentencePieceInFileOrder = false
+  /// What llama.cpp's converter writes as `tokenizer.ggml.add_space_prefix` with a SentencePiece
+  /// vocabulary.
+  public var ggufSpacePrefix = SpacePrefixKey.none
   /// The block's tensors (HF module path below `model.layers.N.` and GGUF name below `blk.N.`),
   /// in the order the forward pass uses them.
   public var blockParts: [(hf: String, gguf: String)]
@@ -66,6 +69,16 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
   public static func == (lhs: ModelFamily, rhs: ModelFamily) -> Bool { lhs.name == rhs.name }
 
   /// Every family, in the order of the table above.
+  /// Where `tokenizer.ggml.add_space_prefix` comes from in an HF → GGUF conversion.
+  public enum SpacePrefixKey: Sendable {
+    /// Not written.
+    case none
+    /// `tokenizer_config.json`'s `add_prefix_space`, when it has one (Llama).
+    case tokenizerConfig
+    /// `false` (Gemma's SentencePiece model adds no dummy prefix).
+    case off
+  }
+
   public static let all: [ModelFamily] = [.llama, .qwen2, .qwen3, .gemma2, .gemma3]
 
   private static let attentionParts: [(hf: String, gguf: String)] = [
@@ -104,7 +117,10 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
   public static let llama = ModelFamily(
     name: "llama", hfArchitecture: "LlamaForCausalLM", hfModelType: "llama",
     blockParts: attentionParts + mlpParts
-  ) { $0.ggufPermutesQueryKey = true }
+  ) {
+    $0.ggufPermutesQueryKey = true
+    $0.ggufSpacePrefix = .tokenizerConfig
+  }
   public static let qwen2 = ModelFamily(
     name: "qwen2", hfArchitecture: "Qwen2ForCausalLM", hfModelType: "qwen2",
     blockParts: attentionParts + mlpParts
@@ -123,7 +139,9 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
   public static let gemma2 = ModelFamily(
     name: "gemma2", hfArchitecture: "Gemma2ForCausalLM", hfModelType: "gemma2",
     blockParts: attentionParts + gemmaMLPParts
-  ) { gemma(&$0, slidingPattern: 2) }
+  ) {
+    gemma(&$0, slidingPattern: 2)
+  }
   public static let gemma3 = ModelFamily(
     name: "gemma3", hfArchitecture: "Gemma3ForCausalLM", hfModelType: "gemma3_text",
     blockParts: attentionParts + queryKeyNormParts + gemmaMLPParts
@@ -143,6 +161,7 @@ public struct ModelFamily: Sendable, Equatable, CustomStringConvertible {
     family.outputNorms = ("post_attention_layernorm", "post_feedforward_layernorm")
     family.slidingPattern = slidingPattern
     family.sentencePieceInFileOrder = true
+    family.ggufSpacePrefix = .off
   }
 
   /// Whether layer `layer` attends within the sliding window (by ``slidingPattern``).

@@ -100,10 +100,12 @@ public enum Converter {
     let specs = pairs.map {
       TensorSpec(name: $0.hf, dtype: dtype, shape: $0.tensor.dims.reversed())
     }
-    let names = [
-      "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-      "generation_config.json",
-    ]
+    let otherFiles = tokenizer.hfOtherFiles()
+    let names =
+      [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "generation_config.json",
+      ] + otherFiles.map(\.name)
     let destinations = names.map { "\(folder)/\($0)" }
     if !overwrite {
       for path in destinations where fileExists(path) {
@@ -149,6 +151,9 @@ public enum Converter {
     if let eos = config.eosTokenID { generation.append(("eos_token_id", .integer(eos))) }
     if let pad = config.padTokenID { generation.append(("pad_token_id", .integer(pad))) }
     try writeJSON(.object(generation), to: "\(staging)/generation_config.json", overwrite: false)
+    for file in otherFiles {
+      try writeFileAtomically(file.bytes, to: "\(staging)/\(file.name)", overwrite: false)
+    }
     try stage.publish(files: names)
     var report = ConversionReport(output: folder)
     report.files = destinations
@@ -172,21 +177,40 @@ public enum Converter {
     pure: Bool = false, progress: Progress? = nil
   ) throws -> ConversionReport {
     let configPath = "\(folder)/config.json"
-    let config = try DecoderConfig(hfConfig: try readJSON(configPath), path: configPath)
+    let configJSON = try readJSON(configPath)
+    let config = try DecoderConfig(hfConfig: configJSON, path: configPath)
     let family = config.family
-    let tokenizerPath = "\(folder)/tokenizer.json"
-    let tokenizerConfigPath = "\(folder)/tokenizer_config.json"
-    let tokenizerConfig = fileExists(tokenizerConfigPath) ? try readJSON(tokenizerConfigPath) : nil
-    var tokenizer = try BPETokenizer(
-      tokenizerJSON: try readJSON(tokenizerPath), config: tokenizerConfig,
-      vocabSize: config.vocabSize,
-      preOverride: tokenizerPre, path: tokenizerPath)
-    if tokenizer.bosID == nil { tokenizer.bosID = config.bosTokenID }
-    if tokenizer.eosID == nil { tokenizer.eosID = config.eosTokenID }
+    var report = ConversionReport(output: output)
+    let tokenizerKeys: [GGUFKeyValue]
+    let sentencePiecePath = "\(folder)/tokenizer.model"
+    if fileExists(sentencePiecePath) {
+      // llama.cpp's converter takes a SentencePiece model whenever the folder has one (and for
+      // Gemma 2 needs one; Flare reads a byte-level tokenizer.json for it as for the others).
+      if let tokenizerPre {
+        report.notes.append(
+          "--tokenizer-pre \(tokenizerPre) is ignored: the vocabulary is SentencePiece's (tokenizer.model), whose pre-tokenizer is 'default'"
+        )
+      }
+      let vocabulary = try SentencePieceVocabulary(
+        folder: folder, vocabSize: config.vocabSize, family: family, modelConfig: configJSON)
+      report.notes += vocabulary.notes
+      tokenizerKeys = vocabulary.ggufKeys()
+    } else {
+      let tokenizerPath = "\(folder)/tokenizer.json"
+      let tokenizerConfigPath = "\(folder)/tokenizer_config.json"
+      let tokenizerConfig =
+        fileExists(tokenizerConfigPath) ? try readJSON(tokenizerConfigPath) : nil
+      var tokenizer = try BPETokenizer(
+        tokenizerJSON: try readJSON(tokenizerPath), config: tokenizerConfig,
+        vocabSize: config.vocabSize,
+        preOverride: tokenizerPre, path: tokenizerPath)
+      if tokenizer.bosID == nil { tokenizer.bosID = config.bosTokenID }
+      if tokenizer.eosID == nil { tokenizer.eosID = config.eosTokenID }
+      tokenizerKeys = try tokenizer.ggufKeys()
+    }
     let model = try SafetensorsModel.open(folder)
     // The rows of Q and K are permuted per head below: the shapes must be the config's.
     try config.checkTensors(model.tensors.map { ($0.name, $0.shape) }, complete: true)
-    var report = ConversionReport(output: output)
     var entries: [(view: TensorView, spec: GGUFTensorSpec, heads: Int?, shift: Bool)] = []
     var sourceTypes = Set<DType>()
     for view in model.tensors {
@@ -230,7 +254,7 @@ public enum Converter {
     metadata.append(
       GGUFKeyValue(key: "general.file_type", value: .uint32(OutputType.fileType(mainType))))
     metadata += familyKeys.afterFileType
-    metadata += try tokenizer.ggufKeys()
+    metadata += tokenizerKeys
     metadata.append(GGUFKeyValue(key: "general.quantization_version", value: .uint32(2)))
     var done = 0
     let byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.spec.name, $0) })

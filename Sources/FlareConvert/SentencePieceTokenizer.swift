@@ -5,9 +5,13 @@ import FlareGGUF
 protocol HFTokenizerFiles {
   func hfTokenizerJSON() -> JSONValue
   func hfTokenizerConfig(contextLength: Int) -> JSONValue
+  /// Files beside those two (name, bytes), such as SentencePiece's `tokenizer.model`.
+  func hfOtherFiles() -> [(name: String, bytes: [UInt8])]
 }
 
-extension BPETokenizer: HFTokenizerFiles {}
+extension BPETokenizer: HFTokenizerFiles {
+  func hfOtherFiles() -> [(name: String, bytes: [UInt8])] { [] }
+}
 
 /// `tokenizer.json`'s `added_tokens`: the control tokens (special) and user-defined ones, with
 /// `normalized` as the tokenizer's kind wants it.
@@ -47,13 +51,18 @@ func hfTokenizerFiles(gguf file: GGUFFile, gemma: Bool) throws -> any HFTokenize
 struct SentencePieceTokenizer: HFTokenizerFiles {
   var tokens: [String]
   var scores: [Float]
+  /// The scores as the file holds them (``scores`` ranks Gemma's merges by file order).
+  var fileScores: [Float]
   var types: [BPETokenizer.TokenType]
   var bosID: Int?
   var eosID: Int?
   var unknownID: Int?
   var paddingID: Int?
+  var maskID: Int?
+  var separatorID: Int?
   var addBOS: Bool?
   var addEOS: Bool?
+  var addSEP: Bool?
   /// SentencePiece's `add_dummy_prefix`: "▁" put before the text (Llama 2), or not (Gemma).
   var addSpacePrefix: Bool
   var chatTemplate: String?
@@ -83,6 +92,7 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
       }
       return score
     }
+    fileScores = scores
     if gemma {
       // Gemma's scores do not follow its merge order; its file order does.
       scores = (0..<tokens.count).map { -Float($0) }
@@ -110,8 +120,11 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
     eosID = id("eos_token_id")
     unknownID = id("unknown_token_id")
     paddingID = id("padding_token_id")
+    maskID = id("mask_token_id")
+    separatorID = id("seperator_token_id")  // sic: llama.cpp's spelling
     if case .bool(let flag) = file.value("tokenizer.ggml.add_bos_token") { addBOS = flag }
     if case .bool(let flag) = file.value("tokenizer.ggml.add_eos_token") { addEOS = flag }
+    if case .bool(let flag) = file.value("tokenizer.ggml.add_sep_token") { addSEP = flag }
     if case .bool(let flag) = file.value("tokenizer.ggml.add_space_prefix") {
       addSpacePrefix = flag
     } else {
@@ -200,19 +213,77 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
     return .object([
       ("version", .string("1.0")), ("truncation", .null), ("padding", .null),
       ("added_tokens", .array(added)), ("normalizer", normalizer), ("pre_tokenizer", .null),
-      ("post_processor", .null),
+      ("post_processor", postProcessor()),
       ("decoder", .object([("type", .string("Sequence")), ("decoders", .array(decoders))])),
       ("model", model),
     ])
   }
 
+  /// The `TemplateProcessing` transformers builds from the same file (its Llama and Gemma
+  /// converters): BOS before and EOS after each sequence, as the file's add flags say; `null`
+  /// when it adds neither.
+  func postProcessor() -> JSONValue {
+    var specials: [(String, Int)] = []
+    if addBOS == true, let bosID { specials.append((tokens[bosID], bosID)) }
+    let bos = specials.first?.0
+    var eos: String?
+    if addEOS == true, let eosID {
+      eos = tokens[eosID]
+      if !specials.contains(where: { $0.1 == eosID }) { specials.append((tokens[eosID], eosID)) }
+    }
+    guard bos != nil || eos != nil else { return .null }
+    func special(_ name: String, _ typeID: Int) -> JSONValue {
+      .object([("SpecialToken", .object([("id", .string(name)), ("type_id", .integer(typeID))]))])
+    }
+    func sequence(_ name: String, _ typeID: Int) -> [JSONValue] {
+      let body = JSONValue.object([
+        ("Sequence", .object([("id", .string(name)), ("type_id", .integer(typeID))]))
+      ])
+      return (bos.map { [special($0, typeID)] } ?? []) + [body]
+        + (eos.map { [special($0, typeID)] } ?? [])
+    }
+    return .object([
+      ("type", .string("TemplateProcessing")), ("single", .array(sequence("A", 0))),
+      ("pair", .array(sequence("A", 0) + sequence("B", 1))),
+      (
+        "special_tokens",
+        .object(
+          specials.map { name, id in
+            (
+              name,
+              .object([
+                ("id", .string(name)), ("ids", .array([.integer(id)])),
+                ("tokens", .array([.string(name)])),
+              ])
+            )
+          })
+      ),
+    ])
+  }
+
+  /// `tokenizer_config.json` in the form of Gemma's and Llama 2's: the add flags, every
+  /// control and user-defined token in `added_tokens_decoder` (so that llama.cpp's converter
+  /// types them as this file does), the special tokens, the chat template.
   func hfTokenizerConfig(contextLength: Int) -> JSONValue {
     var members: [(String, JSONValue)] = []
     if let addBOS { members.append(("add_bos_token", .bool(addBOS))) }
     if let addEOS { members.append(("add_eos_token", .bool(addEOS))) }
+    if let addSEP { members.append(("add_sep_token", .bool(addSEP))) }
+    let decoder: [(String, JSONValue)] = types.indices.compactMap { id in
+      guard types[id] == .control || types[id] == .userDefined else { return nil }
+      return (
+        String(id),
+        .object([
+          ("content", .string(tokens[id])), ("lstrip", .bool(false)),
+          ("normalized", .bool(false)), ("rstrip", .bool(false)),
+          ("single_word", .bool(false)), ("special", .bool(types[id] == .control)),
+        ])
+      )
+    }
+    members.append(("added_tokens_decoder", .object(decoder)))
     for (key, id) in [
       ("bos_token", bosID), ("eos_token", eosID), ("pad_token", paddingID),
-      ("unk_token", unknownID),
+      ("unk_token", unknownID), ("mask_token", maskID), ("sep_token", separatorID),
     ] {
       if let id { members.append((key, .string(tokens[id]))) }
     }
@@ -222,5 +293,29 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
       ("tokenizer_class", .string("PreTrainedTokenizerFast")),
     ]
     return .object(members)
+  }
+
+  /// SentencePiece's `tokenizer.model` for the vocabulary: the pieces with the file's scores
+  /// and types (the unknown token typed unknown, as SentencePiece requires), a BPE trainer
+  /// spec with byte fallback when there are byte pieces, and an identity normalizer with the
+  /// file's dummy prefix. llama.cpp's converter reads it back, with `tokenizer_config.json`'s
+  /// `added_tokens_decoder`, into this vocabulary.
+  func sentencePieceModel() -> SentencePieceModelFile {
+    var model = SentencePieceModelFile(
+      pieces: tokens.indices.map { id in
+        .init(
+          text: tokens[id], score: fileScores[id],
+          type: id == unknownID ? 2 : types[id].rawValue)
+      })
+    model.modelType = 2
+    model.byteFallback = types.contains(.byte)
+    model.normalizerName = "identity"
+    model.addDummyPrefix = addSpacePrefix
+    model.removeExtraWhitespaces = false
+    return model
+  }
+
+  func hfOtherFiles() -> [(name: String, bytes: [UInt8])] {
+    [("tokenizer.model", sentencePieceModel().serialized())]
   }
 }

@@ -1,6 +1,7 @@
 import FlareAdapters
 import FlareArchitectures
 import FlareCLI
+import FlareConvert
 import FlareCore
 import FlareGGUF
 import FlareInspect
@@ -56,6 +57,29 @@ extension FuzzTarget {
       guard let tokenizer = try? Tokenizer.load(gguf: file) else { return false }
       exercise(tokenizer)
       return config != nil
+    },
+    FuzzTarget(
+      "tokenizer-model",
+      "a SentencePiece tokenizer.model in the tiny Gemma 3 folder Fixtures/families/spm-gemma3: flare-convert HF → GGUF (the model read, the vocabulary built and written), then the GGUF's tokenizer encodes and decodes",
+      seeds: [
+        "Fixtures/families/spm-gemma3/tokenizer.model",
+        "Fixtures/families/spm-llama2/tokenizer.model",
+      ]
+    ) { bytes, scratch in
+      let folder = scratch.subfolder("spm")
+      for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        scratch.copyOnce("\(scratch.fixtures)/families/spm-gemma3/\(name)", to: "spm/\(name)")
+      }
+      scratch.write(bytes, to: "spm/tokenizer.model")
+      let output = "\(scratch.folder)/spm.gguf"
+      guard
+        (try? Converter.hfToGGUF(
+          folder: folder, output: output, outtype: .auto, tokenizerPre: nil, overwrite: true))
+          != nil,
+        let file = try? GGUFFile(path: output), let tokenizer = try? Tokenizer.load(gguf: file)
+      else { return false }
+      exercise(tokenizer)
+      return true
     },
     FuzzTarget(
       "ggml-blocks",

@@ -77,7 +77,8 @@ struct Gemma3RealTests {
 
   /// The HF folder flare-convert writes from the GGUF, against transformers: the golden's
   /// CRC-32s say the tokenizer.json and model.safetensors are the bytes the script checked (its
-  /// merges and vocabulary equal those transformers builds from the GGUF, 514,906 merges; and
+  /// merges, vocabulary and post-processor equal those transformers builds from the GGUF,
+  /// 514,906 merges; and
   /// transformers' logits on the folder equal its logits on the GGUF exactly). Here: Flare's
   /// tokenizer read from the folder gives transformers' ids for hf-golden.json's 31 strings
   /// and llama.cpp's for the prompts, and the folder's F32 logits are within 1e-3 of
@@ -88,6 +89,7 @@ struct Gemma3RealTests {
     let golden = try #require(try loadFixtureJSON("families/gemma3-270m.json")["converted"])
     #expect(golden["merges_equal_transformers"] == .bool(true))
     #expect(golden["vocab_equal_transformers"] == .bool(true))
+    #expect(golden["post_processor_equal_transformers"] == .bool(true))
     for (file, key) in [
       ("tokenizer.json", "tokenizer_json_crc32"), ("model.safetensors", "model_safetensors_crc32"),
     ] {
@@ -105,12 +107,6 @@ struct Gemma3RealTests {
         tokenizer.encode(text, addSpecial: false, parseSpecial: true)
           == expected.arrayValue?.compactMap(\.intValue), "\(text.debugDescription)")
     }
-    // Back to GGUF needs SentencePiece scores a tokenizer.json does not hold: refused, clearly.
-    let scratch = makeTemporaryFolder()
-    defer { removeTree(scratch) }
-    let back = try runTool("flare-convert", [folder, "\(scratch)/back.gguf"])
-    #expect(back.status == 1 && back.stderr.contains("SentencePiece-style BPE"), "\(back.stderr)")
-    #expect(!FileManager.default.fileExists(atPath: "\(scratch)/back.gguf"))
     let model = try LlamaModel(path: folder)
     let (cases, stride) = try Self.cases()
     for c in cases {
@@ -123,6 +119,63 @@ struct Gemma3RealTests {
       }
       #expect(worst <= 1e-3, "\(c.text): max |Δ| \(worst)")
       print("gemma3-270m HF folder '\(c.text)': max |Δ| from transformers \(worst)")
+    }
+  }
+
+  /// The folder's SentencePiece model: its tokenizer.model is the file
+  /// `make_spm_fixtures.py --gemma3` built from the GGUF with sentencepiece's protobuf module
+  /// (CRC-32; 262,144 pieces), with which sentencepiece gives the ids recorded in
+  /// gemma3-270m-spm.json, and Flare's GGUF tokenizer (llama.cpp's ids) gives them too, special
+  /// tokens read as text as sentencepiece reads them. Back to GGUF, llama.cpp's converter's
+  /// way, every tokenizer key equals the original file's: tokens, scores, types, special ids,
+  /// add flags.
+  @Test(
+    "flare-convert's HF folder: its tokenizer.model, and back to a GGUF with the same vocabulary")
+  func convertedFolderSentencePiece() throws {
+    guard let folder = try gemma3HFFolder(), let path = try requireGemma3GGUF() else { return }
+    let golden = try loadFixtureJSON("families/gemma3-270m-spm.json")
+    let written = try readSmallFile("\(folder)/tokenizer.model")
+    #expect(written.count == golden["hf_tokenizer_model_bytes"]?.intValue)
+    #expect(
+      UInt64(CRC32.checksum(written)) == golden["hf_tokenizer_model_crc32"]?.uint64Value,
+      "tokenizer.model is not the file sentencepiece was checked on")
+    let original = try GGUFFile(path: path)
+    let tokenizer = try Tokenizer.load(gguf: original)
+    let strings = try #require(
+      try loadFixtureJSON("tokenizers/hf-golden.json")["strings"]?.arrayValue
+    ).compactMap(\.stringValue)
+    let ids = try #require(golden["ids"]?.arrayValue)
+    #expect(strings.count == 31 && ids.count == 31)
+    for (text, expected) in zip(strings, ids) {
+      #expect(
+        tokenizer.encode(text, addSpecial: false) == expected.arrayValue?.compactMap(\.intValue),
+        "\(text.debugDescription)")
+    }
+    let scratch = makeTemporaryFolder()
+    defer { removeTree(scratch) }
+    let back = try runTool("flare-convert", [folder, "\(scratch)/back.gguf", "-q"])
+    try #require(back.status == 0, "\(back.stderr)")
+    let converted = try GGUFFile(path: "\(scratch)/back.gguf")
+    func keys(_ file: GGUFFile) -> [String] {
+      file.metadata.map(\.key).filter { $0.hasPrefix("tokenizer.") }.sorted()
+    }
+    #expect(keys(converted) == keys(original))
+    for key in keys(original) {
+      #expect(
+        sameValue(try #require(original.value(key)), try #require(converted.value(key))),
+        "\(key) differs after GGUF → HF → GGUF")
+    }
+  }
+
+  /// Equal values, strings compared code point for code point.
+  func sameValue(_ a: GGUFValue, _ b: GGUFValue) -> Bool {
+    switch (a, b) {
+    case (.array(let ta, let ia), .array(let tb, let ib)):
+      return ta == tb && ia.count == ib.count && zip(ia, ib).allSatisfy { sameValue($0, $1) }
+    case (.string(let x), .string(let y)): return x.unicodeScalars.elementsEqual(y.unicodeScalars)
+    case (.float32(let x), .float32(let y)): return x.bitPattern == y.bitPattern
+    case (.bool(let x), .bool(let y)): return x == y
+    default: return a.type == b.type && a.integerValue != nil && a.integerValue == b.integerValue
     }
   }
 

@@ -156,13 +156,32 @@ public func requireGemma3GGUF() throws -> String? {
 }
 
 /// An F32 HF folder of Gemma 3 270M made by `flare-convert` from ``gemma3GGUF`` (tokenizer.json
-/// rebuilt from its SentencePiece vocabulary), under the model cache; made on first use.
+/// rebuilt from its SentencePiece vocabulary, tokenizer.model written), under the model cache;
+/// made on first use, and again when the folder there was written by an earlier flare-convert
+/// (its tokenizer.json is not the one `Fixtures/families/gemma3-270m.json` was made from, or it
+/// has no tokenizer.model).
 /// - Returns: `nil` only when the GGUF is missing and ``offline`` is set (the test is skipped).
 /// - Throws: ``MissingModel`` when the GGUF is missing otherwise, or if the conversion fails.
 public func gemma3HFFolder() throws -> String? {
   let folder = "\(modelCache)/models/gemma3-hf"
-  if FileManager.default.fileExists(atPath: "\(folder)/model.safetensors") { return folder }
+  let expected = try loadFixtureJSON("families/gemma3-270m.json")["converted"]?[
+    "tokenizer_json_crc32"]?.uint64Value
+  func current() -> Bool {
+    guard FileManager.default.fileExists(atPath: "\(folder)/tokenizer.model"),
+      let bytes = try? readSmallFile("\(folder)/tokenizer.json")
+    else { return false }
+    return UInt64(CRC32.checksum(bytes)) == expected
+  }
+  if current() { return folder }
   guard let gguf = try requireGemma3GGUF() else { return nil }
+  if FileManager.default.fileExists(atPath: "\(folder)/model.safetensors") {
+    // Written by an earlier flare-convert: remade.
+    let result = try runTool("flare-convert", [gguf, folder, "-q", "--force"])
+    guard result.status == 0 else {
+      throw MissingModel(description: "flare-convert could not remake \(folder): \(result.stderr)")
+    }
+    return folder
+  }
   let result = try runTool("flare-convert", [gguf, folder, "-q"])
   guard result.status == 0 || FileManager.default.fileExists(atPath: "\(folder)/model.safetensors")
   else {
