@@ -10,7 +10,10 @@ text (BOS added, as the file's tokenizer.ggml.add_bos_token says), then:
   llama.cpp     llama-cpp-python 0.3.36 on the same file, its own quantized kernels, F32 KV
                 cache: the top-20 logits of the last position, the 16-token greedy
                 continuation, and at each of its steps the gap between llama.cpp's best and
-                second-best logit (how firm each choice is).
+                second-best logit (how firm each choice is); and the same continuation with the
+                prompt evaluated one token at a time (n_batch 1) instead of as one batch: how
+                many steps llama.cpp's two evaluation orders agree on, and how far apart their
+                prompt-end logits are over the batched run's top 20.
 
   the HF folder flare-convert writes from the GGUF (F32; its tokenizer.json rebuilt from the
                 SentencePiece vocabulary): the CRC-32 of its tokenizer.json and model.safetensors,
@@ -62,6 +65,28 @@ def crc32(path):
         while chunk := f.read(1 << 24):
             value = zlib.crc32(chunk, value)
     return value
+
+
+def greedy_run(llm, ids, one_by_one):
+    """llama.cpp's greedy continuation of `ids`: the prompt evaluated as one batch, or one token
+    at a time (as generation evaluates its tokens); the last prompt position's logits, the
+    tokens and each step's best-minus-second margin."""
+    llm.reset()
+    if one_by_one:
+        for token in ids:
+            llm.eval([token])
+    else:
+        llm.eval(ids)
+    last = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+    greedy, margins = [], []
+    for _ in range(GREEDY):
+        scores = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        token = int(np.argmax(scores))
+        first, second = np.sort(scores)[-2:][::-1]
+        greedy.append(token)
+        margins.append(float(f"{first - second:.6g}"))
+        llm.eval([token])
+    return last, greedy, margins
 
 
 def converted(converter, scratch, tokenizer):
@@ -125,19 +150,14 @@ def main():
     folder_model, folder = converted(converter, scratch.name, tokenizer)
     folder_distance = 0.0
     cases = []
+    single = Llama(model_path=os.path.join(FOLDER, FILE), n_ctx=256, n_batch=1, n_ubatch=1,
+                   n_threads=2, logits_all=True, type_k=0, type_v=0, flash_attn=False,
+                   verbose=False)
     for text in PROMPTS:
         ids = llm.tokenize(text.encode(), add_bos=True, special=False)
-        llm.reset()
-        llm.eval(ids)
-        cpp = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
-        greedy, margins = [], []
-        for _ in range(GREEDY):
-            scores = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-            token = int(np.argmax(scores))
-            first, second = np.sort(scores)[-2:][::-1]
-            greedy.append(token)
-            margins.append(float(f"{first - second:.6g}"))
-            llm.eval([token])
+        cpp, greedy, margins = greedy_run(llm, ids, one_by_one=False)
+        cpp_single, greedy_single, _ = greedy_run(single, ids, one_by_one=True)
+        self_agreement = next((k for k in range(GREEDY) if greedy[k] != greedy_single[k]), GREEDY)
         with torch.no_grad():
             hf = model(torch.tensor([ids]), use_cache=False).logits[0, -1].float().numpy()
             on_folder = folder_model(torch.tensor([ids]), use_cache=False).logits[0, -1].numpy()
@@ -147,6 +167,11 @@ def main():
             "transformers": {"top": top(hf),
                              "strided": [float(f"{x:.7g}") for x in hf[::STRIDE]]},
             "llamacpp": {"top": top(cpp), "greedy": greedy, "margins": margins},
+            "llamacpp_token_by_token": {
+                "greedy": greedy_single, "agrees_with_batched_for": self_agreement,
+                "max_abs_vs_batched_top20": float(
+                    np.abs(cpp_single - cpp)[np.argsort(-cpp)[:TOP]].max()),
+            },
             "max_abs_llamacpp_vs_transformers": float(np.abs(cpp - hf).max()),
         })
     golden = {

@@ -204,11 +204,17 @@ public enum Kernels {
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
     headDim d: Int, probs: UnsafeMutablePointer<Float>, causalOffset: Int, padding: [Int],
-    scale: Float? = nil, window: Int? = nil, softcap: Float? = nil
+    scale: Float? = nil, window: Int? = nil, softcap: Float? = nil, fixedOrder: Bool = false
   ) {
+    // The keys a query can see (the mask below hides the rest).
+    let visibleKeys: (Int) -> Range<Int> = { query in
+      let visible = min(s, causalOffset + query + 1)
+      return max(0, window.map { visible - $0 } ?? 0)..<visible
+    }
     attention(
       out: out, outStride: outStride, q: q, qStride: qStride, k: k, v: v, kvStride: kvStride,
-      queries: t, keys: s, headDim: d, probs: probs, scale: scale, softcap: softcap
+      queries: t, keys: s, headDim: d, probs: probs, scale: scale, softcap: softcap,
+      fixedOrder: fixedOrder ? visibleKeys : nil
     ) { scores in
       for query in 0..<t {
         let row = scores + query * s
@@ -226,14 +232,29 @@ public enum Kernels {
   /// Scores `Q·Kᵀ·scale` (`1/√d` unless given) into `probs`, soft-capped as
   /// `cap·tanh(x/cap)` when `softcap` is given (Gemma 2), lets `mask` set −∞ where a key is
   /// hidden, applies softmax per row (and the dropout multipliers, if any) and mixes `V` into
-  /// `out`.
+  /// `out`. With `fixedOrder` the two products are Flare's own (``fixedOrderScores`` and
+  /// ``fixedOrderMix``), whose sums run in one order on every CPU, instead of BLAS's, whose
+  /// kernels (and so the order of their sums) depend on the CPU.
   private static func attention(
     out: UnsafeMutablePointer<Float>, outStride: Int, q: UnsafePointer<Float>, qStride: Int,
     k: UnsafePointer<Float>, v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int,
     headDim d: Int, probs: UnsafeMutablePointer<Float>, dropout: UnsafePointer<Float>? = nil,
-    scale: Float? = nil, softcap: Float? = nil, mask: (UnsafeMutablePointer<Float>) -> Void
+    scale: Float? = nil, softcap: Float? = nil, fixedOrder: ((Int) -> Range<Int>)? = nil,
+    mask: (UnsafeMutablePointer<Float>) -> Void
   ) {
     let scale = scale ?? 1 / Float(d).squareRoot()
+    if let visibleKeys = fixedOrder, dropout == nil {
+      fixedOrderScores(
+        probs, q: q, qStride: qStride, k: k, kvStride: kvStride, queries: t, keys: s, headDim: d,
+        scale: scale, keys: visibleKeys)
+      if let cap = softcap { Kernels.softcap(probs, count: t * s, cap: cap) }
+      mask(probs)
+      softmax(probs, rows: t, channels: s)
+      fixedOrderMix(
+        out, outStride: outStride, probs: probs, v: v, kvStride: kvStride, queries: t, keys: s,
+        headDim: d)
+      return
+    }
     BLAS.sgemm(
       transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
       ldb: kvStride, beta: 0, c: probs, ldc: s)
@@ -252,6 +273,101 @@ public enum Kernels {
     BLAS.sgemm(
       transA: false, transB: false, m: t, n: d, k: s, alpha: 1, a: mixed, lda: s, b: v,
       ldb: kvStride, beta: 0, c: out, ldc: outStride)
+  }
+
+  /// `scores[i·s + j] = scale · (q_i · k_j)` for the keys `keys(i)` of query `i` (the others,
+  /// which the mask hides, are set to 0): each dot product in eight lanes over the head
+  /// dimension (a scalar tail), the lanes summed as ((0+1)+(2+3))+((4+5)+(6+7)), then scaled;
+  /// no fused multiply-adds, so the bits are the same on every CPU. Four keys at a time, each
+  /// with its own lanes (the order of each sum is that of one key alone).
+  static func fixedOrderScores(
+    _ scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, qStride: Int,
+    k: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int, headDim d: Int,
+    scale: Float, keys visible: (Int) -> Range<Int>
+  ) {
+    let vectors = d / 8
+    @inline(__always) func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+      UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) func total(_ l: SIMD8<Float>) -> Float {
+      ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+    }
+    for i in 0..<t {
+      let qi = q + i * qStride
+      let row = scores + i * s
+      let range = visible(i).clamped(to: 0..<s)
+      row.update(repeating: 0, count: s)
+      var j = range.lowerBound
+      while j + 4 <= range.upperBound {
+        let (k0, k1, k2, k3) = (
+          k + j * kvStride, k + (j + 1) * kvStride, k + (j + 2) * kvStride,
+          k + (j + 3) * kvStride
+        )
+        var (l0, l1, l2, l3) = (
+          SIMD8<Float>(repeating: 0), SIMD8<Float>(repeating: 0), SIMD8<Float>(repeating: 0),
+          SIMD8<Float>(repeating: 0)
+        )
+        for c in 0..<vectors {
+          let a = load(qi + 8 * c)
+          l0 = l0 + a * load(k0 + 8 * c)
+          l1 = l1 + a * load(k1 + 8 * c)
+          l2 = l2 + a * load(k2 + 8 * c)
+          l3 = l3 + a * load(k3 + 8 * c)
+        }
+        var dots = (total(l0), total(l1), total(l2), total(l3))
+        for c in (8 * vectors)..<d {
+          dots.0 = dots.0 + qi[c] * k0[c]
+          dots.1 = dots.1 + qi[c] * k1[c]
+          dots.2 = dots.2 + qi[c] * k2[c]
+          dots.3 = dots.3 + qi[c] * k3[c]
+        }
+        row[j] = scale * dots.0
+        row[j + 1] = scale * dots.1
+        row[j + 2] = scale * dots.2
+        row[j + 3] = scale * dots.3
+        j += 4
+      }
+      while j < range.upperBound {
+        let kj = k + j * kvStride
+        var lanes = SIMD8<Float>(repeating: 0)
+        for c in 0..<vectors { lanes = lanes + load(qi + 8 * c) * load(kj + 8 * c) }
+        var dot = total(lanes)
+        for c in (8 * vectors)..<d { dot = dot + qi[c] * kj[c] }
+        row[j] = scale * dot
+        j += 1
+      }
+    }
+  }
+
+  /// `out_i = Σ_j probs[i·s + j] · v_j`, each output summed over the keys in order from 0
+  /// (keys of probability 0, the masked ones, add nothing and are skipped); the same bits on
+  /// every CPU. Eight columns at a time, kept in a register over the keys.
+  static func fixedOrderMix(
+    _ out: UnsafeMutablePointer<Float>, outStride: Int, probs: UnsafePointer<Float>,
+    v: UnsafePointer<Float>, kvStride: Int, queries t: Int, keys s: Int, headDim d: Int
+  ) {
+    let vectors = d / 8
+    for i in 0..<t {
+      let row = probs + i * s
+      let oi = out + i * outStride
+      var first = 0
+      var last = s
+      while first < last && row[first] == 0 { first += 1 }
+      while last > first && row[last - 1] == 0 { last -= 1 }
+      for c in 0..<vectors {
+        var sum = SIMD8<Float>(repeating: 0)
+        for j in first..<last where row[j] != 0 {
+          let column = UnsafeRawPointer(v + j * kvStride + 8 * c)
+          sum = sum + SIMD8<Float>(repeating: row[j]) * column.loadUnaligned(as: SIMD8<Float>.self)
+        }
+        UnsafeMutableRawPointer(oi + 8 * c).storeBytes(of: sum, as: SIMD8<Float>.self)
+      }
+      for c in (8 * vectors)..<d {
+        var sum: Float = 0
+        for j in first..<last where row[j] != 0 { sum = sum + row[j] * v[j * kvStride + c] }
+        oi[c] = sum
+      }
+    }
   }
 
   /// `e^x` for 8 lanes: Cody–Waite range reduction to `|r| ≤ ln2/2` and a degree-7 Taylor

@@ -548,10 +548,12 @@ extension LlamaModel {
         (keyStore, valueStore) = (k, v)
         offsets = (0..<batch).map { $0 * t * kvDim }
       }
+      // Inference on quantized matrices: attention's products in Flare's fixed order, so that
+      // the logits are the same bits on every CPU (BLAS's depend on the CPU's kernels).
       attend(
         a, layer: layer, q: q, keys: keyStore, values: valueStore, offsets: offsets, out: context,
         start: start, padding: padding, window: sliding ? config.slidingWindow : nil,
-        threads: pass.threads)
+        threads: pass.threads, fixedOrder: compute == .quantized && !rows.computesExactly)
       output(
         layer, 3, inp: context, norm: block.attentionOutputNorm, raw: .attentionOutput,
         rstd: .attentionOutputRstd)
@@ -591,7 +593,7 @@ extension LlamaModel {
     _ a: LlamaActivations, layer: Int, q: UnsafeMutablePointer<Float>,
     keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, offsets: [Int],
     out: UnsafeMutablePointer<Float>, start: Int, padding: [[Int]], window: Int? = nil,
-    threads: LlamaThreads
+    threads: LlamaThreads, fixedOrder: Bool = false
   ) {
     let heads = config.headCount
     let d = config.headDim
@@ -617,7 +619,7 @@ extension LlamaModel {
           headDim: d,
           probs: a.probabilities(layer: layer, sequence: b, head: head, worker: worker),
           causalOffset: start, padding: padding[b], scale: scale, window: window,
-          softcap: softcap)
+          softcap: softcap, fixedOrder: fixedOrder)
         pair += workers
       }
     }
