@@ -5,12 +5,12 @@ import FlareCore
 /// `tokenizer.json` needs. Read strictly: every varint, length and field is checked against the
 /// bytes that remain, and an error names the file and the byte offset.
 struct SentencePieceModelFile: Equatable {
-  /// One piece. `type` is SentencePiece's: 1 normal, 2 unknown, 3 control, 4 user-defined,
-  /// 5 unused, 6 byte (llama.cpp's token types use the same numbers).
+  /// One piece. SentencePiece numbers its types as llama.cpp's token types (1 normal,
+  /// 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
   struct Piece: Equatable {
     var text: String
     var score: Float
-    var type: Int32
+    var type: BPETokenizer.TokenType
   }
 
   var pieces: [Piece] = []
@@ -22,10 +22,6 @@ struct SentencePieceModelFile: Equatable {
   /// `normalizer_spec.add_dummy_prefix`; nil when absent (SentencePiece then adds it).
   var addDummyPrefix: Bool?
   var removeExtraWhitespaces: Bool?
-
-  static let typeNames = [
-    1: "normal", 2: "unknown", 3: "control", 4: "user-defined", 5: "unused", 6: "byte",
-  ]
 
   init(pieces: [Piece]) { self.pieces = pieces }
 
@@ -76,7 +72,7 @@ struct SentencePieceModelFile: Equatable {
 
   private static func piece(_ message: ProtoReader, index: Int) throws -> Piece {
     var reader = message
-    var piece = Piece(text: "", score: 0, type: 1)
+    var piece = Piece(text: "", score: 0, type: .normal)
     var hasText = false
     while let (field, wire, at) = try reader.nextField() {
       switch (field, wire) {
@@ -86,11 +82,11 @@ struct SentencePieceModelFile: Equatable {
       case (2, 5): piece.score = Float(bitPattern: try reader.fixed32())
       case (3, 0):
         let type = try reader.int32(at: at, "piece \(index) type")
-        guard typeNames[Int(type)] != nil else {
+        guard let known = BPETokenizer.TokenType(rawValue: type) else {
           throw reader.fail(
             "piece \(index) has type \(type), not a SentencePiece type (1 to 6)", at: at)
         }
-        piece.type = type
+        piece.type = known
       case (1, _), (2, _), (3, _):
         throw reader.fail("piece \(index) field \(field) has wire type \(wire)", at: at)
       default: try reader.skip(wire: wire, at: at)
@@ -113,7 +109,7 @@ struct SentencePieceModelFile: Equatable {
       var message: [UInt8] = []
       ProtoWriter.bytes(Array(piece.text.utf8), field: 1, into: &message)
       ProtoWriter.fixed32(piece.score.bitPattern, field: 2, into: &message)
-      ProtoWriter.varint(UInt64(bitPattern: Int64(piece.type)), field: 3, into: &message)
+      ProtoWriter.varint(UInt64(bitPattern: Int64(piece.type.rawValue)), field: 3, into: &message)
       ProtoWriter.bytes(message, field: 1, into: &out)
     }
     var trainer: [UInt8] = []

@@ -303,9 +303,7 @@ struct SentencePieceTokenizer: HFTokenizerFiles {
   func sentencePieceModel() -> SentencePieceModelFile {
     var model = SentencePieceModelFile(
       pieces: tokens.indices.map { id in
-        .init(
-          text: tokens[id], score: fileScores[id],
-          type: id == unknownID ? 2 : types[id].rawValue)
+        .init(text: tokens[id], score: fileScores[id], type: id == unknownID ? .unknown : types[id])
       })
     model.modelType = 2
     model.byteFallback = types.contains(.byte)

@@ -20,7 +20,7 @@ import FlareGGUF
 struct SentencePieceVocabulary {
   var tokens: [String]
   var scores: [Float]
-  var types: [Int32]
+  var types: [BPETokenizer.TokenType]
   /// `(GGUF key suffix, id)` in the order they were found.
   var specialIDs: [(String, Int)] = []
   /// `(bos|eos|sep, flag)` in the order they were found.
@@ -44,7 +44,7 @@ struct SentencePieceVocabulary {
     let count = vocabSize ?? model.pieces.count
     tokens = (0..<count).map { "[PAD\($0)]" }
     scores = Array(repeating: -10000, count: count)
-    types = Array(repeating: 5, count: count)
+    types = Array(repeating: .unused, count: count)
     for (id, piece) in model.pieces.enumerated() {
       guard id < count else {
         notes.append(
@@ -54,7 +54,7 @@ struct SentencePieceVocabulary {
       }
       tokens[id] = piece.text
       scores[id] = piece.score
-      types[id] = [2, 3, 5, 6].contains(piece.type) ? piece.type : 1
+      types[id] = [.unknown, .control, .unused, .byte].contains(piece.type) ? piece.type : .normal
     }
     let addedPath = "\(folder)/added_tokens.json"
     if fileExists(addedPath) {
@@ -73,7 +73,7 @@ struct SentencePieceVocabulary {
             "added_tokens.json: '\(token)' has id \(id), beyond vocab_size \(count): left out")
           continue
         }
-        (tokens[id], scores[id], types[id]) = (token, -1000, 4)
+        (tokens[id], scores[id], types[id]) = (token, -1000, .userDefined)
       }
     }
     let configPath = "\(folder)/tokenizer_config.json"
@@ -92,10 +92,10 @@ struct SentencePieceVocabulary {
         continue
       }
       if entry["special"]?.boolValue == true || Self.looksSpecial(content) {
-        types[id] = 3
+        types[id] = .control
       } else {
         content = content.replacingScalars("\u{2581}", with: " ")
-        types[id] = 4
+        types[id] = .userDefined
       }
       scores[id] = -1000
       tokens[id] = content
@@ -299,7 +299,7 @@ struct SentencePieceVocabulary {
       GGUFKeyValue(
         key: "tokenizer.ggml.scores", value: .array(.float32, scores.map { .float32($0) })),
       GGUFKeyValue(
-        key: "tokenizer.ggml.token_type", value: .array(.int32, types.map { .int32($0) })),
+        key: "tokenizer.ggml.token_type", value: .array(.int32, types.map { .int32($0.rawValue) })),
     ]
     for (key, id) in specialIDs {
       keys.append(GGUFKeyValue(key: "tokenizer.ggml.\(key)", value: .uint32(UInt32(id))))

@@ -243,24 +243,25 @@ public enum Kernels {
     mask: (UnsafeMutablePointer<Float>) -> Void
   ) {
     let scale = scale ?? 1 / Float(d).squareRoot()
-    if let visibleKeys = fixedOrder, dropout == nil {
+    let visibleKeys = dropout == nil ? fixedOrder : nil
+    if let visibleKeys {
       fixedOrderScores(
         probs, q: q, qStride: qStride, k: k, kvStride: kvStride, queries: t, keys: s, headDim: d,
         scale: scale, keys: visibleKeys)
-      if let cap = softcap { Kernels.softcap(probs, count: t * s, cap: cap) }
-      mask(probs)
-      softmax(probs, rows: t, channels: s)
+    } else {
+      BLAS.sgemm(
+        transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
+        ldb: kvStride, beta: 0, c: probs, ldc: s)
+    }
+    if let cap = softcap { Kernels.softcap(probs, count: t * s, cap: cap) }
+    mask(probs)
+    softmax(probs, rows: t, channels: s)
+    if visibleKeys != nil {
       fixedOrderMix(
         out, outStride: outStride, probs: probs, v: v, kvStride: kvStride, queries: t, keys: s,
         headDim: d)
       return
     }
-    BLAS.sgemm(
-      transA: false, transB: true, m: t, n: s, k: d, alpha: scale, a: q, lda: qStride, b: k,
-      ldb: kvStride, beta: 0, c: probs, ldc: s)
-    if let cap = softcap { Kernels.softcap(probs, count: t * s, cap: cap) }
-    mask(probs)
-    softmax(probs, rows: t, channels: s)
     var mixed = UnsafePointer(probs)
     var dropped: UnsafeMutablePointer<Float>?
     if let dropout {

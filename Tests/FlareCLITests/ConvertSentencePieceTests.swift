@@ -129,8 +129,11 @@ struct ConvertSentencePieceTests {
   @Test("a damaged tokenizer.model: a clear error with the byte offset, nothing written")
   func damaged() throws {
     let original = try readSmallFile(fixturePath("families/spm-gemma3/tokenizer.model"))
-    var badType = SentencePieceModelFile(pieces: [.init(text: "a", score: 0, type: 9)])
-    badType.modelType = 2
+    var badPiece: [UInt8] = []
+    ProtoWriter.bytes(Array("a".utf8), field: 1, into: &badPiece)
+    ProtoWriter.varint(9, field: 3, into: &badPiece)
+    var badType: [UInt8] = []
+    ProtoWriter.bytes(badPiece, field: 1, into: &badType)
     var badUTF8: [UInt8] = []
     ProtoWriter.bytes([0x0A, 0x02, 0xC3, 0x28], field: 1, into: &badUTF8)
     let cases: [(String, [UInt8], String)] = [
@@ -138,7 +141,7 @@ struct ConvertSentencePieceTests {
       ("huge length", [0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F], "runs past the end"),
       ("long varint", [0x48] + Array(repeating: 0xFF, count: 10) + [0x01], "longer than 64 bits"),
       ("group", [0x0B, 0x0C], "wire type 3"),
-      ("bad type", badType.serialized(), "has type 9"),
+      ("bad type", badType, "has type 9"),
       ("bad UTF-8", badUTF8, "not valid UTF-8"),
       ("empty", [], "holds no pieces"),
     ]
